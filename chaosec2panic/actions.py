@@ -1,0 +1,198 @@
+"""Actions: send the diagnostic interrupt (NMI), guarded."""
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, List
+
+from botocore.exceptions import BotoCoreError, ClientError
+from chaoslib.types import Configuration, Secrets
+
+from .aws import RetryPolicy, client, error_code, without_sdk_retries
+from .errors import Ec2PanicError, InvalidRequest, Refused
+from .guest import platform_of
+from .guest.parsers import kdump_verdict, parse_report
+from .health import observe
+from .ledger import Injection, Ledger
+from .recovery import is_back, now_iso
+from .ssm import run_script
+from .targets import Request, guardrails, resolve
+
+__all__ = ["send_nmi"]
+
+logger = logging.getLogger("chaostoolkit")
+CONSOLE_ANCHOR_CHARS = 512
+
+
+def _dry_run(ec2: Any, instance_id: str, retry: RetryPolicy) -> str | None:
+    """None when AWS says the interrupt would be allowed, else why not."""
+    try:
+        retry.call(ec2.send_diagnostic_interrupt, InstanceId=instance_id, DryRun=True)
+    except ClientError as exc:
+        if error_code(exc) == "DryRunOperation":
+            return None
+        return f"DryRun answered {error_code(exc)}: {exc.response['Error'].get('Message', '')}"
+    return "DryRun answered without DryRunOperation; cannot prove permission"
+
+
+def _console_anchor(ec2: Any, instance_id: str) -> str:
+    try:
+        text = ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
+    except ClientError:
+        return ""
+    return text[-CONSOLE_ANCHOR_CHARS:]
+
+
+def _send_one(ec2: Any, instance_id: str, retry: RetryPolicy) -> tuple[str, str, str]:
+    sent_at = now_iso()
+    try:
+        retry.call(ec2.send_diagnostic_interrupt, InstanceId=instance_id)
+        return sent_at, "sent", ""
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        outcome = "unknown" if status >= 500 else "failed"
+        return sent_at, outcome, f"{error_code(exc)}: {exc.response['Error'].get('Message', '')}"
+    except BotoCoreError as exc:
+        return sent_at, "unknown", f"{type(exc).__name__}: {exc}"
+
+
+def _unrecovered(ledger: Ledger, ec2: Any, ssm: Any, platforms: Dict[str, Any]) -> Dict[str, str]:
+    """Instances hit before and not seen back since; marks those that are back as recovered."""
+    pending = {i: e for i, e in ledger.unrecovered().items() if i in platforms}
+    if not pending:
+        return {}
+    seen = observe(ec2, ssm, {i: platforms[i] for i in pending})
+    refused = {}
+    for i, entry in pending.items():
+        if is_back(seen[i], entry.sent_at, entry.boot_id_before):
+            ledger.update(i, entry.sent_at, recovered_at=seen[i].at)
+        else:
+            refused[i] = (
+                f"hit at {entry.sent_at} and not seen back since ({seen[i].detail}); "
+                "recover it (chaosec2panic recover) or pass force=true"
+            )
+    return refused
+
+
+def send_nmi(
+    instance_ids: List[str] = None,
+    filters: List[Dict[str, Any]] = None,
+    tags: Dict[str, str] = None,
+    count: int = None,
+    percent: float = None,
+    seed: int = None,
+    max_instances: int = 1,
+    allow_unarmed: bool = False,
+    force: bool = False,
+    max_concurrency: int = 10,
+    configuration: Configuration = None,
+    secrets: Secrets = None,
+) -> Dict[str, Any]:
+    """Send a diagnostic interrupt (NMI) to the selected EC2 instances, once each.
+
+    Targets are ``instance_ids`` and/or EC2 ``filters`` / ``tags``; ``count`` or ``percent``
+    picks at random (``seed`` makes it repeatable; the seed used is returned). Nothing is sent
+    unless every matched instance is running, carries the opt-in tag, has a type that takes
+    the interrupt, and the selection stays within ``max_instances``; unless every chosen
+    instance has kdump armed (``allow_unarmed`` to skip), was not hit before without coming
+    back (``force`` to skip), and EC2 DryRun grants permission. Throttled calls are retried;
+    no request is ever sent twice. Each injection goes to the ledger for later activities.
+    Returns the selection and one record per instance: id, sent_at (UTC), outcome
+    (sent, failed, unknown) and error.
+    """
+    ledger = Ledger.of(configuration)
+    try:
+        return _send_nmi(
+            ledger,
+            Request(instance_ids or (), filters or (), tags or {}, count, percent, seed),
+            max_instances,
+            allow_unarmed,
+            force,
+            max_concurrency,
+            configuration,
+            secrets,
+        )
+    except (Refused, InvalidRequest) as exc:
+        ledger.record([Injection("", now_iso(), "refused", error=str(exc))])
+        raise
+
+
+def _send_nmi(
+    ledger: Ledger,
+    request: Request,
+    max_instances: int,
+    allow_unarmed: bool,
+    force: bool,
+    max_concurrency: int,
+    configuration: Configuration,
+    secrets: Secrets,
+) -> Dict[str, Any]:
+    if not isinstance(max_concurrency, int) or max_concurrency < 1:
+        raise InvalidRequest(f"max_concurrency must be a whole number >= 1, got {max_concurrency!r}")
+    guard = guardrails(configuration, max_instances)
+    ec2 = client("ec2", configuration, secrets)
+    ssm = client("ssm", configuration, secrets)
+    retry = RetryPolicy()
+    resolution = resolve(ec2, request, guard)
+    platforms = {inst["InstanceId"]: platform_of(inst) for inst in resolution.chosen}
+
+    status = run_script(ssm, platforms, "kdump_status", timeout=60)
+    verdicts = {
+        i: kdump_verdict(parse_report(r.stdout, "kdump_status"), 0.0) if r.ok else None
+        for i, r in status.items()
+    }
+    if not allow_unarmed:
+        unarmed = {
+            i: (
+                f"kdump {v.verdict}: {'; '.join(v.reasons)}"
+                if v
+                else f"kdump not checked: {status[i].status} {status[i].error}".rstrip()
+            )
+            for i, v in verdicts.items()
+            if v is None or v.verdict != "armed"
+        }
+        if unarmed:
+            raise Refused(
+                "kdump is not proven armed on every chosen instance "
+                "(arm it, or pass allow_unarmed=true to crash without a dump)",
+                unarmed,
+            )
+    if not force:
+        unrecovered = _unrecovered(ledger, ec2, ssm, platforms)
+        if unrecovered:
+            raise Refused("an instance was hit before and has not come back", unrecovered)
+    denied = {i: why for i in resolution.ids if (why := _dry_run(ec2, i, retry))}
+    if denied:
+        raise Refused("EC2 DryRun did not grant the interrupt", denied)
+
+    anchors = {i: _console_anchor(ec2, i) for i in resolution.ids}
+    nmi_ec2 = without_sdk_retries(client("ec2", configuration, secrets))
+    with ThreadPoolExecutor(max_workers=min(max_concurrency, len(resolution.ids))) as pool:
+        answers = dict(
+            zip(resolution.ids, pool.map(lambda i: _send_one(nmi_ec2, i, retry), resolution.ids), strict=True)
+        )
+    injections = [
+        Injection(
+            i,
+            sent_at,
+            outcome,
+            region=ec2.meta.region_name,
+            error=error,
+            boot_id_before=(verdicts[i].facts["boot_id"] if verdicts.get(i) else ""),
+            console_anchor=anchors[i],
+        )
+        for i, (sent_at, outcome, error) in answers.items()
+    ]
+    ledger.record(injections)
+    for e in injections:
+        logger.info("NMI %s to %s at %s %s", e.outcome, e.instance_id, e.sent_at, e.error)
+    if not any(e.hit for e in injections):
+        raise Ec2PanicError(
+            "no NMI was sent: " + "; ".join(f"{e.instance_id}: {e.error}" for e in injections)
+        )
+    return {
+        "selection": resolution.to_dict(),
+        "injections": [
+            {k: e.to_dict()[k] for k in ("instance_id", "sent_at", "outcome", "error")} for e in injections
+        ],
+        "ledger": str(ledger.path),
+    }

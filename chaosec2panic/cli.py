@@ -1,0 +1,204 @@
+"""The ``chaosec2panic`` command: the local crash lab, recovery from the ledger, the demo run."""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+__all__ = ["main"]
+
+DEFAULT_FLEET = "default.yaml"
+
+
+def _fleet(path: str | None) -> Any:
+    from .lab.fleet import FleetError, load_fleet
+
+    source = Path(path) if path else Path(str(files("chaosec2panic.lab.fleets").joinpath(DEFAULT_FLEET)))
+    try:
+        return load_fleet(source)
+    except (OSError, FleetError) as exc:
+        raise SystemExit(f"chaosec2panic: fleet {source}: {exc}") from exc
+
+
+def _start_lab(args: argparse.Namespace) -> Any:
+    try:
+        from .lab.server import LabServer
+    except ImportError as exc:
+        raise SystemExit(
+            f"chaosec2panic: the lab needs its extra: pip install 'chaosec2panic[lab]' ({exc})"
+        ) from exc
+    fleet = _fleet(args.fleet)
+    if args.time_scale:
+        fleet = type(fleet)(fleet.region, args.time_scale, fleet.guests)
+    return LabServer(fleet, port=args.port).start()
+
+
+def _fleet_table(lab: Any) -> List[str]:
+    rows = [f"  {'name':<24} {'instance id':<21} {'type':<11} {'os':<18} tags"]
+    for instance_id, guest in lab.lab.guests.items():
+        spec = guest.spec
+        tags = ",".join(f"{k}={v}" for k, v in spec.tags.items())
+        rows.append(f"  {spec.name:<24} {instance_id:<21} {spec.instance_type:<11} {spec.os:<18} {tags}")
+    return rows
+
+
+def lab_up(args: argparse.Namespace) -> int:
+    lab = _start_lab(args)
+    env = " ".join(f"{k}={v}" for k, v in lab.environment().items())
+    print(f"chaosec2panic lab: {len(lab.lab.guests)} instances at {lab.url}")
+    print("\n".join(_fleet_table(lab)))
+    print(f"export {env}", flush=True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        lab.stop()
+    return 0
+
+
+def _get(endpoint: str, path: str) -> Any:
+    with urllib.request.urlopen(endpoint.rstrip("/") + path, timeout=10) as answer:
+        return json.load(answer)
+
+
+def lab_events(args: argparse.Namespace) -> int:
+    endpoint = args.endpoint or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        print("chaosec2panic: no lab endpoint: pass --endpoint or set AWS_ENDPOINT_URL", file=sys.stderr)
+        return 2
+    events = _get(endpoint, "/_lab/events")
+    if args.json:
+        print(json.dumps(events, indent=1))
+        return 0
+    for e in events:
+        if e["kind"] != "command" or args.all:
+            print(f"{e['time']}  {e['instance_id']}  {e['name']:<24} {e['kind']:<14} {e['detail']}")
+    return 0
+
+
+def recover(args: argparse.Namespace) -> int:
+    from .rollbacks import recover_instances
+
+    configuration: Dict[str, Any] = {"chaosec2panic_poll_interval": args.poll_interval}
+    if args.ledger:
+        configuration["chaosec2panic_ledger_path"] = args.ledger
+    result = recover_instances(args.instance_ids or None, args.timeout, configuration, None)
+    print(json.dumps(result, indent=1))
+    return 0 if all(i["recovered"] for i in result["instances"].values()) else 1
+
+
+def summarise(journal: Dict[str, Any]) -> List[str]:
+    """A few lines a person reads after a run: what was hit, the dump, the recovery vs the SLO."""
+    lines = [
+        f"experiment: {journal['experiment']['title']}",
+        f"status: {journal['status']}, deviated: {journal['deviated']}",
+    ]
+    for run in journal.get("run", []):
+        name, output = run["activity"]["name"], run.get("output")
+        if run["status"] != "succeeded":
+            lines.append(f"{name}: {run['status']}: {str(run.get('exception', [''])[-1]).strip()}")
+        elif isinstance(output, dict) and "injections" in output:
+            for e in output["injections"]:
+                lines.append(
+                    f"NMI {e['outcome']} to {e['instance_id']} at {e['sent_at']} {e['error']}".rstrip()
+                )
+        elif isinstance(output, dict) and "instances" in output and "max" in output:
+            for i, seconds in output["instances"].items():
+                lines.append(f"{i} back after {seconds} s" if seconds is not None else f"{i} not back")
+        elif isinstance(output, dict) and "instances" in output:
+            for i, d in output["instances"].items():
+                if d.get("path"):
+                    lines.append(
+                        f"{i} dump: {d['verdict']} {d['path']} ({d['size']} bytes, {d['format']}, "
+                        f"kernel {d['kernel_release']})"
+                    )
+                else:
+                    lines.append(f"{i} dump: {d['verdict']}")
+    after = (journal.get("steady_states") or {}).get("after") or {}
+    for probe in after.get("probes", []):
+        lines.append(f"after: {probe['activity']['name']}: tolerance met: {probe.get('tolerance_met')}")
+    return lines
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Start the lab, run the experiment with `chaos run`, print what happened."""
+    lab = _start_lab(args)
+    try:
+        workdir = Path(tempfile.mkdtemp(prefix="chaosec2panic-demo-"))
+        journal = Path(args.journal or workdir / "journal.json")
+        env = {
+            **os.environ,
+            **lab.environment(),
+            "CHAOSEC2PANIC_LEDGER": str(workdir / "ledger.json"),
+            "CHAOSEC2PANIC_POLL_INTERVAL": "0.2",
+        }
+        print(f"chaosec2panic demo: lab of {len(lab.lab.guests)} instances at {lab.url}", flush=True)
+        command = [
+            "chaos",
+            "--log-file",
+            str(workdir / "chaostoolkit.log"),
+            "run",
+            "--rollback-strategy",
+            "always",
+            "--journal-path",
+            str(journal),
+            args.experiment,
+        ]
+        done = subprocess.run(command, env=env, check=False)
+        data = json.loads(journal.read_text())
+        print("\n".join(["", "--- what happened ---", *summarise(data)]))
+        print(f"journal: {journal}")
+        return done.returncode
+    finally:
+        lab.stop()
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="chaosec2panic", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    lab = commands.add_parser("lab", help="the local crash lab").add_subparsers(
+        dest="lab_command", required=True
+    )
+    up = lab.add_parser("up", help="serve a fleet until interrupted")
+    events = lab.add_parser("events", help="what the lab's fleet received")
+    for p in (up,):
+        p.add_argument("--fleet", help="fleet YAML file (default: the bundled fleet)")
+        p.add_argument("--port", type=int, default=4566)
+        p.add_argument(
+            "--time-scale", type=float, help="wall seconds per model second (default: the fleet's)"
+        )
+    up.set_defaults(run=lab_up)
+    events.add_argument("--endpoint", help="the lab's URL (default: $AWS_ENDPOINT_URL)")
+    events.add_argument("--json", action="store_true")
+    events.add_argument("--all", action="store_true", help="include every SSM command run")
+    events.set_defaults(run=lab_events)
+
+    rec = commands.add_parser(
+        "recover", help="bring back instances the ledger says were hit and are not back"
+    )
+    rec.add_argument("instance_ids", nargs="*")
+    rec.add_argument("--timeout", type=float, default=300)
+    rec.add_argument("--ledger", help="ledger file (default: $CHAOSEC2PANIC_LEDGER or the state directory)")
+    rec.add_argument("--poll-interval", type=float, default=5.0)
+    rec.set_defaults(run=recover)
+
+    run = commands.add_parser("demo", help="run an experiment against a fresh lab and say what happened")
+    run.add_argument("--experiment", default="experiments/crash-capture.yaml")
+    run.add_argument("--fleet", help="fleet YAML file (default: the bundled fleet)")
+    run.add_argument("--journal", help="where to write the journal")
+    run.add_argument("--time-scale", type=float)
+    run.set_defaults(run=demo, port=0)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.run(args))

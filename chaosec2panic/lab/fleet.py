@@ -1,0 +1,139 @@
+"""The lab's fleet file: which instances to serve and what state their kernels are in."""
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Mapping
+
+import yaml
+
+__all__ = ["OS_FAMILIES", "Fleet", "FleetError", "GuestSpec", "OsFamily", "load_fleet", "parse_fleet"]
+
+
+class FleetError(ValueError):
+    """The fleet file is wrong; the message names the entry and the field."""
+
+
+@dataclass(frozen=True)
+class OsFamily:
+    """How a distribution looks from inside: os-release, kdump tool, dump layout, SSM platform."""
+
+    os_id: str
+    version: str
+    pretty: str
+    kdump_tool: str
+    layout: str
+    kernel_release: str
+    platform: str = "Linux"
+
+
+OS_FAMILIES: Dict[str, OsFamily] = {
+    "amazon-linux-2": OsFamily(
+        "amzn", "2", "Amazon Linux 2", "kdumpctl", "rhel", "5.10.228-219.884.amzn2.x86_64"
+    ),
+    "amazon-linux-2023": OsFamily(
+        "amzn", "2023", "Amazon Linux 2023", "kdumpctl", "rhel", "6.1.115-126.197.amzn2023.x86_64"
+    ),
+    "rhel": OsFamily(
+        "rhel", "9.4", "Red Hat Enterprise Linux 9.4", "kdumpctl", "rhel", "5.14.0-427.13.1.el9_4.x86_64"
+    ),
+    "fedora": OsFamily("fedora", "40", "Fedora Linux 40", "kdumpctl", "rhel", "6.8.5-301.fc40.x86_64"),
+    "ubuntu": OsFamily("ubuntu", "24.04", "Ubuntu 24.04 LTS", "kdump-config", "debian", "6.8.0-1016-aws"),
+    "debian": OsFamily(
+        "debian", "12", "Debian GNU/Linux 12", "kdump-config", "debian", "6.1.0-26-cloud-amd64"
+    ),
+    "suse": OsFamily(
+        "sles",
+        "15.6",
+        "SUSE Linux Enterprise Server 15 SP6",
+        "systemctl",
+        "suse",
+        "6.4.0-150600.23.25-default",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """One simulated instance: its EC2 face and the state of its kernel and agent."""
+
+    name: str
+    instance_type: str = "m5.large"
+    os: str = "amazon-linux-2023"
+    memory_mib: int = 8192
+    kdump: bool = True
+    crashkernel_mib: int = 256
+    unknown_nmi_panic: int = 1
+    panic_timeout: int = 10
+    agent: bool = True
+    acpi_reboot: bool = True
+    disk_free_gib: float = 40.0
+    state: str = "running"
+    tags: Mapping[str, str] = field(default_factory=lambda: {"chaos:nmi": "allowed"})
+
+    @property
+    def family(self) -> OsFamily:
+        return OS_FAMILIES[self.os]
+
+    @property
+    def armed(self) -> bool:
+        """Whether a crash kernel is loaded: kdump on and memory reserved for it."""
+        return self.kdump and self.crashkernel_mib > 0
+
+
+@dataclass(frozen=True)
+class Fleet:
+    region: str
+    time_scale: float
+    guests: List[GuestSpec]
+
+
+SPEC_FIELDS = {f.name: f for f in fields(GuestSpec)}
+
+
+def _guest(entry: Any, where: str) -> List[GuestSpec]:
+    if not isinstance(entry, Mapping):
+        raise FleetError(f"{where}: expected a mapping of instance settings, got {entry!r}")
+    settings = dict(entry)
+    count = settings.pop("count", 1)
+    unknown = sorted(set(settings) - set(SPEC_FIELDS))
+    if unknown:
+        raise FleetError(f"{where}: unknown settings {unknown}; valid: {sorted(SPEC_FIELDS)} and count")
+    if "name" not in settings:
+        raise FleetError(f"{where}: every instance needs a name")
+    if settings.get("os", "amazon-linux-2023") not in OS_FAMILIES:
+        raise FleetError(f"{where}: unknown os {settings['os']!r}; valid: {sorted(OS_FAMILIES)}")
+    if settings.get("state", "running") not in ("running", "stopped"):
+        raise FleetError(f"{where}: state must be running or stopped")
+    if not isinstance(count, int) or count < 1:
+        raise FleetError(f"{where}: count must be a whole number >= 1")
+    if "tags" in settings:
+        settings["tags"] = {str(k): str(v) for k, v in (settings["tags"] or {}).items()}
+    name = str(settings.pop("name"))
+    names = [name] if count == 1 else [f"{name}-{n}" for n in range(1, count + 1)]
+    try:
+        return [GuestSpec(name=n, **settings) for n in names]
+    except TypeError as exc:
+        raise FleetError(f"{where}: {exc}") from exc
+
+
+def parse_fleet(data: Any) -> Fleet:
+    """A fleet from the parsed YAML document."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("instances"), list):
+        raise FleetError("a fleet file is a mapping with a list under 'instances'")
+    guests = [g for n, e in enumerate(data["instances"]) for g in _guest(e, f"instances[{n}]")]
+    names = [g.name for g in guests]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise FleetError(f"instance names must be unique; repeated: {duplicates}")
+    scale = data.get("time_scale", 1.0)
+    if not isinstance(scale, int | float) or scale <= 0:
+        raise FleetError(f"time_scale must be a number > 0, got {scale!r}")
+    return Fleet(str(data.get("region", "us-east-1")), float(scale), guests)
+
+
+def load_fleet(path: Path) -> Fleet:
+    """Read and check a fleet file."""
+    try:
+        return parse_fleet(yaml.safe_load(path.read_text()))
+    except yaml.YAMLError as exc:
+        raise FleetError(f"{path}: not valid YAML: {exc}") from exc

@@ -1,0 +1,509 @@
+"""The crash lab: an AWS-compatible HTTP endpoint over simulated guests.
+
+The lab answers itself what touches guests (SendDiagnosticInterrupt, DescribeInstanceStatus,
+GetConsoleOutput, SSM Run Command and agent status) and passes everything else to moto, so
+DescribeInstances, DescribeInstanceTypes, tags, filters, CloudWatch and STS behave as moto
+implements them. Reboot, stop, start and terminate go to moto and then to the guest.
+Under ``/_lab/`` it serves what it saw (events, calls, fleet) and takes injected faults.
+"""
+
+import base64
+import io
+import json
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List
+
+import boto3
+from moto.ec2.models.instance_types import INSTANCE_TYPES
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from ..targets import INSTANCE_ID, nmi_support
+from .fleet import Fleet
+from .protocol import ApiError, Request, ec2_error, ec2_xml, json_error, list_param
+from .simguest import SimGuest
+
+__all__ = ["LAB_CREDENTIALS", "Lab", "LabServer"]
+
+LAB_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": "lab"}
+STATE_CODES = {"running": 16, "stopped": 80}
+DOCUMENTS = {"AWS-RunShellScript": "Linux", "AWS-RunPowerShellScript": "Windows"}
+PLUGIN_OUTPUT_LIMIT = 2500
+GUEST_ACTIONS: Dict[str, Callable[[SimGuest], None]] = {
+    "RebootInstances": SimGuest.reboot,
+    "StopInstances": SimGuest.stop,
+    "StartInstances": SimGuest.start,
+    "TerminateInstances": SimGuest.stop,
+}
+
+StartResponse = Callable[..., Any]
+
+
+def _iso(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z"
+
+
+class Lab:
+    """The lab's state and its WSGI application."""
+
+    def __init__(self, fleet: Fleet, workdir: Path, clock: Callable[[], float] = time.time):
+        self.fleet = fleet
+        self.workdir = workdir
+        self.clock = clock
+        self.moto = DomainDispatcherApplication(create_backend_app)
+        self.guests: Dict[str, SimGuest] = {}
+        self.names: Dict[str, str] = {}
+        self.events: List[Dict[str, Any]] = []
+        self.calls: Counter[str] = Counter()
+        self.faults: List[Dict[str, Any]] = []
+        self.commands: Dict[str, Dict[str, Any]] = {}
+        self._lock = threading.RLock()
+
+    # set-up -----------------------------------------------------------------------------------
+    def populate(self, endpoint: str) -> None:
+        """Create the fleet's instances in moto (through its API) and a guest for each."""
+        ec2 = boto3.client(
+            "ec2",
+            endpoint_url=endpoint,
+            region_name=self.fleet.region,
+            aws_access_key_id="lab",
+            aws_secret_access_key="lab",
+        )
+        images = ec2.describe_images(Filters=[{"Name": "architecture", "Values": ["x86_64"]}])["Images"]
+        linux = next(i["ImageId"] for i in images if i.get("Platform") != "windows")
+        for spec in self.fleet.guests:
+            if spec.instance_type not in INSTANCE_TYPES:
+                raise ValueError(f"instance {spec.name}: unknown instance type {spec.instance_type!r}")
+            tags = [{"Key": "Name", "Value": spec.name}] + [
+                {"Key": k, "Value": v} for k, v in spec.tags.items()
+            ]
+            inst = ec2.run_instances(
+                ImageId=linux,
+                MinCount=1,
+                MaxCount=1,
+                InstanceType=spec.instance_type,
+                TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+            )
+            instance_id = inst["Instances"][0]["InstanceId"]
+            if spec.state == "stopped":
+                ec2.stop_instances(InstanceIds=[instance_id])
+            root = self.workdir / "guests" / instance_id
+            self.guests[instance_id] = SimGuest(
+                instance_id, spec, root, self.fleet.time_scale, self.clock, self._emit
+            )
+            self.names[spec.name] = instance_id
+
+    def _emit(self, at: float, instance_id: str, kind: str, detail: str) -> None:
+        with self._lock:
+            name = self.guests[instance_id].spec.name if instance_id in self.guests else ""
+            self.events.append(
+                {
+                    "time": _iso(at),
+                    "epoch": at,
+                    "instance_id": instance_id,
+                    "name": name,
+                    "kind": kind,
+                    "detail": detail,
+                }
+            )
+
+    # WSGI -------------------------------------------------------------------------------------
+    def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_lab/"):
+            return self._control(path, environ.get("REQUEST_METHOD", "GET"), body, start_response)
+        request = Request(environ, body)
+        with self._lock:
+            self.calls[f"{request.service}:{request.operation}"] += 1
+        handler = getattr(self, f"_{request.service}_{request.operation}", None)
+        try:
+            self._inject_fault(request)
+            if handler is not None:
+                return self._answer(start_response, 200, request, handler(request))
+        except ApiError as error:
+            return self._answer(start_response, error.status, request, error)
+        environ["wsgi.input"] = io.BytesIO(body)
+        act = GUEST_ACTIONS.get(request.operation) if request.service == "ec2" else None
+        if act is None:
+            return self.moto(environ, start_response)
+        return self._moto_then_guests(environ, start_response, request, act)
+
+    def _moto_then_guests(
+        self,
+        environ: Dict[str, Any],
+        start_response: StartResponse,
+        request: Request,
+        act: Callable[[SimGuest], None],
+    ) -> List[bytes]:
+        """Let moto change the EC2 state, then do the same to the guests if it succeeded."""
+        seen: Dict[str, str] = {}
+
+        def capture(status: str, headers: List[Any], exc_info: Any = None) -> Any:
+            seen["status"] = status
+            return start_response(status, headers, exc_info)
+
+        payload = b"".join(self.moto(environ, capture))
+        if seen.get("status", "").startswith("200") and not request.flag("DryRun"):
+            for instance_id in list_param(request.form, "InstanceId"):
+                if instance_id in self.guests:
+                    act(self.guests[instance_id])
+        return [payload]
+
+    def _answer(
+        self, start_response: StartResponse, status: int, request: Request, result: Any
+    ) -> List[bytes]:
+        if request.service == "ec2":
+            payload = (
+                ec2_error(result) if isinstance(result, ApiError) else ec2_xml(request.operation, result)
+            )
+            ctype = "text/xml"
+        else:
+            payload = json_error(result) if isinstance(result, ApiError) else json.dumps(result).encode()
+            ctype = "application/x-amz-json-1.1"
+        start_response(
+            f"{status} {'OK' if status == 200 else 'Error'}",
+            [
+                ("Content-Type", ctype),
+                ("Content-Length", str(len(payload))),
+                ("x-amzn-RequestId", str(uuid.uuid4())),
+            ],
+        )
+        return [payload]
+
+    def _inject_fault(self, request: Request) -> None:
+        with self._lock:
+            for fault in self.faults:
+                if fault["operation"] == request.operation and fault["count"] > 0:
+                    if fault.get("dry_run") is not None and fault["dry_run"] != request.flag("DryRun"):
+                        continue
+                    fault["count"] -= 1
+                    raise ApiError(
+                        fault["code"],
+                        fault.get("message", "injected by the lab"),
+                        int(fault.get("status", 400)),
+                    )
+
+    def _control(self, path: str, method: str, body: bytes, start_response: StartResponse) -> List[bytes]:
+        with self._lock:
+            if path == "/_lab/faults" and method == "POST":
+                fault = json.loads(body)
+                fault.setdefault("count", 1)
+                self.faults.append(fault)
+                answer: Any = {"faults": self.faults}
+            elif path == "/_lab/events":
+                for guest in self.guests.values():
+                    guest.advance()
+                answer = sorted(self.events, key=lambda e: e["epoch"])
+            elif path == "/_lab/calls":
+                answer = dict(self.calls)
+            elif path == "/_lab/fleet":
+                answer = [
+                    {
+                        "name": g.spec.name,
+                        "instance_id": i,
+                        "phase": g.phase,
+                        "boot_id": g.boot_id,
+                        "os": g.spec.os,
+                    }
+                    for i, g in self.guests.items()
+                ]
+            else:
+                start_response("404 Not Found", [("Content-Type", "application/json")])
+                return [json.dumps({"error": f"no lab control at {path}"}).encode()]
+        payload = json.dumps(answer).encode()
+        start_response(
+            "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+        )
+        return [payload]
+
+    # EC2 --------------------------------------------------------------------------------------
+    def _guest(self, instance_id: str) -> SimGuest:
+        if not instance_id:
+            raise ApiError("MissingParameter", "The request must contain the parameter InstanceId")
+        if not INSTANCE_ID.match(instance_id):
+            raise ApiError("InvalidInstanceID.Malformed", f'Invalid id: "{instance_id}"')
+        if instance_id not in self.guests:
+            raise ApiError("InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist")
+        return self.guests[instance_id]
+
+    def _ec2_SendDiagnosticInterrupt(self, request: Request) -> Dict[str, Any]:
+        guest = self._guest(request.param("InstanceId"))
+        itype = guest.spec.instance_type
+        why = nmi_support({"InstanceType": itype, "Architecture": "x86_64"}, INSTANCE_TYPES.get(itype))
+        if why:
+            raise ApiError("UnsupportedOperation", f"The instance '{guest.instance_id}': {why}")
+        if request.flag("DryRun"):
+            raise ApiError("DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412)
+        if guest.state != "running":
+            raise ApiError(
+                "IncorrectInstanceState", f"The instance '{guest.instance_id}' is not in the 'running' state."
+            )
+        guest.nmi()
+        return {"return": True}
+
+    def _ec2_DescribeInstanceStatus(self, request: Request) -> Dict[str, Any]:
+        ids = list_param(request.form, "InstanceId")
+        guests = [self._guest(i) for i in ids] if ids else list(self.guests.values())
+        include_all = request.flag("IncludeAllInstances")
+        items = []
+        for g in guests:
+            status = g.status()
+            if g.state != "running" and not include_all:
+                continue
+            system = "ok" if g.state == "running" else "not-applicable"
+            check = {"passed": "ok", "initializing": "initializing"}
+            items.append(
+                {
+                    "instanceId": g.instance_id,
+                    "availabilityZone": f"{self.fleet.region}a",
+                    "instanceState": {"code": STATE_CODES[g.state], "name": g.state},
+                    "systemStatus": {
+                        "status": system,
+                        "details": [
+                            {"name": "reachability", "status": "passed" if system == "ok" else system}
+                        ],
+                    },
+                    "instanceStatus": {
+                        "status": status,
+                        "details": [
+                            {
+                                "name": "reachability",
+                                "status": next((k for k, v in check.items() if v == status), "failed"),
+                            }
+                        ],
+                    },
+                }
+            )
+        start = int(request.param("NextToken") or 0)
+        size = int(request.param("MaxResults") or 1000)
+        page = items[start : start + size]
+        more = start + size < len(items)
+        return {"instanceStatusSet": page, "nextToken": str(start + size) if more else None}
+
+    def _ec2_GetConsoleOutput(self, request: Request) -> Dict[str, Any]:
+        guest = self._guest(request.param("InstanceId"))
+        text = guest.console_output()
+        return {
+            "instanceId": guest.instance_id,
+            "timestamp": _iso(self.clock()),
+            "output": base64.b64encode(text.encode()).decode(),
+        }
+
+    # SSM --------------------------------------------------------------------------------------
+    def _platform_ok(self, guest: SimGuest, document: str) -> bool:
+        return DOCUMENTS[document] == "Linux"
+
+    def _deliver(self, command: Dict[str, Any]) -> None:
+        now = self.clock()
+        for instance_id, inv in command["invocations"].items():
+            if inv["Status"] not in ("Pending", "Delayed"):
+                continue
+            guest = self.guests[instance_id]
+            if now > command["requested"] + command["timeout"]:
+                inv.update(Status="TimedOut", StatusDetails="DeliveryTimedOut")
+            elif guest.agent_online():
+                if not self._platform_ok(guest, command["document"]):
+                    inv.update(
+                        Status="Failed",
+                        StatusDetails="Failed",
+                        ResponseCode=1,
+                        stderr="document not supported on this platform",
+                    )
+                    continue
+                outcome = guest.run_command(command["script"])
+                inv.update(
+                    Status=outcome.status,
+                    StatusDetails=outcome.status,
+                    ResponseCode=outcome.code,
+                    stdout=outcome.stdout,
+                    stderr=outcome.stderr,
+                    started=outcome.started,
+                    ended=outcome.ended,
+                )
+
+    def _ssm_SendCommand(self, request: Request) -> Dict[str, Any]:
+        params = request.json
+        document = params.get("DocumentName", "")
+        if document not in DOCUMENTS:
+            raise ApiError("InvalidDocument", f"document {document!r}: the lab runs {sorted(DOCUMENTS)}")
+        ids = params.get("InstanceIds") or []
+        if not ids or len(ids) > 50:
+            raise ApiError(
+                "ValidationException", "InstanceIds: between 1 and 50 ids (the lab takes no Targets)"
+            )
+        unknown = [i for i in ids if i not in self.guests]
+        if unknown:
+            raise ApiError("InvalidInstanceId", f"Instances {unknown} not in a valid state for account")
+        command_id = str(uuid.uuid4())
+        commands = params.get("Parameters", {}).get("commands", [])
+        now = self.clock()
+        command = {
+            "id": command_id,
+            "document": document,
+            "script": "\n".join(commands),
+            "requested": now,
+            "timeout": float(params.get("TimeoutSeconds", 3600)),
+            "comment": params.get("Comment", ""),
+            "invocations": {i: {"Status": "Pending", "StatusDetails": "Pending"} for i in ids},
+        }
+        self.commands[command_id] = command
+        self._deliver(command)
+        return {
+            "Command": {
+                "CommandId": command_id,
+                "DocumentName": document,
+                "InstanceIds": ids,
+                "Status": "Pending",
+                "RequestedDateTime": now,
+                "Comment": command["comment"],
+                "Parameters": params.get("Parameters", {}),
+                "TargetCount": len(ids),
+            }
+        }
+
+    def _command(self, command_id: str) -> Dict[str, Any]:
+        if command_id not in self.commands:
+            raise ApiError("InvalidCommandId", f"command {command_id} does not exist")
+        command = self.commands[command_id]
+        self._deliver(command)
+        return command
+
+    def _ssm_ListCommandInvocations(self, request: Request) -> Dict[str, Any]:
+        command = self._command(request.json.get("CommandId", ""))
+        only = request.json.get("InstanceId")
+        items = []
+        for instance_id, inv in command["invocations"].items():
+            if only and only != instance_id:
+                continue
+            item = {
+                "CommandId": command["id"],
+                "InstanceId": instance_id,
+                "DocumentName": command["document"],
+                "RequestedDateTime": command["requested"],
+                "Status": inv["Status"],
+                "StatusDetails": inv["StatusDetails"],
+                "Comment": command["comment"],
+            }
+            if request.json.get("Details"):
+                item["CommandPlugins"] = [
+                    {
+                        "Name": "aws:runShellScript",
+                        "Status": inv["Status"],
+                        "ResponseCode": inv.get("ResponseCode", -1),
+                        "Output": inv.get("stdout", "")[:PLUGIN_OUTPUT_LIMIT],
+                    }
+                ]
+            items.append(item)
+        return {"CommandInvocations": items}
+
+    def _ssm_GetCommandInvocation(self, request: Request) -> Dict[str, Any]:
+        command_id, instance_id = request.json.get("CommandId", ""), request.json.get("InstanceId", "")
+        if command_id not in self.commands or instance_id not in self.commands[command_id]["invocations"]:
+            raise ApiError("InvocationDoesNotExist", "An error occurred (InvocationDoesNotExist)")
+        command = self._command(command_id)
+        inv = command["invocations"][instance_id]
+        return {
+            "CommandId": command_id,
+            "InstanceId": instance_id,
+            "DocumentName": command["document"],
+            "Comment": command["comment"],
+            "Status": inv["Status"],
+            "StatusDetails": inv["StatusDetails"],
+            "ResponseCode": inv.get("ResponseCode", -1),
+            "ExecutionStartDateTime": _iso(inv["started"]) if "started" in inv else "",
+            "ExecutionEndDateTime": _iso(inv["ended"]) if "ended" in inv else "",
+            "StandardOutputContent": inv.get("stdout", ""),
+            "StandardErrorContent": inv.get("stderr", ""),
+        }
+
+    def _ssm_DescribeInstanceInformation(self, request: Request) -> Dict[str, Any]:
+        wanted: List[str] = []
+        for f in request.json.get("Filters", []) + request.json.get("InstanceInformationFilterList", []):
+            if f.get("Key") in ("InstanceIds", "instanceIds"):
+                wanted += f.get("Values") or f.get("valueSet") or []
+        guests = (
+            [self.guests[i] for i in wanted if i in self.guests] if wanted else list(self.guests.values())
+        )
+        items = []
+        for g in guests:
+            family = g.spec.family
+            items.append(
+                {
+                    "InstanceId": g.instance_id,
+                    "PingStatus": "Online" if g.agent_online() else "ConnectionLost",
+                    "LastPingDateTime": g.last_ping(),
+                    "AgentVersion": "3.3.1142.0",
+                    "IsLatestVersion": True,
+                    "PlatformType": family.platform,
+                    "PlatformName": family.pretty,
+                    "PlatformVersion": family.version,
+                    "ResourceType": "EC2Instance",
+                    "ComputerName": g.spec.name,
+                }
+            )
+        start = int(request.json.get("NextToken") or 0)
+        size = int(request.json.get("MaxResults") or 50)
+        more = start + size < len(items)
+        answer: Dict[str, Any] = {"InstanceInformationList": items[start : start + size]}
+        if more:
+            answer["NextToken"] = str(start + size)
+        return answer
+
+
+class QuietHandler(MotoRequestHandler):
+    """Moto's request handler without a log line per request."""
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class LabServer:
+    """The lab served over HTTP on 127.0.0.1 in a background thread."""
+
+    def __init__(self, fleet: Fleet, port: int = 0, workdir: Path | None = None):
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="chaosec2panic-lab-")
+        self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
+        self.lab = Lab(fleet, self.workdir)
+        self._server: BaseWSGIServer = make_server(
+            "127.0.0.1", port, self.lab, threaded=True, request_handler=QuietHandler
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def environment(self) -> Dict[str, str]:
+        """What to export so boto3 (and so the extension) talks to the lab."""
+        region = self.lab.fleet.region
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,
+            **LAB_CREDENTIALS,
+        }
+
+    def start(self) -> "LabServer":
+        self._thread.start()
+        self.lab.populate(self.url)
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+        if self._tmp:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> "LabServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

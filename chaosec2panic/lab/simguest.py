@@ -1,0 +1,409 @@
+"""A simulated guest: a kernel, kdump and an SSM agent as a state machine over wall-clock time.
+
+Transitions are scheduled (in model seconds times the lab's time scale) and applied lazily
+whenever the guest is looked at, with their scheduled times, so events carry exact times.
+The guest's file system is a real directory; SSM commands run the extension's real guest
+scripts under ``sh`` against it, with only the tools a minimal system has on the PATH.
+"""
+
+import shutil
+import subprocess
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Callable, Dict, List
+
+from .dumpwriter import kdump_header, write_flattened, write_kdump_compressed
+from .fleet import GuestSpec
+
+__all__ = ["MODEL_SECONDS", "CommandOutcome", "SimGuest"]
+
+MODEL_SECONDS = {
+    "capture_boot": 8.0,  # capture kernel boots after the panic
+    "capture_base": 2.0,  # makedumpfile start-up, dmesg
+    "capture_per_gib": 1.5,  # makedumpfile -d 31 per GiB of memory
+    "boot": 20.0,  # firmware to userspace
+    "agent": 5.0,  # userspace to SSM agent online
+    "shutdown": 3.0,  # clean shutdown on RebootInstances
+}
+MIN_CAPTURE_MIB = 128
+STDOUT_LIMIT = 24000
+TOOLS = (
+    "cat",
+    "cut",
+    "date",
+    "grep",
+    "head",
+    "ls",
+    "od",
+    "sed",
+    "sort",
+    "stat",
+    "tail",
+    "tr",
+    "uname",
+    "uniq",
+    "wc",
+    "basename",
+    "dirname",
+    "printf",
+    "echo",
+    "true",
+    "false",
+    "sh",
+)
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    status: str
+    code: int
+    stdout: str
+    stderr: str
+    started: float
+    ended: float
+
+
+class SimGuest:
+    """One simulated instance. Every public method takes the lab's lock-free view of time."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        spec: GuestSpec,
+        root: Path,
+        scale: float,
+        clock: Callable[[], float],
+        emit: Callable[[float, str, str, str], None],
+    ):
+        self.instance_id = instance_id
+        self.spec = spec
+        self.root = root
+        self.scale = scale
+        self.clock = clock
+        self._emit = emit
+        self._lock = threading.RLock()
+        now = clock()
+        self.phase = "up" if spec.state == "running" else "stopped"
+        self.boot_id = str(uuid.uuid4())
+        self.booted_at = now - 3600.0
+        self.agent_at = self.booted_at
+        self.last_online = now
+        self.after_nmi = False
+        self._plan: List[tuple[float, str]] = []
+        self.console: List[str] = []
+        self.capture_started = 0.0
+        self._prepare_root()
+        self._boot_messages(self.booted_at)
+
+    # time and events ------------------------------------------------------------------
+    def _later(self, now: float, *keys: str) -> float:
+        model = sum(MODEL_SECONDS[k] for k in keys)
+        if "capture_base" in keys:
+            model += MODEL_SECONDS["capture_per_gib"] * self.spec.memory_mib / 1024
+        return now + model * self.scale
+
+    def _event(self, at: float, kind: str, detail: str = "") -> None:
+        self._emit(at, self.instance_id, kind, detail)
+
+    def _say(self, at: float, *lines: str) -> None:
+        since = max(0.0, at - self.booted_at)
+        self.console.extend(f"[{since:12.6f}] {line}" for line in lines)
+
+    def advance(self) -> None:
+        """Apply every scheduled transition that is due, at its own time."""
+        with self._lock:
+            now = self.clock()
+            while self._plan and self._plan[0][0] <= now:
+                at, step = self._plan.pop(0)
+                getattr(self, f"_step_{step}")(at)
+
+    def _schedule(self, *steps: tuple[float, str]) -> None:
+        self._plan = sorted([*self._plan, *steps])
+
+    # what EC2 sees ----------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return "stopped" if self.phase == "stopped" else "running"
+
+    def status(self) -> str:
+        """The instance status check: ok, initializing, impaired or not-applicable."""
+        self.advance()
+        return {"up": "ok", "booting": "initializing", "stopped": "not-applicable"}.get(
+            self.phase, "impaired"
+        )
+
+    def agent_online(self) -> bool:
+        self.advance()
+        return self.spec.agent and self.phase == "up" and self.clock() >= self.agent_at
+
+    def last_ping(self) -> float:
+        """When the agent last reported: now while online, else when it went away."""
+        return self.clock() if self.agent_online() else self.last_online
+
+    def _agent_gone(self, at: float) -> None:
+        if self.spec.agent and self.phase == "up" and at >= self.agent_at:
+            self.last_online = at
+        self.agent_at = float("inf")
+
+    def console_output(self) -> str:
+        self.advance()
+        return "\n".join(self.console)[-65536:]
+
+    # what the lab's API does to it ---------------------------------------------------------
+    def nmi(self) -> None:
+        with self._lock:
+            self.advance()
+            now = self.clock()
+            self._event(now, "nmi")
+            if self.phase != "up":
+                self._event(now, "nmi-ignored", f"phase {self.phase}")
+                return
+            self.after_nmi = True
+            self._say(
+                now,
+                "Uhhuh. NMI received for unknown reason 3d on CPU 0.",
+                "Do you have a strange power saving mode enabled?",
+            )
+            if self.spec.unknown_nmi_panic != 1:
+                self._say(now, "Dazed and confused, but trying to continue")
+                self._event(now, "dazed", "unknown_nmi_panic=0: no panic")
+                return
+            self._say(
+                now,
+                "Kernel panic - not syncing: NMI: Not continuing",
+                f"CPU: 0 PID: 0 Comm: swapper/0 Not tainted {self.spec.family.kernel_release} #1",
+                "Kernel Offset: disabled",
+            )
+            self._event(now, "panic", "NMI: Not continuing")
+            self._agent_gone(now)
+            if self.spec.armed:
+                self.phase = "capturing"
+                self._say(now, "Starting crashdump kernel...", "Bye!")
+                self._schedule((self._later(now, "capture_boot"), "capture_start"))
+            elif self.spec.panic_timeout > 0:
+                self.phase = "panicked"
+                self._say(now, f"Rebooting in {self.spec.panic_timeout} seconds..")
+                self._schedule((now + self.spec.panic_timeout * self.scale, "reset"))
+            else:
+                self.phase = "hung"
+                self._say(now, "---[ end Kernel panic - not syncing: NMI: Not continuing ]---")
+                self._event(now, "hung", "no kdump and kernel.panic=0")
+
+    def reboot(self) -> None:
+        with self._lock:
+            self.advance()
+            now = self.clock()
+            if self.phase == "stopped":
+                return
+            if self.phase in ("hung", "panicked", "capturing") and not self.spec.acpi_reboot:
+                self._event(now, "reboot-ignored", f"phase {self.phase}: the kernel does not answer ACPI")
+                return
+            self._event(now, "reboot", f"from phase {self.phase}")
+            self._agent_gone(now)
+            self._plan = []
+            self.phase = "booting"
+            self._schedule((self._later(now, "shutdown"), "reset"))
+
+    def stop(self) -> None:
+        with self._lock:
+            self.advance()
+            self._event(self.clock(), "stop", f"from phase {self.phase}")
+            self._agent_gone(self.clock())
+            self._plan = []
+            self.phase = "stopped"
+
+    def start(self) -> None:
+        with self._lock:
+            self.advance()
+            if self.phase != "stopped":
+                return
+            now = self.clock()
+            self._event(now, "start")
+            self.phase = "booting"
+            self._step_reset(now)
+
+    # scheduled steps -------------------------------------------------------------------------
+    def _dump_names(self, at: float) -> tuple[str, str, str, str]:
+        """Directory, dump file, dump file while written, dmesg file: as each distro names them."""
+        moment = datetime.fromtimestamp(at, UTC)
+        stamp = f"{moment:%Y%m%d%H%M}"
+        return {
+            "rhel": (
+                f"127.0.0.1-{moment:%Y-%m-%d-%H:%M:%S}",
+                "vmcore",
+                "vmcore-incomplete",
+                "vmcore-dmesg.txt",
+            ),
+            "debian": (stamp, f"dump.{stamp}", "dump-incomplete", f"dmesg.{stamp}"),
+            "suse": (f"{moment:%Y-%m-%d-%H-%M}", "vmcore", "vmcore", "dmesg"),
+        }[self.spec.family.layout]
+
+    def _write_dump(self, at: float, started: float, complete: bool) -> Path:
+        directory, final, partial, _ = self._dump_names(started)
+        path = self.root / "var" / "crash" / directory
+        path.mkdir(parents=True, exist_ok=True)
+        header = kdump_header(
+            self.spec.family.kernel_release,
+            "x86_64",
+            self.spec.name,
+            started,
+            self.spec.memory_mib * 256,
+            incomplete=not complete,
+        )
+        size = int(self.spec.memory_mib * 1024 * 1024 * 0.03) + 20 * 1024 * 1024
+        target = path / (final if complete else partial)
+        (path / partial).unlink(missing_ok=True)
+        if self.spec.family.layout == "rhel":
+            write_kdump_compressed(target, header, size if complete else size // 3, at)
+        else:
+            write_flattened(target, header, size if complete else size // 3, at, complete)
+        return target
+
+    def _step_capture_start(self, at: float) -> None:
+        self._say(
+            at,
+            f"Linux version {self.spec.family.kernel_release} (capture kernel)",
+            "kdump: dump target is /var/crash",
+            "kdump: saving vmcore-dmesg.txt",
+        )
+        self._event(at, "capture-start")
+        self.capture_started = at
+        self._write_dump(at, at, complete=False)
+        if self.spec.crashkernel_mib < MIN_CAPTURE_MIB:
+            self._schedule((at + MODEL_SECONDS["capture_base"] * self.scale, "capture_oom"))
+        else:
+            self._schedule((self._later(at, "capture_base"), "capture_done"))
+
+    def _step_capture_oom(self, at: float) -> None:
+        self._say(
+            at,
+            "Out of memory: Killed process 312 (makedumpfile)",
+            "kdump: saving vmcore failed",
+            "kdump: Rebooting.",
+        )
+        self._event(at, "capture-failed", f"crashkernel={self.spec.crashkernel_mib}M is too small")
+        self._step_reset(at)
+
+    def _step_capture_done(self, at: float) -> None:
+        target = self._write_dump(at, self.capture_started, complete=True)
+        (target.parent / self._dump_names(self.capture_started)[3]).write_text(
+            "\n".join(self.console[-20:]) + "\n"
+        )
+        self._say(at, "kdump: saving vmcore complete", "kdump: Rebooting.")
+        self._event(at, "dump-written", "/" + str(target.relative_to(self.root)))
+        self._step_reset(at)
+
+    def _step_reset(self, at: float) -> None:
+        self.phase = "booting"
+        self._schedule((self._later(at, "boot"), "booted"))
+
+    def _step_booted(self, at: float) -> None:
+        self.phase = "up"
+        self.boot_id = str(uuid.uuid4())
+        self.booted_at = at - MODEL_SECONDS["boot"] * self.scale * 0.5
+        self.agent_at = self._later(at, "agent")
+        self._boot_messages(at)
+        self._event(at, "boot", self.boot_id)
+        if self.spec.agent:
+            self._event(self.agent_at, "agent-online")
+            if self.after_nmi:
+                self._event(self.agent_at, "recovered", "new boot, status ok, agent online")
+        self.after_nmi = False
+
+    def _boot_messages(self, at: float) -> None:
+        release = self.spec.family.kernel_release
+        crash = f" crashkernel={self.spec.crashkernel_mib}M" if self.spec.crashkernel_mib else ""
+        self._say(
+            at,
+            f"Linux version {release} (builder@lab) #1 SMP",
+            f"Command line: BOOT_IMAGE=/boot/vmlinuz-{release} root=/dev/nvme0n1p1 ro "
+            f"console=ttyS0,115200n8{crash}",
+            f"{self.spec.family.pretty}",
+            f"{self.spec.name} login:",
+        )
+
+    # the guest's file system and commands -------------------------------------------------------
+    def _prepare_root(self) -> None:
+        (self.root / "var" / "crash").mkdir(parents=True, exist_ok=True)
+        tools = self.root / "bin"
+        tools.mkdir(exist_ok=True)
+        for tool in TOOLS:
+            found = shutil.which(tool)
+            if found and not (tools / tool).exists():
+                (tools / tool).symlink_to(found)
+
+    def _files(self) -> Dict[str, str]:
+        spec, family = self.spec, self.spec.family
+        armed = self.phase == "up" and spec.armed
+        crash = f" crashkernel={spec.crashkernel_mib}M" if spec.crashkernel_mib else ""
+        uptime = max(0.0, self.clock() - self.booted_at)
+        free_kb = int(spec.disk_free_gib * 1024 * 1024)
+        files = {
+            "proc/sys/kernel/random/boot_id": self.boot_id,
+            "proc/uptime": f"{uptime:.2f} {uptime * 0.9:.2f}",
+            "proc/sys/kernel/osrelease": family.kernel_release,
+            "proc/cmdline": f"BOOT_IMAGE=/boot/vmlinuz-{family.kernel_release} root=/dev/nvme0n1p1 ro{crash}",
+            "proc/meminfo": f"MemTotal:       {spec.memory_mib * 1024 - 180000} kB\n",
+            "proc/sys/kernel/unknown_nmi_panic": str(spec.unknown_nmi_panic),
+            "proc/sys/kernel/panic": str(spec.panic_timeout),
+            "sys/kernel/kexec_crash_loaded": "1" if armed else "0",
+            "sys/kernel/kexec_crash_size": str(spec.crashkernel_mib * 1024 * 1024),
+            "etc/os-release": f'ID="{family.os_id}"\nVERSION_ID="{family.version}"\n'
+            f'PRETTY_NAME="{family.pretty}"\n',
+            "sim-bin/df": "#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+            f"echo '/dev/nvme0n1p1 {free_kb * 2} {free_kb} {free_kb} 50% /'\n",
+        }
+        ready = "0" if armed else "3"
+        if family.kdump_tool == "kdumpctl":
+            files["etc/kdump.conf"] = (
+                "path /var/crash\ncore_collector makedumpfile -l --message-level 7 -d 31\n"
+            )
+            files["sim-bin/kdumpctl"] = (
+                f'#!/bin/sh\n[ {ready} = 0 ] && echo "Kdump is operational" >&2 '
+                f'|| echo "Kdump is not operational" >&2\nexit {ready}\n'
+            )
+        elif family.kdump_tool == "kdump-config":
+            files["etc/default/kdump-tools"] = 'USE_KDUMP=1\nKDUMP_COREDIR="/var/crash"\n'
+            state = "ready to kdump" if armed else "Not ready to kdump"
+            files["sim-bin/kdump-config"] = f'#!/bin/sh\necho "current state   : {state}"\nexit 0\n'
+        else:
+            files["etc/sysconfig/kdump"] = 'KDUMP_SAVEDIR="file:///var/crash"\n'
+            files["sim-bin/systemctl"] = f"#!/bin/sh\nexit {ready}\n"
+        return files
+
+    def run_command(self, script: str, timeout: float = 30.0) -> CommandOutcome:
+        """Run ``script`` under sh against the guest's file system, as the SSM agent would."""
+        with self._lock:
+            self.advance()
+            for rel, text in self._files().items():
+                path = self.root / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text if text.endswith("\n") else text + "\n")
+                if rel.startswith("sim-bin/"):
+                    path.chmod(0o755)
+            env = {
+                "CHAOSEC2PANIC_ROOT": str(self.root),
+                "LC_ALL": "C",
+                "PATH": f"{self.root / 'sim-bin'}:{self.root / 'bin'}",
+            }
+            started = self.clock()
+            try:
+                done = subprocess.run(
+                    [str(self.root / "bin" / "sh"), "-c", script],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    cwd=self.root,
+                )
+                code, out, err = done.returncode, done.stdout, done.stderr
+            except subprocess.TimeoutExpired:
+                code, out, err = 124, "", f"timed out after {timeout}s"
+            ended = self.clock()
+            self._event(ended, "command", f"exit {code}")
+            return CommandOutcome(
+                "Success" if code == 0 else "Failed", code, out[:STDOUT_LIMIT], err[:8000], started, ended
+            )

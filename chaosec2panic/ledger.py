@@ -1,0 +1,123 @@
+"""What was injected, when, and what came of it: shared by the activities of a run and persisted.
+
+The ledger is a JSON file (``chaosec2panic_ledger_path`` in the configuration, else
+``$CHAOSEC2PANIC_LEDGER``, else ``$XDG_STATE_HOME/chaosec2panic/ledger.json``), written
+atomically under a lock, so a later process (``chaosec2panic recover``, a rollback in a new
+run) finds what was hit. Entries of the current process share one ``RUN_ID``.
+"""
+
+import fcntl
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+from chaoslib.types import Configuration
+
+__all__ = ["RUN_ID", "Injection", "Ledger", "ledger_path"]
+
+RUN_ID = uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Injection:
+    """One NMI request to one instance and what is known of its aftermath.
+
+    A refused request is recorded too (``outcome`` refused, no instance), so the probes of
+    the run know an injection was wanted and cannot pass vacuously.
+    """
+
+    instance_id: str
+    sent_at: str
+    outcome: str
+    run_id: str = RUN_ID
+    region: str = ""
+    error: str = ""
+    boot_id_before: str = ""
+    console_anchor: str = ""
+    recovered_at: str = ""
+    rollback: List[str] = field(default_factory=list)
+
+    @property
+    def hit(self) -> bool:
+        """Whether the NMI may have reached the instance (sent, or sent with no clear answer)."""
+        return self.outcome in ("sent", "unknown")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def ledger_path(configuration: Configuration | None) -> Path:
+    """Where the ledger lives for this configuration."""
+    configured = (configuration or {}).get("chaosec2panic_ledger_path")
+    if configured:
+        return Path(str(configured)).expanduser()
+    if os.environ.get("CHAOSEC2PANIC_LEDGER"):
+        return Path(os.environ["CHAOSEC2PANIC_LEDGER"]).expanduser()
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "chaosec2panic" / "ledger.json"
+
+
+class Ledger:
+    """The injections recorded in one ledger file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def of(cls, configuration: Configuration | None) -> "Ledger":
+        return cls(ledger_path(configuration))
+
+    def entries(self) -> List[Injection]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise OSError(
+                f"the ledger {self.path} cannot be read ({exc}); "
+                "fix or move it, it records which instances were hit"
+            ) from exc
+        return [Injection(**e) for e in raw.get("injections", [])]
+
+    @contextmanager
+    def _locked(self) -> Iterator[List[Injection]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            entries = self.entries()
+            yield entries
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"injections": [e.to_dict() for e in entries]}, indent=1))
+            os.replace(tmp, self.path)
+
+    def record(self, injections: List[Injection]) -> None:
+        """Append ``injections``."""
+        with self._locked() as entries:
+            entries.extend(injections)
+
+    def update(self, instance_id: str, sent_at: str, **changes: Any) -> None:
+        """Change the entry of ``instance_id`` sent at ``sent_at``."""
+        with self._locked() as entries:
+            for n, e in enumerate(entries):
+                if e.instance_id == instance_id and e.sent_at == sent_at:
+                    entries[n] = replace(e, **changes)
+
+    def latest(self, run_id: str | None = None) -> Dict[str, Injection]:
+        """The latest injection that may have hit each instance (of one run, or of all runs)."""
+        found: Dict[str, Injection] = {}
+        for e in self.entries():
+            if e.hit and (run_id is None or e.run_id == run_id):
+                found[e.instance_id] = e
+        return found
+
+    def refusals(self, run_id: str) -> List[Injection]:
+        """The refused NMI requests of one run."""
+        return [e for e in self.entries() if e.run_id == run_id and e.outcome == "refused"]
+
+    def unrecovered(self) -> Dict[str, Injection]:
+        """Instances whose latest hit has no recovery recorded, across all runs."""
+        return {i: e for i, e in self.latest().items() if not e.recovered_at}

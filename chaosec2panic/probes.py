@@ -1,0 +1,294 @@
+"""Probes: is kdump armed, are instances healthy, did the NMI crash them, dump, and come back."""
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, Dict, List
+
+from chaoslib.types import Configuration, Secrets
+
+from .aws import client
+from .dumps import console_findings, identify_dump
+from .errors import Ec2PanicError, InvalidRequest
+from .guest import platform_of
+from .guest.parsers import dump_files, kdump_verdict, parse_report
+from .health import observe
+from .ledger import RUN_ID, Injection, Ledger
+from .polling import Poll, poll
+from .recovery import fleet_summary, is_back, iso, parse_iso, seconds_between
+from .ssm import run_script
+from .targets import Request, resolve
+
+__all__ = [
+    "crash_dump_present",
+    "crash_dumps",
+    "instance_healthy",
+    "kdump_armed",
+    "panic_on_console",
+    "recovered_within",
+    "recovery_seconds",
+]
+
+logger = logging.getLogger("chaostoolkit")
+
+
+def _targets(
+    ec2: Any,
+    instance_ids: List[str] | None,
+    filters: List[Dict[str, Any]] | None,
+    tags: Dict[str, str] | None,
+) -> Dict[str, Any]:
+    request = Request(instance_ids or (), filters or (), tags or {})
+    return {i["InstanceId"]: platform_of(i) for i in resolve(ec2, request, None).chosen}
+
+
+def _hits(configuration: Configuration, instance_ids: List[str] | None) -> Dict[str, Injection]:
+    """The injections a probe judges: the named instances' latest, else this run's.
+
+    A run whose NMI was refused has nothing to verify: that is an error, never a vacuous pass.
+    """
+    ledger = Ledger.of(configuration)
+    if instance_ids:
+        latest = ledger.latest()
+        missing = [i for i in instance_ids if i not in latest]
+        if missing:
+            raise InvalidRequest(f"no NMI recorded for {missing} in the ledger {ledger.path}")
+        return {i: latest[i] for i in instance_ids}
+    hits = ledger.latest(RUN_ID)
+    refused = ledger.refusals(RUN_ID)
+    if not hits and refused:
+        raise Ec2PanicError(
+            f"this run's NMI was refused, so there is nothing to verify:\n{refused[-1].error}"
+        )
+    return hits
+
+
+def _platforms(ec2: Any, ids: List[str]) -> Dict[str, Any]:
+    return _targets(ec2, ids, None, None) if ids else {}
+
+
+def _interval(configuration: Configuration) -> float:
+    return float((configuration or {}).get("chaosec2panic_poll_interval", 5.0))
+
+
+def instance_healthy(
+    instance_ids: List[str] = None,
+    filters: List[Dict[str, Any]] = None,
+    tags: Dict[str, str] = None,
+    configuration: Configuration = None,
+    secrets: Secrets = None,
+) -> bool:
+    """True when every targeted instance is running, passes both EC2 status checks and has
+    its SSM agent online."""
+    ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
+    seen = observe(ec2, ssm, _targets(ec2, instance_ids, filters, tags), read_boot=False)
+    unhealthy = {i: s.detail for i, s in seen.items() if not (s.status_ok and s.agent_online)}
+    for i, why in unhealthy.items():
+        logger.warning("%s is not healthy: %s", i, why)
+    return not unhealthy
+
+
+def kdump_armed(
+    instance_ids: List[str] = None,
+    filters: List[Dict[str, Any]] = None,
+    tags: Dict[str, str] = None,
+    min_dump_space_ratio: float = 1.0,
+    configuration: Configuration = None,
+    secrets: Secrets = None,
+) -> Dict[str, Any]:
+    """Check on each targeted instance (through SSM) that an NMI will produce a crash dump.
+
+    Linux: crash kernel loaded, crashkernel memory reserved, kernel.unknown_nmi_panic = 1,
+    kdump service operational (kdumpctl, kdump-config or systemd), free space in the dump
+    directory of at least ``min_dump_space_ratio`` x memory. Windows: CrashControl dump
+    enabled, NMICrashDump = 1, AutoReboot = 1, free space. An instance that cannot be checked
+    is ``unknown``, never armed. Returns ``armed`` (true only when every instance is armed)
+    and per instance the verdict, each check (status, found, expected) and the reasons.
+    """
+    ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
+    platforms = _targets(ec2, instance_ids, filters, tags)
+    results = run_script(ssm, platforms, "kdump_status", timeout=60)
+    instances: Dict[str, Any] = {}
+    for i, r in results.items():
+        if r.ok:
+            instances[i] = kdump_verdict(
+                parse_report(r.stdout, "kdump_status"), min_dump_space_ratio
+            ).to_dict()
+        else:
+            instances[i] = {
+                "verdict": "unknown",
+                "checks": {},
+                "reasons": [f"not checked: {r.status} {r.error}".rstrip()],
+            }
+    for i, v in instances.items():
+        if v["verdict"] != "armed":
+            logger.warning("%s kdump %s: %s", i, v["verdict"], "; ".join(v["reasons"]))
+    armed = bool(instances) and all(v["verdict"] == "armed" for v in instances.values())
+    return {"armed": armed, "instances": instances}
+
+
+def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
+    report = parse_report(stdout, "crash_dumps")
+    if not report.complete:
+        return {"verdict": "unknown", "problems": report.problems}
+    files, problems = dump_files(report)
+    sent = parse_iso(injection.sent_at).timestamp()
+    # mtime has whole seconds: a dump written in the second of the NMI still counts.
+    newer = [f for f in files if f.mtime >= int(sent)]
+    if not newer:
+        return {
+            "verdict": "only-older-dumps" if files else "no-dump",
+            "problems": problems,
+            "older": [f.path for f in files],
+        }
+    newest = max(newer, key=lambda f: f.mtime)
+    header = identify_dump(newest.head, newest.tail, newest.path)
+    return {
+        "verdict": "complete-dump" if header.complete else "incomplete-dump",
+        "path": newest.path,
+        "size": newest.size,
+        "written_at": iso(datetime.fromtimestamp(newest.mtime, UTC)),
+        **header.to_dict(),
+        "problems": problems + header.problems,
+        "running_kernel": report.get("kernel_release"),
+    }
+
+
+def crash_dumps(
+    instance_ids: List[str] = None,
+    dump_dir: str = "/var/crash",
+    configuration: Configuration = None,
+    secrets: Secrets = None,
+) -> Dict[str, Any]:
+    """Look for the crash dump of the last NMI on each hit instance (this run's, or the named
+    instances' latest in the ledger).
+
+    Reads only the dump directory listing and the first and last bytes of each dump. Per
+    instance: ``no-dump``, ``only-older-dumps``, ``incomplete-dump`` or ``complete-dump``
+    (with path, size, format and kernel release), or ``unknown`` when it cannot be read.
+    """
+    ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
+    hits = _hits(configuration, instance_ids)
+    results = run_script(
+        ssm, _platforms(ec2, sorted(hits)), "crash_dumps", {"DUMP_DIR": dump_dir}, timeout=60
+    )
+    instances = {}
+    for i, injection in hits.items():
+        r = results[i]
+        instances[i] = (
+            _dump_verdict(injection, r.stdout)
+            if r.ok
+            else {"verdict": "unknown", "problems": [f"not read: {r.status} {r.error}".rstrip()]}
+        )
+        instances[i]["nmi_sent_at"] = injection.sent_at
+    return {"instances": instances}
+
+
+def crash_dump_present(
+    instance_ids: List[str] = None,
+    dump_dir: str = "/var/crash",
+    configuration: Configuration = None,
+    secrets: Secrets = None,
+) -> bool:
+    """True when every hit instance holds a complete crash dump written after its last NMI
+    (true at once before any NMI of this run)."""
+    found = crash_dumps(instance_ids, dump_dir, configuration, secrets)["instances"]
+    for i, v in found.items():
+        if v["verdict"] != "complete-dump":
+            logger.warning("%s: %s %s", i, v["verdict"], "; ".join(v.get("problems", [])))
+    return all(v["verdict"] == "complete-dump" for v in found.values())
+
+
+def panic_on_console(
+    instance_ids: List[str] = None,
+    configuration: Configuration = None,
+    secrets: Secrets = None,
+) -> bool:
+    """True when the console (GetConsoleOutput, latest) of every hit instance shows, after
+    its last NMI, the kernel panicking because of the NMI (true at once before any NMI)."""
+    ec2 = client("ec2", configuration, secrets)
+    hits = _hits(configuration, instance_ids)
+    verdicts = {}
+    for i, injection in hits.items():
+        text = ec2.get_console_output(InstanceId=i, Latest=True).get("Output") or ""
+        anchor = injection.console_anchor
+        # A lost anchor means the buffer rolled past it: everything left is newer.
+        after = text.split(anchor, 1)[1] if anchor and anchor in text else text
+        findings = console_findings(after)
+        verdicts[i] = findings.nmi_panic
+        if not findings.nmi_panic:
+            logger.warning("%s console after the NMI: %s", i, findings.to_dict())
+    return all(verdicts.values())
+
+
+def _wait_for_recovery(
+    configuration: Configuration, secrets: Secrets, hits: Dict[str, Injection], deadline: float
+) -> Dict[str, float | None]:
+    """Seconds from each NMI to the instance being back (None if not back by ``deadline``)."""
+    ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
+    ledger = Ledger.of(configuration)
+    platforms = _platforms(ec2, sorted(hits))
+    back: Dict[str, float | None] = {
+        i: seconds_between(e.sent_at, e.recovered_at) if e.recovered_at else None for i, e in hits.items()
+    }
+
+    def look() -> Dict[str, float | None]:
+        pending = {i: platforms[i] for i, s in back.items() if s is None}
+        for i, seen in observe(ec2, ssm, pending).items():
+            e = hits[i]
+            if is_back(seen, e.sent_at, e.boot_id_before):
+                back[i] = seconds_between(e.sent_at, seen.at)
+                ledger.update(i, e.sent_at, recovered_at=seen.at)
+                logger.info("%s back %.1fs after its NMI", i, back[i])
+        return back
+
+    poll(
+        Poll(
+            look,
+            lambda b: all(s is not None for s in b.values()),
+            timeout=max(0.0, deadline - time.monotonic()),
+            interval=_interval(configuration),
+        )
+    )
+    return back
+
+
+def recovery_seconds(
+    timeout: float = 600,
+    instance_ids: List[str] = None,
+    configuration: Configuration = None,
+    secrets: Secrets = None,
+) -> Dict[str, Any]:
+    """Wait up to ``timeout`` seconds until each hit instance is back (a new boot, status
+    checks ok, SSM agent online) and return the seconds from its NMI, per instance (null
+    when not back) and for the fleet (max, p50, p95). Before any NMI it returns at once."""
+    hits = _hits(configuration, instance_ids)
+    if not hits:
+        return {"instances": {}, **fleet_summary({})}
+    seconds = _wait_for_recovery(configuration, secrets, hits, time.monotonic() + float(timeout))
+    return {"instances": seconds, **fleet_summary(seconds)}
+
+
+def recovered_within(
+    seconds: float,
+    instance_ids: List[str] = None,
+    configuration: Configuration = None,
+    secrets: Secrets = None,
+) -> bool:
+    """True when every hit instance was back (a new boot, status checks ok, SSM agent online)
+    within ``seconds`` of its NMI. Waits no longer than that; before any NMI it is true at once."""
+    hits = _hits(configuration, instance_ids)
+    if not hits:
+        return True
+    latest_deadline = max(parse_iso(e.sent_at).timestamp() for e in hits.values()) + float(seconds)
+    deadline = time.monotonic() + max(0.0, latest_deadline - time.time())
+    back = _wait_for_recovery(configuration, secrets, hits, deadline)
+    late = {i: s for i, s in back.items() if s is None or s > float(seconds)}
+    for i, s in late.items():
+        logger.warning(
+            "%s not back within %ss of its NMI (%s)",
+            i,
+            seconds,
+            "not back yet" if s is None else f"back after {s}s",
+        )
+    return not late
