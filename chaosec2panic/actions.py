@@ -7,13 +7,14 @@ from typing import Any, Dict, List
 from botocore.exceptions import BotoCoreError, ClientError
 from chaoslib.types import Configuration, Secrets
 
-from .aws import RetryPolicy, client, error_code, without_sdk_retries
+from .aws import THROTTLING_CODES, RetryPolicy, client, error_code, without_sdk_retries
 from .errors import Ec2PanicError, InvalidRequest, Refused
 from .guest import platform_of
 from .guest.parsers import kdump_verdict, parse_report
 from .health import observe
 from .ledger import Injection, Ledger
 from .recovery import is_back, now_iso
+from .settings import settings
 from .ssm import run_script
 from .targets import Request, guardrails, resolve
 
@@ -49,7 +50,8 @@ def _send_one(ec2: Any, instance_id: str, retry: RetryPolicy) -> tuple[str, str,
         return sent_at, "sent", ""
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        outcome = "unknown" if status >= 500 else "failed"
+        # Throttled requests were refused before acting; other 5xx answers may have acted.
+        outcome = "unknown" if status >= 500 and error_code(exc) not in THROTTLING_CODES else "failed"
         return sent_at, outcome, f"{error_code(exc)}: {exc.response['Error'].get('Message', '')}"
     except BotoCoreError as exc:
         return sent_at, "unknown", f"{type(exc).__name__}: {exc}"
@@ -131,7 +133,7 @@ def _send_nmi(
     guard = guardrails(configuration, max_instances)
     ec2 = client("ec2", configuration, secrets)
     ssm = client("ssm", configuration, secrets)
-    retry = RetryPolicy()
+    retry = settings(configuration).retry()
     resolution = resolve(ec2, request, guard)
     platforms = {inst["InstanceId"]: platform_of(inst) for inst in resolution.chosen}
 

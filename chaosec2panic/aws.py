@@ -12,7 +12,10 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Type
 
 from botocore.exceptions import ClientError
 from chaosaws import aws_client
+from chaoslib.exceptions import InterruptExecution
 from chaoslib.types import Configuration, Secrets
+
+from .errors import InvalidRequest
 
 __all__ = [
     "DESCRIBE_STATUS_CHUNK",
@@ -43,7 +46,12 @@ THROTTLING_CODES = frozenset(
 
 def client(service: str, configuration: Configuration, secrets: Secrets) -> Any:
     """A boto3 client for ``service``, configured as chaostoolkit-aws configures its own."""
-    return aws_client(service, configuration, secrets)
+    try:
+        return aws_client(service, configuration, secrets)
+    except InterruptExecution as exc:
+        raise InvalidRequest(
+            f"{exc}: set aws_region in the configuration, or AWS_REGION in the environment. Nothing was sent."
+        ) from exc
 
 
 def without_sdk_retries(ec2: Any) -> Any:

@@ -1,7 +1,7 @@
 """What was injected, when, and what came of it: shared by the activities of a run and persisted.
 
 The ledger is a JSON file (``chaosec2panic_ledger_path`` in the configuration, else
-``$CHAOSEC2PANIC_LEDGER``, else ``$XDG_STATE_HOME/chaosec2panic/ledger.json``), written
+``$CHAOSEC2PANIC_LEDGER``, else ``$XDG_STATE_HOME/chaosec2panic/ledger.json``), rewritten
 atomically under a lock, so a later process (``chaosec2panic recover``, a rollback in a new
 run) finds what was hit. Entries of the current process share one ``RUN_ID``.
 """
@@ -17,7 +17,9 @@ from typing import Any, Dict, Iterator, List
 
 from chaoslib.types import Configuration
 
-__all__ = ["RUN_ID", "Injection", "Ledger", "ledger_path"]
+from .settings import settings
+
+__all__ = ["RUN_ID", "Injection", "Ledger"]
 
 RUN_ID = uuid.uuid4().hex
 
@@ -50,17 +52,6 @@ class Injection:
         return asdict(self)
 
 
-def ledger_path(configuration: Configuration | None) -> Path:
-    """Where the ledger lives for this configuration."""
-    configured = (configuration or {}).get("chaosec2panic_ledger_path")
-    if configured:
-        return Path(str(configured)).expanduser()
-    if os.environ.get("CHAOSEC2PANIC_LEDGER"):
-        return Path(os.environ["CHAOSEC2PANIC_LEDGER"]).expanduser()
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return state / "chaosec2panic" / "ledger.json"
-
-
 class Ledger:
     """The injections recorded in one ledger file."""
 
@@ -69,7 +60,7 @@ class Ledger:
 
     @classmethod
     def of(cls, configuration: Configuration | None) -> "Ledger":
-        return cls(ledger_path(configuration))
+        return cls(settings(configuration).ledger_path)
 
     def entries(self) -> List[Injection]:
         try:

@@ -16,6 +16,7 @@ from .health import observe
 from .ledger import RUN_ID, Injection, Ledger
 from .polling import Poll, poll
 from .recovery import fleet_summary, is_back, iso, parse_iso, seconds_between
+from .settings import settings
 from .ssm import run_script
 from .targets import Request, resolve
 
@@ -65,10 +66,6 @@ def _hits(configuration: Configuration, instance_ids: List[str] | None) -> Dict[
 
 def _platforms(ec2: Any, ids: List[str]) -> Dict[str, Any]:
     return _targets(ec2, ids, None, None) if ids else {}
-
-
-def _interval(configuration: Configuration) -> float:
-    return float((configuration or {}).get("chaosec2panic_poll_interval", 5.0))
 
 
 def instance_healthy(
@@ -247,7 +244,7 @@ def _wait_for_recovery(
             look,
             lambda b: all(s is not None for s in b.values()),
             timeout=max(0.0, deadline - time.monotonic()),
-            interval=_interval(configuration),
+            interval=settings(configuration).poll_interval,
         )
     )
     return back

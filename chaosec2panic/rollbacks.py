@@ -5,13 +5,14 @@ from typing import Any, Dict, List
 
 from chaoslib.types import Configuration, Secrets
 
-from .aws import RetryPolicy, client, paginate
+from .aws import client, paginate
 from .errors import InvalidRequest
 from .guest import platform_of
 from .health import observe
 from .ledger import Injection, Ledger
 from .polling import Poll, poll
 from .recovery import is_back
+from .settings import settings
 
 __all__ = ["recover_instances"]
 
@@ -51,8 +52,8 @@ def recover_instances(
         return {"instances": {}}
     platforms = {i: platform_of(inst) for i, inst in _describe(ec2, sorted(hits)).items()}
     done: Dict[str, List[str]] = {i: [] for i in hits}
-    retry = RetryPolicy()
-    interval = float((configuration or {}).get("chaosec2panic_poll_interval", 5.0))
+    found = settings(configuration)
+    retry, interval = found.retry(), found.poll_interval
 
     def down(entries: Dict[str, Injection]) -> List[str]:
         seen = observe(ec2, ssm, {i: platforms[i] for i in entries})

@@ -16,9 +16,9 @@ from chaoslib.types import Configuration
 
 from .aws import error_code, paginate
 from .errors import InvalidRequest, Refused
+from .settings import settings
 
 __all__ = [
-    "DEFAULT_OPT_IN",
     "Guardrails",
     "Request",
     "Resolution",
@@ -30,28 +30,23 @@ __all__ = [
 ]
 
 INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
-DEFAULT_OPT_IN = ("chaos:nmi", "allowed")
 
 
 @dataclass(frozen=True)
 class Guardrails:
     """The checks every target must pass. Opt-in tag from configuration, cap per call."""
 
-    opt_in_key: str = DEFAULT_OPT_IN[0]
-    opt_in_value: str = DEFAULT_OPT_IN[1]
-    max_instances: int = 1
+    opt_in_key: str
+    opt_in_value: str
+    max_instances: int
 
 
 def guardrails(configuration: Configuration | None, max_instances: int) -> Guardrails:
-    """Guardrails from ``chaosec2panic_opt_in_tag_key`` / ``_value`` and ``max_instances``."""
-    configuration = configuration or {}
-    if not isinstance(max_instances, int) or max_instances < 1:
+    """Guardrails from the configured opt-in tag and ``max_instances``."""
+    if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:
         raise InvalidRequest(f"max_instances must be a whole number >= 1, got {max_instances!r}")
-    return Guardrails(
-        str(configuration.get("chaosec2panic_opt_in_tag_key", DEFAULT_OPT_IN[0])),
-        str(configuration.get("chaosec2panic_opt_in_tag_value", DEFAULT_OPT_IN[1])),
-        max_instances,
-    )
+    found = settings(configuration)
+    return Guardrails(found.opt_in_key, found.opt_in_value, max_instances)
 
 
 @dataclass(frozen=True)
@@ -108,8 +103,10 @@ def nmi_support(instance: Mapping[str, Any], type_info: Mapping[str, Any] | None
         return f"instance type {itype} is unknown to DescribeInstanceTypes"
     if itype.startswith("a1."):
         return f"instance type {itype} (A1) does not support diagnostic interrupts"
-    if instance.get("Architecture", "x86_64") != "x86_64":
-        return f"architecture {instance.get('Architecture')} is not x86_64"
+    architectures = type_info.get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"])
+    if instance.get("Architecture", "x86_64") != "x86_64" or "x86_64" not in architectures:
+        found = instance.get("Architecture") if "x86_64" in architectures else "/".join(architectures)
+        return f"architecture {found} is not x86_64 (diagnostic interrupts are delivered to Intel and AMD)"
     if not type_info.get("BareMetal") and type_info.get("Hypervisor") != "nitro":
         return (
             f"instance type {itype} runs on the {type_info.get('Hypervisor') or 'unknown'} "

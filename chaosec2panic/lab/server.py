@@ -13,6 +13,7 @@ import json
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List
 import boto3
 from moto.ec2.models.instance_types import INSTANCE_TYPES
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.utilities.utils import load_resource
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from ..targets import INSTANCE_ID, nmi_support
@@ -74,8 +76,11 @@ class Lab:
             aws_access_key_id="lab",
             aws_secret_access_key="lab",
         )
-        images = ec2.describe_images(Filters=[{"Name": "architecture", "Values": ["x86_64"]}])["Images"]
-        linux = next(i["ImageId"] for i in images if i.get("Platform") != "windows")
+        linux = next(
+            i["ami_id"]
+            for i in load_resource("ec2/resources/amis.json")
+            if i.get("platform") != "windows" and i.get("architecture") == "x86_64"
+        )
         for spec in self.fleet.guests:
             if spec.instance_type not in INSTANCE_TYPES:
                 raise ValueError(f"instance {spec.name}: unknown instance type {spec.instance_type!r}")
@@ -474,7 +479,7 @@ class LabServer:
         self._server: BaseWSGIServer = make_server(
             "127.0.0.1", port, self.lab, threaded=True, request_handler=QuietHandler
         )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def url(self) -> str:
@@ -491,7 +496,11 @@ class LabServer:
         }
 
     def start(self) -> "LabServer":
+        """Serve, with moto's (process-wide) state reset: one lab per process at a time."""
         self._thread.start()
+        urllib.request.urlopen(
+            urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=30
+        )
         self.lab.populate(self.url)
         return self
 

@@ -1,0 +1,68 @@
+"""The extension's configuration keys, read and checked in one place.
+
+| key | meaning | default |
+| --- | --- | --- |
+| ``chaosec2panic_opt_in_tag_key`` / ``_value`` | the tag a target must carry | ``chaos:nmi=allowed`` |
+| ``chaosec2panic_ledger_path`` | the ledger file | ``$CHAOSEC2PANIC_LEDGER``, else the XDG state dir |
+| ``chaosec2panic_poll_interval`` | seconds between looks while waiting | 5 |
+| ``chaosec2panic_retry_attempts`` | attempts of a throttled call | 5 |
+| ``chaosec2panic_retry_base_delay`` | first backoff, doubled per attempt (jittered) | 0.5 |
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chaoslib.types import Configuration
+
+from .aws import RetryPolicy
+from .errors import InvalidRequest
+
+__all__ = ["Settings", "settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    opt_in_key: str
+    opt_in_value: str
+    ledger_path: Path
+    poll_interval: float
+    retry_attempts: int
+    retry_base_delay: float
+
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(self.retry_attempts, self.retry_base_delay)
+
+
+def _number(configuration: Configuration, key: str, default: float, minimum: float) -> float:
+    raw: Any = configuration.get(key, default)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"configuration {key} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise InvalidRequest(f"configuration {key} must be >= {minimum}, got {raw!r}")
+    return value
+
+
+def _ledger_path(configuration: Configuration) -> Path:
+    if configuration.get("chaosec2panic_ledger_path"):
+        return Path(str(configuration["chaosec2panic_ledger_path"])).expanduser()
+    if os.environ.get("CHAOSEC2PANIC_LEDGER"):
+        return Path(os.environ["CHAOSEC2PANIC_LEDGER"]).expanduser()
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "chaosec2panic" / "ledger.json"
+
+
+def settings(configuration: Configuration | None) -> Settings:
+    """The extension's settings from a Chaos Toolkit configuration; bad values are refused."""
+    configuration = configuration or {}
+    return Settings(
+        opt_in_key=str(configuration.get("chaosec2panic_opt_in_tag_key", "chaos:nmi")),
+        opt_in_value=str(configuration.get("chaosec2panic_opt_in_tag_value", "allowed")),
+        ledger_path=_ledger_path(configuration),
+        poll_interval=_number(configuration, "chaosec2panic_poll_interval", 5.0, 0.05),
+        retry_attempts=int(_number(configuration, "chaosec2panic_retry_attempts", 5, 1)),
+        retry_base_delay=_number(configuration, "chaosec2panic_retry_base_delay", 0.5, 0.0),
+    )

@@ -1,0 +1,155 @@
+"""The guest scripts run for real under sh against a guest's file system, and their parsers.
+
+The simulated guest lays out the files and tools each distribution has; the same scripts run
+unchanged on an instance through SSM.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from chaosec2panic import guest
+from chaosec2panic.guest.parsers import dump_files, kdump_verdict, parse_report
+from chaosec2panic.lab.fleet import OS_FAMILIES, GuestSpec
+from chaosec2panic.lab.simguest import SimGuest
+
+LINUX = guest.PLATFORMS["linux"]
+
+
+def make_guest(tmp_path: Path, **spec) -> SimGuest:
+    return SimGuest(
+        "i-0123456789abcdef0",
+        GuestSpec(name="g", **spec),
+        tmp_path / "root",
+        0.01,
+        clock=__import__("time").time,
+        emit=lambda *a: None,
+    )
+
+
+def run(g: SimGuest, name: str, **variables: str):
+    outcome = g.run_command(guest.script(LINUX, name, variables or None))
+    assert outcome.status == "Success", outcome.stderr
+    return parse_report(outcome.stdout, name)
+
+
+@pytest.mark.parametrize("os_name", sorted(OS_FAMILIES))
+def test_an_armed_guest_of_every_family_is_armed(tmp_path, os_name):
+    report = run(make_guest(tmp_path, os=os_name), "kdump_status")
+    verdict = kdump_verdict(report, 1.0)
+    assert verdict.verdict == "armed", verdict.reasons
+    assert set(verdict.checks) == {
+        "crash_kernel_loaded",
+        "crashkernel_reserved",
+        "unknown_nmi_panic",
+        "kdump_service",
+        "dump_space",
+    }
+    assert report.get("kdump_tool") == OS_FAMILIES[os_name].kdump_tool
+    assert report.get("os_id") == OS_FAMILIES[os_name].os_id
+    assert report.get("dump_dir") == "/var/crash"
+
+
+@pytest.mark.parametrize("os_name", ["amazon-linux-2023", "ubuntu", "suse"])
+def test_no_kdump_is_not_armed_and_says_why(tmp_path, os_name):
+    verdict = kdump_verdict(run(make_guest(tmp_path, os=os_name, kdump=False), "kdump_status"), 1.0)
+    assert verdict.verdict == "not-armed"
+    assert verdict.checks["crash_kernel_loaded"].status == "fail"
+    assert verdict.checks["kdump_service"].status == "fail"
+    assert verdict.checks["crashkernel_reserved"].status == "pass"
+
+
+def test_unknown_nmi_panic_off_is_not_armed(tmp_path):
+    verdict = kdump_verdict(run(make_guest(tmp_path, unknown_nmi_panic=0), "kdump_status"), 1.0)
+    assert verdict.verdict == "not-armed"
+    assert [r for r in verdict.reasons if r.startswith("unknown_nmi_panic: found 0")]
+
+
+def test_no_reservation_fails_the_reservation_check(tmp_path):
+    verdict = kdump_verdict(run(make_guest(tmp_path, crashkernel_mib=0), "kdump_status"), 1.0)
+    assert verdict.checks["crashkernel_reserved"].status == "fail"
+    assert "crashkernel=absent" in verdict.checks["crashkernel_reserved"].found
+
+
+def test_dump_space_is_compared_with_memory(tmp_path):
+    report = run(make_guest(tmp_path, memory_mib=16384, disk_free_gib=4), "kdump_status")
+    assert kdump_verdict(report, 1.0).checks["dump_space"].status == "fail"
+    assert kdump_verdict(report, 0.2).checks["dump_space"].status == "pass"
+
+
+def test_identity_reports_the_boot(tmp_path):
+    g = make_guest(tmp_path)
+    report = run(g, "identity")
+    assert report.complete and report.get("boot_id") == g.boot_id
+    assert float(report.get("uptime")) >= 3600
+
+
+def test_crash_dumps_lists_nothing_on_a_fresh_guest(tmp_path):
+    report = run(make_guest(tmp_path), "crash_dumps", DUMP_DIR="/var/crash")
+    assert report.complete and dump_files(report) == ([], [])
+
+
+def test_output_cut_short_is_unknown_never_armed():
+    text = "schema=kdump_status/1\ncrash_loaded=1\ncrash_size=1\nunknown_nmi_panic=1\n"
+    verdict = kdump_verdict(parse_report(text, "kdump_status"), 1.0)
+    assert verdict.verdict == "unknown"
+    assert any("end line" in r for r in verdict.reasons)
+
+
+def test_wrong_schema_is_a_problem():
+    assert parse_report("schema=identity/1\nend=ok\n", "kdump_status").problems
+
+
+def test_missing_values_are_unknown():
+    verdict = kdump_verdict(parse_report("schema=kdump_status/1\nend=ok\n", "kdump_status"), 1.0)
+    assert verdict.verdict == "unknown"
+    assert {c.status for c in verdict.checks.values()} == {"unknown"}
+
+
+# Hand-written: no PowerShell runs here. Keys as kdump_status.ps1 prints them.
+WINDOWS_ARMED = """schema=kdump_status/1
+boot_id=20260101T000000Z
+os_id=windows
+mem_total_kb=8388608
+crash_dump_enabled=1
+nmi_crash_dump=1
+auto_reboot=1
+dump_file=C:\\Windows\\MEMORY.DMP
+dump_dir=C:\\Windows
+dump_dir_free_kb=20971520
+end=ok
+"""
+
+
+def test_windows_settings_are_judged():
+    assert kdump_verdict(parse_report(WINDOWS_ARMED, "kdump_status"), 1.0).verdict == "armed"
+    off = WINDOWS_ARMED.replace("nmi_crash_dump=1", "nmi_crash_dump=0").replace(
+        "crash_dump_enabled=1", "crash_dump_enabled=0"
+    )
+    verdict = kdump_verdict(parse_report(off, "kdump_status"), 1.0)
+    assert verdict.verdict == "not-armed"
+    assert {n for n, c in verdict.checks.items() if c.status == "fail"} == {
+        "nmi_crash_dump",
+        "crash_dump_enabled",
+    }
+
+
+def test_windows_script_prints_every_key_the_parser_reads():
+    text = guest.script(guest.PLATFORMS["windows"], "kdump_status")
+    for key in (
+        "boot_id",
+        "os_id",
+        "mem_total_kb",
+        "crash_dump_enabled",
+        "nmi_crash_dump",
+        "auto_reboot",
+        "dump_dir_free_kb",
+        "end=ok",
+        "exit 0",
+    ):
+        assert key in text
+
+
+def test_unknown_script_names_the_valid_ones():
+    with pytest.raises(ValueError, match="kdump_status"):
+        guest.script(LINUX, "nope")
