@@ -308,9 +308,12 @@ class SimGuest:
         self._boot_messages(at)
         self._event(at, "boot", self.boot_id)
         if self.spec.agent:
-            self._event(self.agent_at, "agent-online")
-            if self.after_nmi:
-                self._event(self.agent_at, "recovered", "new boot, status ok, agent online")
+            self._schedule((self.agent_at, "agent_up"))
+
+    def _step_agent_up(self, at: float) -> None:
+        self._event(at, "agent-online")
+        if self.after_nmi:
+            self._event(at, "recovered", "new boot, status ok, agent online")
         self.after_nmi = False
 
     def _boot_messages(self, at: float) -> None:

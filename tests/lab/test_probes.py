@@ -1,0 +1,185 @@
+"""Probes and the rollback against the lab: every situation a crash experiment meets."""
+
+import time
+
+import pytest
+from conftest import opted_in
+
+from chaosec2panic.actions import send_nmi
+from chaosec2panic.errors import Ec2PanicError, Refused
+from chaosec2panic.ledger import Injection, Ledger
+from chaosec2panic.probes import (
+    crash_dump_present,
+    crash_dumps,
+    instance_healthy,
+    kdump_armed,
+    panic_on_console,
+    recovered_within,
+    recovery_seconds,
+)
+from chaosec2panic.recovery import now_iso
+from chaosec2panic.rollbacks import recover_instances
+
+
+def hit(lab, name: str, **kw) -> None:
+    send_nmi(instance_ids=[lab.id(name)], configuration=lab.configuration(), **kw)
+
+
+def test_kdump_armed_per_instance_verdicts(make_lab):
+    lab = make_lab(
+        [
+            opted_in("armed"),
+            opted_in("bare", kdump=False),
+            opted_in("calm", unknown_nmi_panic=0),
+            opted_in("silent", agent=False),
+        ]
+    )
+    result = kdump_armed(tags={"chaos:nmi": "allowed"}, configuration=lab.configuration())
+    verdicts = {lab.lab.guests[i].spec.name: v["verdict"] for i, v in result["instances"].items()}
+    assert verdicts == {"armed": "armed", "bare": "not-armed", "calm": "not-armed", "silent": "unknown"}
+    assert result["armed"] is False
+    armed = result["instances"][lab.id("armed")]
+    assert armed["checks"]["crash_kernel_loaded"] == {"status": "pass", "found": "1", "expected": "1"}
+    assert kdump_armed(instance_ids=[lab.id("armed")], configuration=lab.configuration())["armed"] is True
+
+
+def test_instance_healthy_needs_status_ok_and_agent_online(make_lab):
+    lab = make_lab([opted_in("ok"), opted_in("silent", agent=False)])
+    assert instance_healthy(instance_ids=[lab.id("ok")], configuration=lab.configuration()) is True
+    assert (
+        instance_healthy(instance_ids=[lab.id("ok"), lab.id("silent")], configuration=lab.configuration())
+        is False
+    )
+
+
+def test_before_any_nmi_the_after_probes_pass_at_once(make_lab):
+    lab = make_lab([opted_in("web")])
+    conf = lab.configuration()
+    before = dict(lab.lab.calls)
+    assert recovered_within(1, configuration=conf) is True
+    assert crash_dump_present(configuration=conf) is True
+    assert panic_on_console(configuration=conf) is True
+    assert recovery_seconds(configuration=conf)["instances"] == {}
+    assert dict(lab.lab.calls) == before  # answered from the ledger alone
+
+
+def test_a_refused_nmi_leaves_nothing_to_verify_and_the_probes_say_so(make_lab):
+    lab = make_lab([opted_in("bare", kdump=False)])
+    with pytest.raises(Refused):
+        hit(lab, "bare")
+    for probe in (recovered_within, crash_dump_present, panic_on_console):
+        args = (1,) if probe is recovered_within else ()
+        with pytest.raises(Ec2PanicError, match="refused, so there is nothing to verify"):
+            probe(*args, configuration=lab.configuration())
+
+
+@pytest.mark.parametrize(
+    ("os_name", "fmt", "dirname"),
+    [
+        ("amazon-linux-2023", "kdump-compressed", "127.0.0.1-"),
+        ("rhel", "kdump-compressed", "127.0.0.1-"),
+        ("ubuntu", "flattened", "/var/crash/20"),
+        ("suse", "flattened", "/var/crash/20"),
+    ],
+)
+def test_armed_instance_crashes_dumps_and_comes_back(make_lab, os_name, fmt, dirname):
+    lab = make_lab([opted_in("web", os=os_name)])
+    hit(lab, "web")
+    conf = lab.configuration()
+    assert recovered_within(30, configuration=conf) is True
+    dump = crash_dumps(configuration=conf)["instances"][lab.id("web")]
+    assert dump["verdict"] == "complete-dump" and dump["format"] == fmt and dirname in dump["path"]
+    assert dump["path"] == lab.events("dump-written", "web")[0]["detail"]
+    if fmt == "kdump-compressed":
+        assert dump["kernel_release"] == dump["running_kernel"]
+    assert crash_dump_present(configuration=conf) is True
+    assert panic_on_console(configuration=conf) is True
+    assert Ledger(lab.ledger).unrecovered() == {}
+
+
+def test_unknown_nmi_panic_off_means_no_crash_and_every_check_fails(make_lab):
+    lab = make_lab([opted_in("calm", unknown_nmi_panic=0)])
+    hit(lab, "calm", allow_unarmed=True)
+    conf = lab.configuration()
+    assert panic_on_console(configuration=conf) is False
+    assert crash_dump_present(configuration=conf) is False
+    assert crash_dumps(configuration=conf)["instances"][lab.id("calm")]["verdict"] == "no-dump"
+    assert recovered_within(1.5, configuration=conf) is False
+    assert [e["kind"] for e in lab.events(name="calm") if e["kind"] != "command"] == ["nmi", "dazed"]
+
+
+def test_too_small_crashkernel_leaves_an_incomplete_dump(make_lab):
+    lab = make_lab([opted_in("small", crashkernel_mib=64)])
+    hit(lab, "small")
+    conf = lab.configuration()
+    assert recovered_within(30, configuration=conf) is True
+    dump = crash_dumps(configuration=conf)["instances"][lab.id("small")]
+    assert dump["verdict"] == "incomplete-dump"
+    assert dump["path"].endswith("/vmcore-incomplete")
+    assert "status at offset 424: incomplete flag 0x8 set (status 0xa)" in dump["problems"]
+    assert crash_dump_present(configuration=conf) is False
+
+
+def test_no_kdump_with_panic_timeout_reboots_without_a_dump(make_lab):
+    lab = make_lab([opted_in("bare", kdump=False, panic_timeout=10)])
+    hit(lab, "bare", allow_unarmed=True)
+    conf = lab.configuration()
+    assert recovered_within(30, configuration=conf) is True
+    assert crash_dumps(configuration=conf)["instances"][lab.id("bare")]["verdict"] == "no-dump"
+    assert panic_on_console(configuration=conf) is True
+
+
+def test_older_dumps_do_not_count_for_a_new_nmi(make_lab):
+    lab = make_lab([opted_in("web")])
+    hit(lab, "web")
+    assert recovered_within(30, configuration=lab.configuration()) is True
+    time.sleep(1.1)  # dump times have whole seconds; a dump in the NMI's own second counts as after it
+    # An NMI AWS accepted but that never reached the kernel: only the first crash's dump is there.
+    Ledger(lab.ledger).record([Injection(lab.id("web"), now_iso(), "sent")])
+    found = crash_dumps(instance_ids=[lab.id("web")], configuration=lab.configuration())["instances"]
+    assert found[lab.id("web")]["verdict"] == "only-older-dumps"
+    assert found[lab.id("web")]["older"] == [lab.events("dump-written", "web")[0]["detail"]]
+
+
+def test_hang_fails_recovery_and_the_rollback_reboots_it(make_lab):
+    lab = make_lab([opted_in("hang", kdump=False, panic_timeout=0)])
+    hit(lab, "hang", allow_unarmed=True)
+    conf = lab.configuration()
+    assert recovered_within(1.0, configuration=conf) is False
+    result = recover_instances(timeout=30, configuration=conf)
+    assert result["instances"][lab.id("hang")] == {"actions": ["reboot"], "recovered": True}
+    assert [e["kind"] for e in lab.events(name="hang") if e["kind"] in ("reboot", "boot")] == [
+        "reboot",
+        "boot",
+    ]
+    assert instance_healthy(instance_ids=[lab.id("hang")], configuration=conf) is True
+    assert recover_instances(timeout=30, configuration=conf) == {"instances": {}}
+    assert len(lab.events("reboot", "hang")) == 1
+
+
+def test_a_hang_that_ignores_reboot_is_stopped_and_started(make_lab):
+    lab = make_lab([opted_in("stuck", kdump=False, panic_timeout=0, acpi_reboot=False)])
+    hit(lab, "stuck", allow_unarmed=True)
+    result = recover_instances(timeout=2, configuration=lab.configuration())
+    assert result["instances"][lab.id("stuck")] == {"actions": ["reboot", "stop", "start"], "recovered": True}
+    kinds = [e["kind"] for e in lab.events(name="stuck") if e["kind"] != "command"]
+    assert kinds == [
+        "nmi",
+        "panic",
+        "hung",
+        "reboot-ignored",
+        "stop",
+        "start",
+        "boot",
+        "agent-online",
+        "recovered",
+    ]
+
+
+def test_recover_named_instances_leaves_healthy_ones_alone(make_lab):
+    lab = make_lab([opted_in("web")])
+    hit(lab, "web")
+    assert recovered_within(30, configuration=lab.configuration()) is True
+    result = recover_instances(instance_ids=[lab.id("web")], timeout=5, configuration=lab.configuration())
+    assert result["instances"][lab.id("web")] == {"actions": [], "recovered": True}
+    assert lab.events("reboot") == []
