@@ -90,6 +90,15 @@ class Fleet:
 SPEC_FIELDS = {f.name: f for f in fields(GuestSpec)}
 
 
+def _expected_type(key: str) -> type:
+    if key == "tags":
+        return dict
+    if key == "name":
+        return object
+    default = SPEC_FIELDS[key].default
+    return float if isinstance(default, float) else type(default)
+
+
 def _guest(entry: Any, where: str) -> List[GuestSpec]:
     if not isinstance(entry, Mapping):
         raise FleetError(f"{where}: expected a mapping of instance settings, got {entry!r}")
@@ -106,8 +115,13 @@ def _guest(entry: Any, where: str) -> List[GuestSpec]:
         raise FleetError(f"{where}: state must be running or stopped")
     if not isinstance(count, int) or count < 1:
         raise FleetError(f"{where}: count must be a whole number >= 1")
+    for key, value in settings.items():
+        expected = _expected_type(key)
+        accepted = (int, float) if expected is float else expected
+        if not isinstance(value, accepted) or (isinstance(value, bool) and expected is not bool):
+            raise FleetError(f"{where}: {key} must be {expected.__name__}, got {value!r}")
     if "tags" in settings:
-        settings["tags"] = {str(k): str(v) for k, v in (settings["tags"] or {}).items()}
+        settings["tags"] = {str(k): str(v) for k, v in settings["tags"].items()}
     name = str(settings.pop("name"))
     names = [name] if count == 1 else [f"{name}-{n}" for n in range(1, count + 1)]
     try:

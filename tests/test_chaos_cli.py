@@ -1,0 +1,173 @@
+"""The real `chaos` CLI: discover, validate every experiment, and run them against the lab."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import opted_in
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+CHAOS = str(Path(sys.executable).with_name("chaos"))
+
+
+def chaos(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHAOS, "--no-log-file", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        check=False,
+    )
+
+
+def test_discover_lists_every_activity_with_its_doc_and_typed_arguments(tmp_path):
+    out = tmp_path / "discovery.json"
+    done = chaos(
+        "discover", "--no-system-info", "--no-install", "--discovery-path", str(out), "chaosec2panic"
+    )
+    assert done.returncode == 0, done.stderr
+    activities = {a["name"]: a for a in json.loads(out.read_text())["activities"]}
+    assert set(activities) == {
+        "send_nmi",
+        "instance_healthy",
+        "kdump_armed",
+        "crash_dump_present",
+        "crash_dumps",
+        "panic_on_console",
+        "recovery_seconds",
+        "recovered_within",
+        "recover_instances",
+    }
+    for activity in activities.values():
+        assert activity["doc"], activity["name"]
+        assert {"configuration", "secrets"} <= {a["name"] for a in activity["arguments"]}
+    send = {a["name"]: a for a in activities["send_nmi"]["arguments"]}
+    assert send["instance_ids"]["type"] == "list" and send["tags"]["type"] == "mapping"
+    assert send["max_instances"] == {"name": "max_instances", "default": 1, "type": "integer"}
+    assert activities["send_nmi"]["type"] == "action" and activities["recovered_within"]["type"] == "probe"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_experiment_validates(experiment):
+    done = chaos("validate", str(experiment))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def run_experiment(lab, experiment: Path, journal: Path, **env: str) -> dict:
+    environment = {
+        **lab.server.environment(),
+        "CHAOSEC2PANIC_LEDGER": str(lab.ledger),
+        "CHAOSEC2PANIC_POLL_INTERVAL": "0.1",
+        **env,
+    }
+    done = chaos(
+        "run",
+        "--rollback-strategy",
+        "always",
+        "--journal-path",
+        str(journal),
+        str(experiment),
+        env=environment,
+    )
+    assert journal.exists(), done.stdout + done.stderr
+    return json.loads(journal.read_text())
+
+
+def test_crash_capture_runs_green_against_the_lab(make_lab, tmp_path):
+    lab = make_lab(
+        [
+            opted_in("a", tags={"role": "crash-capture"}),
+            opted_in("b", tags={"role": "crash-capture"}),
+            {"name": "bystander", "tags": {"role": "other"}},
+        ]
+    )
+    journal = run_experiment(lab, ROOT / "experiments" / "crash-capture.yaml", tmp_path / "journal.json")
+    assert journal["status"] == "completed" and journal["deviated"] is False
+    assert all(p["tolerance_met"] for p in journal["steady_states"]["after"]["probes"])
+    outputs = {r["activity"]["name"]: r["output"] for r in journal["run"]}
+    [injection] = outputs["send-nmi-to-one-target"]["injections"]
+    hit = lab.lab.guests[injection["instance_id"]].spec.name
+    assert lab.nmi_names() == [hit] and hit in ("a", "b")
+    seconds = outputs["recovery-seconds"]["instances"][injection["instance_id"]]
+    truth = lab.events("recovered", hit)[0]["epoch"] - lab.events("nmi", hit)[0]["epoch"]
+    assert abs(seconds - truth) < 0.5
+    dump = outputs["crash-dumps"]["instances"][injection["instance_id"]]
+    assert dump["verdict"] == "complete-dump" and dump["path"] == lab.events("dump-written", hit)[0]["detail"]
+    assert journal["rollbacks"][0]["output"] == {"instances": {}}
+
+
+def variant(tmp_path: Path, **send_arguments) -> Path:
+    """crash-capture.yaml without the kdump steady-state check, with more send_nmi arguments."""
+    experiment = yaml.safe_load((ROOT / "experiments" / "crash-capture.yaml").read_text())
+    probes = experiment["steady-state-hypothesis"]["probes"]
+    experiment["steady-state-hypothesis"]["probes"] = [
+        p for p in probes if p["name"] != "kdump-armed-on-targets"
+    ]
+    experiment["method"][0]["provider"]["arguments"].update(send_arguments)
+    path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    return path
+
+
+def failed_probes(journal: dict) -> set:
+    return {
+        p["activity"]["name"] for p in journal["steady_states"]["after"]["probes"] if not p["tolerance_met"]
+    }
+
+
+def test_an_unarmed_instance_deviates_without_a_dump(make_lab, tmp_path):
+    lab = make_lab([opted_in("bare", kdump=False, tags={"role": "crash-capture"})])
+    journal = run_experiment(lab, variant(tmp_path, allow_unarmed=True), tmp_path / "journal.json")
+    assert journal["deviated"] is True
+    assert failed_probes(journal) == {"complete-dump-after-each-nmi"}
+    assert lab.nmi_names() == ["bare"]
+
+
+def test_no_panic_deviates_and_reports_no_crash(make_lab, tmp_path):
+    lab = make_lab([opted_in("calm", unknown_nmi_panic=0, tags={"role": "crash-capture"})])
+    experiment = variant(tmp_path, allow_unarmed=True)
+    data = yaml.safe_load(experiment.read_text())
+    data["steady-state-hypothesis"]["probes"][0]["provider"]["arguments"]["seconds"] = 2
+    data["method"][1]["provider"]["arguments"]["timeout"] = 2
+    experiment.write_text(yaml.safe_dump(data))
+    journal = run_experiment(lab, experiment, tmp_path / "journal.json")
+    assert journal["deviated"] is True
+    assert failed_probes(journal) == {
+        "hit-instances-back-within-slo"
+    }  # the hypothesis stops at its first miss
+    outputs = {r["activity"]["name"]: r["output"] for r in journal["run"]}
+    assert outputs["recovery-seconds"]["pending"] == [lab.id("calm")]
+    assert outputs["crash-dumps"]["instances"][lab.id("calm")]["verdict"] == "no-dump"
+
+
+def test_a_refused_nmi_fails_the_run_instead_of_passing_vacuously(make_lab, tmp_path):
+    lab = make_lab([opted_in("bare", kdump=False, tags={"role": "crash-capture"})])
+    journal = run_experiment(lab, variant(tmp_path), tmp_path / "journal.json")
+    assert journal["deviated"] is True
+    assert journal["run"][0]["status"] == "failed"
+    assert "kdump is not proven armed" in journal["run"][0]["exception"][-1]
+    assert lab.nmi_names() == []
+
+
+def test_hang_deviates_and_the_rollback_brings_it_back(make_lab, tmp_path):
+    lab = make_lab([opted_in("hang", kdump=False, panic_timeout=0, tags={"role": "crash-capture"})])
+    experiment = variant(tmp_path, allow_unarmed=True)
+    data = yaml.safe_load(experiment.read_text())
+    data["steady-state-hypothesis"]["probes"][0]["provider"]["arguments"]["seconds"] = 2
+    data["method"][1]["provider"]["arguments"]["timeout"] = 2
+    experiment.write_text(yaml.safe_dump(data))
+    journal = run_experiment(lab, experiment, tmp_path / "journal.json")
+    assert journal["deviated"] is True
+    [rollback] = journal["rollbacks"]
+    assert rollback["output"]["instances"][lab.id("hang")] == {"actions": ["reboot"], "recovered": True}
+    assert [e["kind"] for e in lab.events(name="hang") if e["kind"] in ("reboot", "recovered")] == [
+        "reboot",
+        "recovered",
+    ]
