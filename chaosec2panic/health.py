@@ -34,7 +34,7 @@ def _status_ok(status: Mapping[str, str]) -> bool:
 
 
 def observe(
-    ec2: Any, ssm: Any, platforms: Mapping[str, guest.Platform], read_boot: bool = True, timeout: int = 30
+    ec2: Any, ssm: Any, platforms: Mapping[str, guest.Platform], read_boot: bool = True, timeout: int = 10
 ) -> Dict[str, Observation]:
     """One observation per instance; the boot is read (through SSM) only where it can answer."""
     ids = list(platforms)

@@ -131,7 +131,9 @@ class Lab:
         try:
             self._inject_fault(request)
             if handler is not None:
-                return self._answer(start_response, 200, request, handler(request))
+                with self._lock:  # guests and commands change together: one lab operation at a time
+                    result = handler(request)
+                return self._answer(start_response, 200, request, result)
         except ApiError as error:
             return self._answer(start_response, error.status, request, error)
         environ["wsgi.input"] = io.BytesIO(body)
