@@ -157,7 +157,8 @@ def identify_dump(head: bytes, tail: bytes, name: str = "") -> DumpHeader:
 NMI_RECEIVED = re.compile(r"NMI received for unknown reason \w+ on CPU \d+")
 PANIC = re.compile(r"Kernel panic - not syncing: (.*)")
 DAZED = "Dazed and confused, but trying to continue"
-CAPTURE_MARKERS = ("Starting crashdump kernel", "kdump: saving vmcore", "Loading crashkernel")
+# kexec-tools appends elfcorehdr= to the capture kernel's command line, which it prints at boot.
+CAPTURE_KERNEL = re.compile(r"Command line: .*\belfcorehdr=")
 NO_KDUMP_MARKERS = ("Rebooting in ", "---[ end Kernel panic")
 
 
@@ -172,19 +173,29 @@ class ConsoleFindings:
     capture_started: bool
     kdump_skipped: bool
 
+    @property
+    def panicked_on_nmi(self) -> bool:
+        """The NMI panic message, or a capture kernel booting (only a panic starts one).
+
+        With kdump armed, recent kernels keep an NMI-context panic in the log buffer only:
+        the capture kernel starts before the console is flushed.
+        """
+        return self.nmi_panic or (self.capture_started and not self.dazed)
+
     def to_dict(self) -> Dict[str, object]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "panicked_on_nmi": self.panicked_on_nmi}
 
 
 def console_findings(text: str) -> ConsoleFindings:
     """Read kernel messages from console text (any timestamps or prefixes around them)."""
     panic = PANIC.search(text)
     message = panic.group(1).strip() if panic else ""
+    capture = CAPTURE_KERNEL.search(text)
     return ConsoleFindings(
         nmi_received=bool(NMI_RECEIVED.search(text)),
         panic_message=message,
         nmi_panic=message.startswith("NMI"),
         dazed=DAZED in text,
-        capture_started=any(m in text for m in CAPTURE_MARKERS),
-        kdump_skipped=any(m in text for m in NO_KDUMP_MARKERS),
+        capture_started=bool(capture),
+        kdump_skipped=not capture and any(m in text for m in NO_KDUMP_MARKERS),
     )

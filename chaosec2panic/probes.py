@@ -202,7 +202,9 @@ def panic_on_console(
     secrets: Secrets = None,
 ) -> bool:
     """True when the console (GetConsoleOutput, latest) of every hit instance shows, after
-    its last NMI, the kernel panicking because of the NMI (true at once before any NMI)."""
+    its last NMI, the kernel panicking: the NMI panic message, or the kdump capture kernel
+    booting (recent kernels print an NMI panic only to the log when kdump takes over at once).
+    True at once before any NMI."""
     ec2 = client("ec2", configuration, secrets)
     hits = _hits(configuration, instance_ids)
     verdicts = {}
@@ -212,8 +214,8 @@ def panic_on_console(
         # A lost anchor means the buffer rolled past it: everything left is newer.
         after = text.split(anchor, 1)[1] if anchor and anchor in text else text
         findings = console_findings(after)
-        verdicts[i] = findings.nmi_panic
-        if not findings.nmi_panic:
+        verdicts[i] = findings.panicked_on_nmi
+        if not findings.panicked_on_nmi:
             logger.warning("%s console after the NMI: %s", i, findings.to_dict())
     return all(verdicts.values())
 

@@ -2,6 +2,7 @@
 
 import random
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -113,6 +114,7 @@ PANIC_CONSOLE = """[ 3600.216325] Uhhuh. NMI received for unknown reason 3d on C
 [ 3600.216325] Do you have a strange power saving mode enabled?
 [ 3600.216325] Kernel panic - not syncing: NMI: Not continuing
 [ 3600.216325] Starting crashdump kernel...
+[    0.000000] Command line: console=ttyS0 irqpoll nr_cpus=1 reset_devices elfcorehdr=179572K
 """
 
 
@@ -132,3 +134,91 @@ def test_console_dazed_is_no_panic():
 def test_console_other_panic_is_not_the_nmi():
     found = console_findings("Kernel panic - not syncing: Fatal exception\nRebooting in 10 seconds..\n")
     assert not found.nmi_panic and found.panic_message == "Fatal exception" and found.kdump_skipped
+
+
+REAL = Path(__file__).parent / "fixtures" / "real"
+
+
+def real(name: str) -> bytes:
+    return (REAL / name).read_bytes()
+
+
+def test_real_kdump_compressed_header():
+    found = identify_dump(real("vmcore.kdump-compressed.head")[:512], b"", "/var/crash/127.0.0.1-x/vmcore")
+    assert (found.format, found.complete, found.problems) == ("kdump-compressed", True, [])
+    assert (found.kernel_release, found.machine) == ("6.1.0-57-amd64", "x86_64")
+    assert found.compression == "lzo" and found.crash_time.startswith("2026-11-29T12:09")
+
+
+def test_real_flattened_dump_and_the_same_dump_cut_short():
+    head, tail = real("vmcore.flattened.head")[:512], real("vmcore.flattened.tail")
+    assert identify_dump(head, tail[-16:]).complete is True
+    cut = identify_dump(head, tail[-1000:-984])
+    assert cut.complete is False and cut.problems[0].startswith("end record: expected 16 bytes of 0xff")
+
+
+@pytest.mark.parametrize(
+    ("log", "expected"),
+    [
+        (
+            "console-kdump.log",
+            {
+                "nmi_received": False,
+                "nmi_panic": False,
+                "capture_started": True,
+                "dazed": False,
+                "kdump_skipped": False,
+                "panicked_on_nmi": True,
+            },
+        ),
+        (
+            "console-nmi-ignored.log",
+            {
+                "nmi_received": True,
+                "nmi_panic": False,
+                "capture_started": False,
+                "dazed": True,
+                "kdump_skipped": False,
+                "panicked_on_nmi": False,
+            },
+        ),
+        (
+            "console-hang.log",
+            {
+                "nmi_received": True,
+                "nmi_panic": True,
+                "capture_started": False,
+                "dazed": False,
+                "kdump_skipped": True,
+                "panicked_on_nmi": True,
+            },
+        ),
+        (
+            "console-small-crashkernel-64M.log",
+            {
+                "nmi_received": True,
+                "nmi_panic": True,
+                "capture_started": False,
+                "dazed": False,
+                "panicked_on_nmi": True,
+            },
+        ),
+        (
+            "console-small-crashkernel-80M.log",
+            {"capture_started": True, "nmi_panic": False, "panicked_on_nmi": True},
+        ),
+    ],
+)
+def test_real_consoles(log, expected):
+    found = console_findings((REAL / log).read_text(errors="replace")).to_dict()
+    assert {k: found[k] for k in expected} == expected
+
+
+def test_real_capture_kernel_out_of_memory_panic_is_not_the_nmi():
+    found = console_findings((REAL / "console-small-crashkernel-80M.log").read_text(errors="replace"))
+    assert found.panic_message == "System is deadlocked on memory"
+
+
+def test_real_vmcore_dmesg_shows_the_nmi_panic():
+    found = console_findings((REAL / "vmcore-dmesg.txt").read_text())
+    assert found.nmi_received and found.nmi_panic and found.panic_message == "NMI: Not continuing"
