@@ -14,13 +14,14 @@ from typing import Any, Dict, List, Sequence
 
 __all__ = ["main"]
 
-DEFAULT_FLEET = "default.yaml"
+FLEET_HELP = "a fleet YAML file, or a bundled one: default.yaml (simulated guests), real.yaml (QEMU guests)"
 
 
-def _fleet(path: str | None) -> Any:
+def _fleet(path: str) -> Any:
     from .lab.fleet import FleetError, load_fleet
 
-    source = Path(path) if path else Path(str(files("chaosec2panic.lab.fleets").joinpath(DEFAULT_FLEET)))
+    bundled = files("chaosec2panic.lab").joinpath("fleets").joinpath(path)
+    source = Path(path) if Path(path).exists() or not bundled.is_file() else Path(str(bundled))
     try:
         return load_fleet(source)
     except (OSError, FleetError) as exc:
@@ -41,11 +42,12 @@ def _start_lab(args: argparse.Namespace) -> Any:
 
 
 def _fleet_table(lab: Any) -> List[str]:
-    rows = [f"  {'name':<24} {'instance id':<21} {'type':<11} {'os':<18} tags"]
+    rows = [f"  {'name':<24} {'instance id':<21} {'kind':<10} {'type':<11} {'os':<18} tags"]
     for instance_id, guest in lab.lab.guests.items():
         spec = guest.spec
         tags = ",".join(f"{k}={v}" for k, v in spec.tags.items())
-        rows.append(f"  {spec.name:<24} {instance_id:<21} {spec.instance_type:<11} {spec.os:<18} {tags}")
+        row = f"  {spec.name:<24} {instance_id:<21} {spec.kind:<10} {spec.instance_type:<11} {spec.os:<18}"
+        rows.append(f"{row} {tags}")
     return rows
 
 
@@ -96,6 +98,14 @@ def recover(args: argparse.Namespace) -> int:
 
 def summarise(journal: Dict[str, Any]) -> List[str]:
     """A few lines a person reads after a run: what was hit, the dump, the recovery vs the SLO."""
+    slo = next(
+        (
+            float(p["provider"]["arguments"]["seconds"])
+            for p in journal["experiment"].get("steady-state-hypothesis", {}).get("probes", [])
+            if p.get("provider", {}).get("func") == "recovered_within"
+        ),
+        None,
+    )
     lines = [
         f"experiment: {journal['experiment']['title']}",
         f"status: {journal['status']}, deviated: {journal['deviated']}",
@@ -111,7 +121,13 @@ def summarise(journal: Dict[str, Any]) -> List[str]:
                 )
         elif isinstance(output, dict) and "instances" in output and "max" in output:
             for i, seconds in output["instances"].items():
-                lines.append(f"{i} back after {seconds} s" if seconds is not None else f"{i} not back")
+                if seconds is None:
+                    lines.append(f"{i} not back")
+                else:
+                    verdict = (
+                        "" if slo is None else f" (SLO {slo:g} s: {'met' if seconds <= slo else 'missed'})"
+                    )
+                    lines.append(f"{i} back after {seconds} s{verdict}")
         elif isinstance(output, dict) and "instances" in output:
             for i, d in output["instances"].items():
                 if d.get("path"):
@@ -139,7 +155,8 @@ def demo(args: argparse.Namespace) -> int:
             "CHAOSEC2PANIC_LEDGER": str(workdir / "ledger.json"),
             "CHAOSEC2PANIC_POLL_INTERVAL": "0.2",
         }
-        print(f"chaosec2panic demo: lab of {len(lab.lab.guests)} instances at {lab.url}", flush=True)
+        print(f"chaosec2panic demo: lab of {len(lab.lab.guests)} instances at {lab.url}")
+        print("\n".join(_fleet_table(lab)), flush=True)
         command = [
             "chaos",
             "--log-file",
@@ -170,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     up = lab.add_parser("up", help="serve a fleet until interrupted")
     events = lab.add_parser("events", help="what the lab's fleet received")
     for p in (up,):
-        p.add_argument("--fleet", help="fleet YAML file (default: the bundled fleet)")
+        p.add_argument("--fleet", default="default.yaml", help=FLEET_HELP)
         p.add_argument("--port", type=int, default=4566)
         p.add_argument(
             "--time-scale", type=float, help="wall seconds per model second (default: the fleet's)"
@@ -192,7 +209,7 @@ def parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("demo", help="run an experiment against a fresh lab and say what happened")
     run.add_argument("--experiment", default="experiments/crash-capture.yaml")
-    run.add_argument("--fleet", help="fleet YAML file (default: the bundled fleet)")
+    run.add_argument("--fleet", default="real.yaml", help=FLEET_HELP)
     run.add_argument("--journal", help="where to write the journal")
     run.add_argument("--time-scale", type=float)
     run.set_defaults(run=demo, port=0)

@@ -50,6 +50,13 @@ OS_FAMILIES: Dict[str, OsFamily] = {
         "6.4.0-150600.23.25-default",
     ),
 }
+# The real guests' own system: a Debian kernel, busybox, kdumpctl, RHEL's dump layout.
+OS_FAMILIES["crashlab"] = OsFamily(
+    "crashlab", "1", "chaosec2panic crash lab", "kdumpctl", "rhel", "(the kit's)"
+)
+KINDS = ("simulated", "qemu")
+QEMU_DEFAULTS = {"os": "crashlab", "memory_mib": 384, "crashkernel_mib": 128}
+QEMU_MEMORY_MIB = (320, 512)
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class GuestSpec:
     """One simulated instance: its EC2 face and the state of its kernel and agent."""
 
     name: str
+    kind: str = "simulated"
     instance_type: str = "m5.large"
     os: str = "amazon-linux-2023"
     memory_mib: int = 8192
@@ -109,6 +117,21 @@ def _guest(entry: Any, where: str) -> List[GuestSpec]:
         raise FleetError(f"{where}: unknown settings {unknown}; valid: {sorted(SPEC_FIELDS)} and count")
     if "name" not in settings:
         raise FleetError(f"{where}: every instance needs a name")
+    if settings.get("kind", "simulated") not in KINDS:
+        raise FleetError(f"{where}: unknown kind {settings['kind']!r}; valid: {list(KINDS)}")
+    if settings.get("kind") == "qemu":
+        settings = {**QEMU_DEFAULTS, **settings}
+        low, high = QEMU_MEMORY_MIB
+        if settings["os"] != "crashlab" or not settings.get("acpi_reboot", True):
+            raise FleetError(
+                f"{where}: a qemu guest runs the lab's own system (os: crashlab) and always reboots"
+            )
+        if not isinstance(settings["memory_mib"], int) or not low <= settings["memory_mib"] <= high:
+            raise FleetError(
+                f"{where}: a qemu guest has {low} to {high} MiB of memory, got {settings['memory_mib']!r}"
+            )
+    elif settings.get("os") == "crashlab":
+        raise FleetError(f"{where}: os crashlab is the qemu guests' system; set kind: qemu")
     if settings.get("os", "amazon-linux-2023") not in OS_FAMILIES:
         raise FleetError(f"{where}: unknown os {settings['os']!r}; valid: {sorted(OS_FAMILIES)}")
     if settings.get("state", "running") not in ("running", "stopped"):

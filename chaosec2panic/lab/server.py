@@ -10,6 +10,7 @@ Under ``/_lab/`` it serves what it saw (events, calls, fleet) and takes injected
 import base64
 import io
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -27,23 +28,33 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from ..targets import INSTANCE_ID, nmi_support
 from .fleet import Fleet
+from .kit import Kit, KitError, ensure_kit
 from .protocol import ApiError, Request, ec2_error, ec2_xml, json_error, list_param
+from .qemuguest import QemuGuest, choose_accel
 from .simguest import SimGuest
 
-__all__ = ["LAB_CREDENTIALS", "Lab", "LabServer"]
+__all__ = ["LAB_CREDENTIALS", "Guest", "Lab", "LabError", "LabServer"]
 
 LAB_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": "lab"}
 STATE_CODES = {"running": 16, "stopped": 80}
 DOCUMENTS = {"AWS-RunShellScript": "Linux", "AWS-RunPowerShellScript": "Windows"}
 PLUGIN_OUTPUT_LIMIT = 2500
-GUEST_ACTIONS: Dict[str, Callable[[SimGuest], None]] = {
-    "RebootInstances": SimGuest.reboot,
-    "StopInstances": SimGuest.stop,
-    "StartInstances": SimGuest.start,
-    "TerminateInstances": SimGuest.stop,
+GUEST_ACTIONS = {
+    "RebootInstances": "reboot",
+    "StopInstances": "stop",
+    "StartInstances": "start",
+    "TerminateInstances": "stop",
 }
 
+BOOT_TIMEOUT = 180.0
+MIN_FREE_BYTES = 1024 * 2**20
+
 StartResponse = Callable[..., Any]
+Guest = SimGuest | QemuGuest
+
+
+class LabError(RuntimeError):
+    """The lab cannot start; the message says why and what to do."""
 
 
 def _iso(at: float) -> str:
@@ -58,7 +69,7 @@ class Lab:
         self.workdir = workdir
         self.clock = clock
         self.moto = DomainDispatcherApplication(create_backend_app)
-        self.guests: Dict[str, SimGuest] = {}
+        self.guests: Dict[str, Guest] = {}
         self.names: Dict[str, str] = {}
         self.events: List[Dict[str, Any]] = []
         self.calls: Counter[str] = Counter()
@@ -81,9 +92,10 @@ class Lab:
             for i in load_resource("ec2/resources/amis.json")
             if i.get("platform") != "windows" and i.get("architecture") == "x86_64"
         )
+        kit, accel = None, "tcg"
         for spec in self.fleet.guests:
             if spec.instance_type not in INSTANCE_TYPES:
-                raise ValueError(f"instance {spec.name}: unknown instance type {spec.instance_type!r}")
+                raise LabError(f"instance {spec.name}: unknown instance type {spec.instance_type!r}")
             tags = [{"Key": "Name", "Value": spec.name}] + [
                 {"Key": k, "Value": v} for k, v in spec.tags.items()
             ]
@@ -98,10 +110,38 @@ class Lab:
             if spec.state == "stopped":
                 ec2.stop_instances(InstanceIds=[instance_id])
             root = self.workdir / "guests" / instance_id
-            self.guests[instance_id] = SimGuest(
-                instance_id, spec, root, self.fleet.time_scale, self.clock, self._emit
-            )
+            if spec.kind == "qemu":
+                if kit is None:
+                    kit, accel = self._real_guests_kit()
+                guest: Guest = QemuGuest(instance_id, spec, root, kit, accel, self.clock, self._emit)
+            else:
+                guest = SimGuest(instance_id, spec, root, self.fleet.time_scale, self.clock, self._emit)
+            self.guests[instance_id] = guest
             self.names[spec.name] = instance_id
+        for guest in self.guests.values():
+            if isinstance(guest, QemuGuest) and not guest.wait_ready(BOOT_TIMEOUT):
+                raise LabError(
+                    f"{guest.spec.name} did not boot within {BOOT_TIMEOUT}s (accel {accel}); "
+                    f"see {guest.console_path}"
+                )
+
+    def _real_guests_kit(self) -> tuple[Kit, str]:
+        free = shutil.disk_usage(self.workdir).free
+        if free < MIN_FREE_BYTES:
+            raise LabError(
+                f"only {free // 2**20} MiB free in {self.workdir}; real guests need "
+                f"{MIN_FREE_BYTES // 2**20} MiB for their disks and dumps"
+            )
+        try:
+            kit = ensure_kit()
+        except KitError as exc:
+            raise LabError(str(exc)) from exc
+        return kit, choose_accel(kit, self.workdir)
+
+    def close(self) -> None:
+        """End every guest (real guests are QEMU processes)."""
+        for guest in self.guests.values():
+            guest.close()
 
     def _emit(self, at: float, instance_id: str, kind: str, detail: str) -> None:
         with self._lock:
@@ -147,7 +187,7 @@ class Lab:
         environ: Dict[str, Any],
         start_response: StartResponse,
         request: Request,
-        act: Callable[[SimGuest], None],
+        act: str,
     ) -> List[bytes]:
         """Let moto change the EC2 state, then do the same to the guests if it succeeded."""
         seen: Dict[str, str] = {}
@@ -160,7 +200,7 @@ class Lab:
         if seen.get("status", "").startswith("200") and not request.flag("DryRun"):
             for instance_id in list_param(request.form, "InstanceId"):
                 if instance_id in self.guests:
-                    act(self.guests[instance_id])
+                    getattr(self.guests[instance_id], act)()
         return [payload]
 
     def _answer(
@@ -218,6 +258,7 @@ class Lab:
                         "phase": g.phase,
                         "boot_id": g.boot_id,
                         "os": g.spec.os,
+                        "kind": g.spec.kind,
                     }
                     for i, g in self.guests.items()
                 ]
@@ -231,7 +272,7 @@ class Lab:
         return [payload]
 
     # EC2 --------------------------------------------------------------------------------------
-    def _guest(self, instance_id: str) -> SimGuest:
+    def _guest(self, instance_id: str) -> Guest:
         if not instance_id:
             raise ApiError("MissingParameter", "The request must contain the parameter InstanceId")
         if not INSTANCE_ID.match(instance_id):
@@ -304,10 +345,8 @@ class Lab:
         }
 
     # SSM --------------------------------------------------------------------------------------
-    def _platform_ok(self, guest: SimGuest, document: str) -> bool:
-        return DOCUMENTS[document] == "Linux"
-
     def _deliver(self, command: Dict[str, Any]) -> None:
+        """Start each pending invocation whose agent is online, as the SSM agent picks it up."""
         now = self.clock()
         for instance_id, inv in command["invocations"].items():
             if inv["Status"] not in ("Pending", "Delayed"):
@@ -316,7 +355,7 @@ class Lab:
             if now > command["requested"] + command["timeout"]:
                 inv.update(Status="TimedOut", StatusDetails="DeliveryTimedOut")
             elif guest.agent_online():
-                if not self._platform_ok(guest, command["document"]):
+                if DOCUMENTS[command["document"]] != "Linux":
                     inv.update(
                         Status="Failed",
                         StatusDetails="Failed",
@@ -324,16 +363,21 @@ class Lab:
                         stderr="document not supported on this platform",
                     )
                     continue
-                outcome = guest.run_command(command["script"])
-                inv.update(
-                    Status=outcome.status,
-                    StatusDetails=outcome.status,
-                    ResponseCode=outcome.code,
-                    stdout=outcome.stdout,
-                    stderr=outcome.stderr,
-                    started=outcome.started,
-                    ended=outcome.ended,
-                )
+                inv.update(Status="InProgress", StatusDetails="InProgress")
+                threading.Thread(target=self._execute, args=(guest, command, inv), daemon=True).start()
+
+    def _execute(self, guest: Guest, command: Dict[str, Any], inv: Dict[str, Any]) -> None:
+        outcome = guest.run_command(command["script"], command["execution_timeout"])
+        with self._lock:
+            inv.update(
+                Status=outcome.status,
+                StatusDetails=outcome.status,
+                ResponseCode=outcome.code,
+                stdout=outcome.stdout,
+                stderr=outcome.stderr,
+                started=outcome.started,
+                ended=outcome.ended,
+            )
 
     def _ssm_SendCommand(self, request: Request) -> Dict[str, Any]:
         params = request.json
@@ -350,6 +394,7 @@ class Lab:
             raise ApiError("InvalidInstanceId", f"Instances {unknown} not in a valid state for account")
         command_id = str(uuid.uuid4())
         commands = params.get("Parameters", {}).get("commands", [])
+        execution_timeout = float((params.get("Parameters", {}).get("executionTimeout") or ["3600"])[0])
         now = self.clock()
         command = {
             "id": command_id,
@@ -357,6 +402,7 @@ class Lab:
             "script": "\n".join(commands),
             "requested": now,
             "timeout": float(params.get("TimeoutSeconds", 3600)),
+            "execution_timeout": execution_timeout,
             "comment": params.get("Comment", ""),
             "invocations": {i: {"Status": "Pending", "StatusDetails": "Pending"} for i in ids},
         }
@@ -507,6 +553,7 @@ class LabServer:
         return self
 
     def stop(self) -> None:
+        self.lab.close()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)

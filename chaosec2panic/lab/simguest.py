@@ -98,6 +98,9 @@ class SimGuest:
         self._prepare_root()
         self._boot_messages(self.booted_at)
 
+    def close(self) -> None:
+        """Nothing to end: a simulated guest is only state."""
+
     # time and events ------------------------------------------------------------------
     def _later(self, now: float, *keys: str) -> float:
         model = sum(MODEL_SECONDS[k] for k in keys)
