@@ -13,7 +13,7 @@ from .guest import platform_of
 from .guest.parsers import kdump_verdict, parse_report
 from .health import observe
 from .ledger import Injection, Ledger
-from .recovery import is_back, now_iso
+from .recovery import is_back, is_up, now_iso
 from .settings import settings
 from .ssm import run_script
 from .targets import Request, guardrails, resolve
@@ -58,7 +58,7 @@ def _send_one(ec2: Any, instance_id: str, retry: RetryPolicy) -> tuple[str, str,
 
 
 def _unrecovered(ledger: Ledger, ec2: Any, ssm: Any, platforms: Dict[str, Any]) -> Dict[str, str]:
-    """Instances hit before and not seen back since; marks those that are back as recovered."""
+    """Instances hit before that do not serve now; marks those back in a new boot as recovered."""
     pending = {i: e for i, e in ledger.unrecovered().items() if i in platforms}
     if not pending:
         return {}
@@ -67,7 +67,7 @@ def _unrecovered(ledger: Ledger, ec2: Any, ssm: Any, platforms: Dict[str, Any]) 
     for i, entry in pending.items():
         if is_back(seen[i], entry.sent_at, entry.boot_id_before):
             ledger.update(i, entry.sent_at, recovered_at=seen[i].at)
-        else:
+        elif not is_up(seen[i]):
             refused[i] = (
                 f"hit at {entry.sent_at} and not seen back since ({seen[i].detail}); "
                 "recover it (chaosec2panic recover) or pass force=true"

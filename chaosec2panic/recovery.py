@@ -14,6 +14,7 @@ __all__ = [
     "Observation",
     "fleet_summary",
     "is_back",
+    "is_up",
     "iso",
     "now_iso",
     "parse_iso",
@@ -53,9 +54,17 @@ class Observation:
         return dict(self.__dict__)
 
 
+def is_up(seen: Observation) -> bool:
+    """Whether the instance serves now: status checks ok, agent online, and its kernel answered."""
+    return seen.status_ok and seen.agent_online and bool(seen.boot_id)
+
+
 def is_back(seen: Observation, sent_at: str, boot_id_before: str) -> bool:
-    """Whether ``seen`` shows the instance back after an NMI sent at ``sent_at``."""
-    if not (seen.status_ok and seen.agent_online and seen.boot_id):
+    """Whether ``seen`` shows the instance back, in a new boot, after an NMI sent at ``sent_at``.
+
+    An instance that is up in the same boot survived the NMI (no panic): it is up, not back.
+    """
+    if not is_up(seen):
         return False
     if boot_id_before:
         return seen.boot_id != boot_id_before

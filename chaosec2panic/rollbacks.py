@@ -11,7 +11,7 @@ from .guest import platform_of
 from .health import observe
 from .ledger import Injection, Ledger
 from .polling import Poll, poll
-from .recovery import is_back
+from .recovery import is_back, is_up
 from .settings import settings
 
 __all__ = ["recover_instances"]
@@ -33,10 +33,12 @@ def recover_instances(
     configuration: Configuration = None,
     secrets: Secrets = None,
 ) -> Dict[str, Any]:
-    """Bring back every hit instance that is not back: reboot it, and if it is still not back
-    within ``timeout`` seconds, stop and start it. Acts on the named instances' latest NMI, or
-    on every NMI in the ledger not followed by a recovery (from this run or an earlier one).
-    Safe to run twice: instances already back are left alone. Returns what was done to each.
+    """Bring back every hit instance that does not serve (status checks ok, SSM agent online,
+    a kernel that answers): reboot it, and if it still does not serve within ``timeout``
+    seconds, stop and start it. An instance that survived its NMI without a panic is left
+    alone. Acts on the named instances' latest NMI, or on every NMI in the ledger not followed
+    by a recovery (from this run or an earlier one). Safe to run twice. Returns what was done
+    to each instance and whether it serves now.
     """
     ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
     ledger = Ledger.of(configuration)
@@ -56,14 +58,12 @@ def recover_instances(
     retry, interval = found.retry(), found.poll_interval
 
     def down(entries: Dict[str, Injection]) -> List[str]:
+        """The instances that do not serve; those back in a new boot are marked recovered."""
         seen = observe(ec2, ssm, {i: platforms[i] for i in entries})
-        still = []
         for i, e in entries.items():
             if is_back(seen[i], e.sent_at, e.boot_id_before):
                 ledger.update(i, e.sent_at, recovered_at=seen[i].at, rollback=done[i])
-            else:
-                still.append(i)
-        return still
+        return [i for i in entries if not is_up(seen[i])]
 
     def wait_back(ids: List[str]) -> List[str]:
         outcome = poll(

@@ -105,7 +105,7 @@ def run_script(
     name: str,
     variables: Mapping[str, str] | None = None,
     timeout: int = 120,
-    interval: float = 1.0,
+    interval: float = 0.25,
     retry: RetryPolicy | None = None,
 ) -> Dict[str, CommandResult]:
     """Run guest script ``name`` on each instance (id -> platform) whose agent is online.

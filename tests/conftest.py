@@ -1,13 +1,20 @@
 """Shared fixtures: a lab over HTTP with a fleet of the test's choosing, and the settings to reach it."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
+import yaml
 
 from chaosec2panic.lab.fleet import parse_fleet
 from chaosec2panic.lab.server import LabServer
 
+ROOT = Path(__file__).resolve().parent.parent
+CHAOS = str(Path(sys.executable).with_name("chaos"))
 FAST = 0.02  # wall seconds per model second: a crash-and-reboot cycle takes about a second
 
 
@@ -46,24 +53,97 @@ class RunningLab:
         return sorted(e["name"] for e in self.events("nmi"))
 
 
+def start_lab(
+    instances: List[Dict[str, Any]], ledger: Path, monkeypatch: pytest.MonkeyPatch, time_scale: float = FAST
+) -> RunningLab:
+    """A lab serving ``instances`` (fleet entries), with the environment pointing at it."""
+    server = LabServer(parse_fleet({"time_scale": time_scale, "instances": instances})).start()
+    for key, value in server.environment().items():
+        monkeypatch.setenv(key, value)
+    return RunningLab(server, ledger)
+
+
 @pytest.fixture
 def make_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., RunningLab]]:
     """Start a lab serving ``instances`` (fleet entries); stopped when the test ends."""
-    started: List[LabServer] = []
+    started: List[RunningLab] = []
 
     def start(instances: List[Dict[str, Any]], time_scale: float = FAST) -> RunningLab:
-        server = LabServer(parse_fleet({"time_scale": time_scale, "instances": instances})).start()
-        started.append(server)
-        for key, value in server.environment().items():
-            monkeypatch.setenv(key, value)
-        return RunningLab(server, tmp_path / f"ledger-{len(started)}.json")
+        started.append(
+            start_lab(instances, tmp_path / f"ledger-{len(started)}.json", monkeypatch, time_scale)
+        )
+        return started[-1]
 
     yield start
-    for server in started:
-        server.stop()
+    for lab in started:
+        lab.server.stop()
 
 
 def opted_in(name: str, **settings: Any) -> Dict[str, Any]:
     """A fleet entry carrying the default opt-in tag and a role tag equal to its name."""
     tags = {"chaos:nmi": "allowed", "role": name, **settings.pop("tags", {})}
     return {"name": name, "tags": tags, **settings}
+
+
+def chaos(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHAOS, "--no-log-file", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        check=False,
+    )
+
+
+def run_experiment(lab, experiment: Path, journal: Path, **env: str) -> dict:
+    environment = {
+        **lab.server.environment(),
+        "CHAOSEC2PANIC_LEDGER": str(lab.ledger),
+        "CHAOSEC2PANIC_POLL_INTERVAL": "0.1",
+        **env,
+    }
+    done = chaos(
+        "run",
+        "--rollback-strategy",
+        "always",
+        "--journal-path",
+        str(journal),
+        str(experiment),
+        env=environment,
+    )
+    assert journal.exists(), done.stdout + done.stderr
+    return json.loads(journal.read_text())
+
+
+def variant(tmp_path: Path, **send_arguments) -> Path:
+    """crash-capture.yaml without the kdump steady-state check, with more send_nmi arguments."""
+    experiment = yaml.safe_load((ROOT / "experiments" / "crash-capture.yaml").read_text())
+    probes = experiment["steady-state-hypothesis"]["probes"]
+    experiment["steady-state-hypothesis"]["probes"] = [
+        p for p in probes if p["name"] != "kdump-armed-on-targets"
+    ]
+    experiment["method"][0]["provider"]["arguments"].update(send_arguments)
+    path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    return path
+
+
+def failed_probes(journal: dict) -> set:
+    return {
+        p["activity"]["name"] for p in journal["steady_states"]["after"]["probes"] if not p["tolerance_met"]
+    }
+
+
+def vary(path: Path, **changes: Any) -> Path:
+    """Rewrite an experiment in place: ``slo`` (recovered_within seconds, recovery_seconds timeout),
+    ``role`` (the target_role default)."""
+    data = yaml.safe_load(path.read_text())
+    if "slo" in changes:
+        data["steady-state-hypothesis"]["probes"][0]["provider"]["arguments"]["seconds"] = changes["slo"]
+        data["method"][1]["provider"]["arguments"]["timeout"] = changes["slo"]
+    if "role" in changes:
+        data["configuration"]["target_role"]["default"] = changes["role"]
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -1,30 +1,11 @@
 """The real `chaos` CLI: discover, validate every experiment, and run them against the lab."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
-from conftest import opted_in
+from conftest import ROOT, chaos, failed_probes, opted_in, run_experiment, variant, vary
 
-ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
-CHAOS = str(Path(sys.executable).with_name("chaos"))
-
-
-def chaos(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CHAOS, "--no-log-file", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        check=False,
-    )
 
 
 def test_discover_lists_every_activity_with_its_doc_and_typed_arguments(tmp_path):
@@ -60,26 +41,6 @@ def test_every_experiment_validates(experiment):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def run_experiment(lab, experiment: Path, journal: Path, **env: str) -> dict:
-    environment = {
-        **lab.server.environment(),
-        "CHAOSEC2PANIC_LEDGER": str(lab.ledger),
-        "CHAOSEC2PANIC_POLL_INTERVAL": "0.1",
-        **env,
-    }
-    done = chaos(
-        "run",
-        "--rollback-strategy",
-        "always",
-        "--journal-path",
-        str(journal),
-        str(experiment),
-        env=environment,
-    )
-    assert journal.exists(), done.stdout + done.stderr
-    return json.loads(journal.read_text())
-
-
 def test_crash_capture_runs_green_against_the_lab(make_lab, tmp_path):
     lab = make_lab(
         [
@@ -103,25 +64,6 @@ def test_crash_capture_runs_green_against_the_lab(make_lab, tmp_path):
     assert journal["rollbacks"][0]["output"] == {"instances": {}}
 
 
-def variant(tmp_path: Path, **send_arguments) -> Path:
-    """crash-capture.yaml without the kdump steady-state check, with more send_nmi arguments."""
-    experiment = yaml.safe_load((ROOT / "experiments" / "crash-capture.yaml").read_text())
-    probes = experiment["steady-state-hypothesis"]["probes"]
-    experiment["steady-state-hypothesis"]["probes"] = [
-        p for p in probes if p["name"] != "kdump-armed-on-targets"
-    ]
-    experiment["method"][0]["provider"]["arguments"].update(send_arguments)
-    path = tmp_path / "variant.yaml"
-    path.write_text(yaml.safe_dump(experiment))
-    return path
-
-
-def failed_probes(journal: dict) -> set:
-    return {
-        p["activity"]["name"] for p in journal["steady_states"]["after"]["probes"] if not p["tolerance_met"]
-    }
-
-
 def test_an_unarmed_instance_deviates_without_a_dump(make_lab, tmp_path):
     lab = make_lab([opted_in("bare", kdump=False, tags={"role": "crash-capture"})])
     journal = run_experiment(lab, variant(tmp_path, allow_unarmed=True), tmp_path / "journal.json")
@@ -132,11 +74,7 @@ def test_an_unarmed_instance_deviates_without_a_dump(make_lab, tmp_path):
 
 def test_no_panic_deviates_and_reports_no_crash(make_lab, tmp_path):
     lab = make_lab([opted_in("calm", unknown_nmi_panic=0, tags={"role": "crash-capture"})])
-    experiment = variant(tmp_path, allow_unarmed=True)
-    data = yaml.safe_load(experiment.read_text())
-    data["steady-state-hypothesis"]["probes"][0]["provider"]["arguments"]["seconds"] = 2
-    data["method"][1]["provider"]["arguments"]["timeout"] = 2
-    experiment.write_text(yaml.safe_dump(data))
+    experiment = vary(variant(tmp_path, allow_unarmed=True), slo=2)
     journal = run_experiment(lab, experiment, tmp_path / "journal.json")
     assert journal["deviated"] is True
     assert failed_probes(journal) == {
@@ -158,11 +96,7 @@ def test_a_refused_nmi_fails_the_run_instead_of_passing_vacuously(make_lab, tmp_
 
 def test_hang_deviates_and_the_rollback_brings_it_back(make_lab, tmp_path):
     lab = make_lab([opted_in("hang", kdump=False, panic_timeout=0, tags={"role": "crash-capture"})])
-    experiment = variant(tmp_path, allow_unarmed=True)
-    data = yaml.safe_load(experiment.read_text())
-    data["steady-state-hypothesis"]["probes"][0]["provider"]["arguments"]["seconds"] = 2
-    data["method"][1]["provider"]["arguments"]["timeout"] = 2
-    experiment.write_text(yaml.safe_dump(data))
+    experiment = vary(variant(tmp_path, allow_unarmed=True), slo=2)
     journal = run_experiment(lab, experiment, tmp_path / "journal.json")
     assert journal["deviated"] is True
     [rollback] = journal["rollbacks"]

@@ -1,6 +1,6 @@
 """Recovery verdicts and fleet aggregates."""
 
-from chaosec2panic.recovery import Observation, fleet_summary, is_back, seconds_between
+from chaosec2panic.recovery import Observation, fleet_summary, is_back, is_up, seconds_between
 
 SENT = "2026-01-01T00:00:00.000Z"
 
@@ -52,3 +52,9 @@ def test_fleet_summary_of_nothing():
         "p50": None,
         "p95": None,
     }
+
+
+def test_up_in_the_same_boot_is_up_but_not_back():
+    survived = seen(boot_id="old", uptime=4000.0)
+    assert is_up(survived) and not is_back(survived, SENT, "old")
+    assert not is_up(seen(boot_id=""))

@@ -12,12 +12,14 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import select
 import signal
 import socket
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -39,6 +41,16 @@ class QemuError(RuntimeError):
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# The kernel sends PDEATHSIG when the *thread* that forked the child ends. Every QEMU is
+# forked by this one long-lived thread, so a VM dies with the lab's process, however it ends,
+# and never with the short-lived request thread that asked for it.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qemu-spawner")
+
+
+def _spawn(command: List[str], **options: Any) -> subprocess.Popen:
+    return _SPAWNER.submit(subprocess.Popen, command, preexec_fn=_die_with_parent, **options).result()
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
@@ -96,7 +108,7 @@ def choose_accel(kit: Kit, workdir: Path) -> str:
     if remembered.exists():
         return remembered.read_text().strip()
     console = workdir / "kvm-probe.log"
-    probe = subprocess.Popen(
+    probe = _spawn(
         [
             "qemu-system-x86_64",
             "-accel",
@@ -115,7 +127,6 @@ def choose_accel(kit: Kit, workdir: Path) -> str:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
     )
     deadline = time.monotonic() + 20
     booted = False
@@ -235,13 +246,7 @@ class QemuGuest:
             (self.root / name).unlink(missing_ok=True)
         try:
             with open(self.root / "qemu.log", "ab") as log:
-                self._proc = subprocess.Popen(
-                    self.command_line(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    preexec_fn=_die_with_parent,
-                )
+                self._proc = _spawn(self.command_line(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         except FileNotFoundError as exc:
             raise QemuError(
                 "qemu-system-x86_64 is missing (as root: apt-get install qemu-system-x86)"
@@ -331,11 +336,11 @@ class QemuGuest:
             slot.append((code, text(out), text(err)))
 
     CONSOLE_EVENTS = (
-        ("Dazed and confused", "dazed"),
-        ("Kernel panic - not syncing:", "panic"),
-        ("elfcorehdr=", "capture-start"),
-        ("LAB: capture: vmcore ok", "dump-written"),
-        ("LAB: capture: makedumpfile failed", "capture-failed"),
+        (re.compile(r"Dazed and confused"), "dazed"),
+        (re.compile(r"(?<!end )Kernel panic - not syncing:"), "panic"),
+        (re.compile(r"Command line: .*elfcorehdr="), "capture-start"),
+        (re.compile(r"^LAB: capture: vmcore ok"), "dump-written"),
+        (re.compile(r"^LAB: capture: makedumpfile failed"), "capture-failed"),
     )
 
     def _read_console(self) -> None:
@@ -352,7 +357,7 @@ class QemuGuest:
             if line.startswith("LAB: capture: start dir="):
                 self._capture_dir = line.split("dir=", 1)[1].split()[0]
             for marker, kind in self.CONSOLE_EVENTS:
-                if marker in line and not (kind == "capture-start" and "Command line:" not in line):
+                if marker.search(line):
                     detail = f"{self._capture_dir}/vmcore" if kind == "dump-written" else line.strip()[:200]
                     self._emit(now, self.instance_id, kind, detail)
 

@@ -2,7 +2,7 @@
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 from conftest import opted_in
 
 
@@ -87,6 +87,12 @@ def test_a_command_runs_under_sh_on_the_guest(lab):
         DocumentName="AWS-RunShellScript",
         Parameters={"commands": ["echo $((6 * 7)); exit 3"]},
     )["Command"]
+    with pytest.raises(WaiterError):  # the command_executed waiter fails on a non-zero exit
+        ssm.get_waiter("command_executed").wait(
+            CommandId=command["CommandId"],
+            InstanceId=lab.id("up"),
+            WaiterConfig={"Delay": 1, "MaxAttempts": 10},
+        )
     found = ssm.get_command_invocation(CommandId=command["CommandId"], InstanceId=lab.id("up"))
     assert (found["Status"], found["ResponseCode"], found["StandardOutputContent"]) == ("Failed", 3, "42\n")
 

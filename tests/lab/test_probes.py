@@ -183,3 +183,14 @@ def test_recover_named_instances_leaves_healthy_ones_alone(make_lab):
     result = recover_instances(instance_ids=[lab.id("web")], timeout=5, configuration=lab.configuration())
     assert result["instances"][lab.id("web")] == {"actions": [], "recovered": True}
     assert lab.events("reboot") == []
+
+
+def test_an_instance_that_survived_its_nmi_is_left_alone_and_may_be_hit_again(make_lab):
+    lab = make_lab([opted_in("calm", unknown_nmi_panic=0)])
+    hit(lab, "calm", allow_unarmed=True)
+    assert recover_instances(timeout=5, configuration=lab.configuration())["instances"] == {
+        lab.id("calm"): {"actions": [], "recovered": True}
+    }
+    assert lab.events("reboot") == []
+    hit(lab, "calm", allow_unarmed=True)
+    assert lab.nmi_names() == ["calm", "calm"]

@@ -1,0 +1,171 @@
+"""Real guests: a Debian kernel under QEMU that really panics, really dumps, really reboots.
+
+Each class shares one lab of real guests (booting one costs seconds of TCG time). These tests
+need root and the Debian packages that scripts/setup.sh installs.
+"""
+
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import boto3
+import pytest
+from conftest import ROOT, failed_probes, opted_in, run_experiment, start_lab, variant, vary
+
+from chaosec2panic import guest
+from chaosec2panic.guest.parsers import dump_files, kdump_verdict, parse_report
+from chaosec2panic.lab.fleet import GuestSpec
+from chaosec2panic.lab.qemuguest import QemuGuest
+from chaosec2panic.lab.simguest import SimGuest
+from chaosec2panic.probes import instance_healthy, kdump_armed
+from chaosec2panic.ssm import run_script
+
+LINUX = guest.PLATFORMS["linux"]
+
+
+def real(name: str, role: str, **settings) -> dict:
+    return opted_in(name, kind="qemu", tags={"role": role}, **settings)
+
+
+@pytest.fixture(scope="class")
+def lab(request, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        running = start_lab(request.cls.FLEET, tmp_path_factory.mktemp("ledger") / "ledger.json", monkeypatch)
+        yield running
+        running.server.stop()
+
+
+def simulated_twin(tmp_path: Path, **spec) -> SimGuest:
+    return SimGuest(
+        "i-0123456789abcdef0",
+        GuestSpec(name="twin", **spec),
+        tmp_path / "twin",
+        0.02,
+        clock=time.time,
+        emit=lambda *a: None,
+    )
+
+
+def checks(stdout: str) -> dict:
+    verdict = kdump_verdict(parse_report(stdout, "kdump_status"), 1.0)
+    return {"verdict": verdict.verdict, **{n: c.status for n, c in verdict.checks.items()}}
+
+
+class TestArmedRealGuests:
+    FLEET: ClassVar = [real("real-1", "crash-capture"), real("real-2", "crash-capture")]
+
+    def test_two_guests_within_512_mib_each_on_one_vcpu(self, lab):
+        guests = [g for g in lab.lab.guests.values() if isinstance(g, QemuGuest)]
+        assert len(guests) == 2 and all(g.phase == "up" for g in guests)
+        for g in guests:
+            line = g.command_line()
+            assert int(line[line.index("-m") + 1]) <= 512 and line[line.index("-smp") + 1] == "1"
+
+    def test_guest_scripts_read_the_real_guest_as_they_read_the_simulated_one(self, lab, tmp_path):
+        ssm = boto3.client("ssm")
+        real_answer = run_script(ssm, {lab.id("real-1"): LINUX}, "kdump_status")[lab.id("real-1")]
+        assert real_answer.ok, real_answer.error
+        twin = simulated_twin(
+            tmp_path, os="amazon-linux-2023", memory_mib=384, crashkernel_mib=128, disk_free_gib=0.5
+        )
+        sim_answer = twin.run_command(guest.script(LINUX, "kdump_status"))
+        assert (
+            checks(real_answer.stdout)
+            == checks(sim_answer.stdout)
+            == {
+                "verdict": "armed",
+                "crash_kernel_loaded": "pass",
+                "crashkernel_reserved": "pass",
+                "unknown_nmi_panic": "pass",
+                "kdump_service": "pass",
+                "dump_space": "pass",
+            }
+        )
+        real_report = parse_report(real_answer.stdout, "kdump_status")
+        assert set(real_report.values) == set(parse_report(sim_answer.stdout, "kdump_status").values)
+        assert real_report.get("kernel_release").startswith("6.")
+
+    def test_kdump_armed_probe_on_real_guests(self, lab):
+        result = kdump_armed(
+            tags={"role": "crash-capture"}, configuration={"chaosec2panic_poll_interval": 0.2}
+        )
+        assert result["armed"] is True and len(result["instances"]) == 2
+
+    def test_a_real_nmi_ends_in_a_complete_dump_and_a_recovered_guest(self, lab, tmp_path):
+        journal = run_experiment(
+            lab,
+            ROOT / "experiments" / "crash-capture.yaml",
+            tmp_path / "journal.json",
+            CHAOSEC2PANIC_POLL_INTERVAL="0.3",
+        )
+        assert journal["status"] == "completed" and journal["deviated"] is False, failed_probes(journal)
+        outputs = {r["activity"]["name"]: r["output"] for r in journal["run"]}
+        [injection] = outputs["send-nmi-to-one-target"]["injections"]
+        hit = lab.lab.guests[injection["instance_id"]]
+        dump = outputs["crash-dumps"]["instances"][hit.instance_id]
+        assert dump["verdict"] == "complete-dump" and dump["format"] == "kdump-compressed"
+        assert dump["kernel_release"] == dump["running_kernel"] == hit.kit.kernel_release
+        assert dump["path"].startswith("/var/crash/127.0.0.1-") and dump["path"].endswith("/vmcore")
+        assert dump["size"] > 10_000_000
+        [written] = lab.events("dump-written", hit.spec.name)
+        assert written["detail"] == dump["path"]
+        seconds = outputs["recovery-seconds"]["instances"][hit.instance_id]
+        truth = (
+            lab.events("recovered", hit.spec.name)[0]["epoch"] - lab.events("nmi", hit.spec.name)[0]["epoch"]
+        )
+        assert 5 < seconds < 120 and abs(seconds - truth) < 2.5
+        assert lab.nmi_names() == [hit.spec.name]
+
+    def test_the_crashed_guest_lists_its_dump_as_the_simulated_one_does(self, lab, tmp_path):
+        crashed = lab.nmi_names()[0]
+        answer = run_script(
+            boto3.client("ssm"), {lab.id(crashed): LINUX}, "crash_dumps", {"DUMP_DIR": "/var/crash"}
+        )[lab.id(crashed)]
+        real_files, problems = dump_files(parse_report(answer.stdout, "crash_dumps"))
+        assert problems == [] and len(real_files) == 1 and real_files[0].head.startswith(b"KDUMP   ")
+        twin = simulated_twin(tmp_path, os="amazon-linux-2023")
+        twin.nmi()
+        while twin.status() != "ok":
+            time.sleep(0.05)
+        sim_files, _ = dump_files(
+            parse_report(
+                twin.run_command(guest.script(LINUX, "crash_dumps", {"DUMP_DIR": "/var/crash"})).stdout,
+                "crash_dumps",
+            )
+        )
+        assert [f.path.rsplit("/", 1)[1] for f in sim_files] == [f.path.rsplit("/", 1)[1] for f in real_files]
+
+
+class TestFailingRealGuests:
+    FLEET: ClassVar = [
+        real("calm", "no-panic", unknown_nmi_panic=0),
+        real("hang", "hang", kdump=False, panic_timeout=0),
+    ]
+
+    def test_unknown_nmi_panic_off_reports_no_crash_and_deviates(self, lab, tmp_path):
+        experiment = vary(variant(tmp_path, allow_unarmed=True), slo=20, role="no-panic")
+        journal = run_experiment(
+            lab, experiment, tmp_path / "journal.json", CHAOSEC2PANIC_POLL_INTERVAL="0.5"
+        )
+        assert journal["deviated"] is True
+        assert failed_probes(journal) == {"hit-instances-back-within-slo"}
+        outputs = {r["activity"]["name"]: r["output"] for r in journal["run"]}
+        assert outputs["crash-dumps"]["instances"][lab.id("calm")]["verdict"] == "no-dump"
+        assert [
+            e["kind"] for e in lab.events(name="calm") if e["kind"] in ("nmi", "dazed", "panic", "boot")
+        ] == ["boot", "nmi", "dazed"]
+
+    def test_a_hang_misses_the_slo_and_the_rollback_brings_it_back(self, lab, tmp_path):
+        experiment = vary(variant(tmp_path, allow_unarmed=True), slo=15, role="hang")
+        journal = run_experiment(
+            lab, experiment, tmp_path / "journal.json", CHAOSEC2PANIC_POLL_INTERVAL="0.5"
+        )
+        assert journal["deviated"] is True
+        assert failed_probes(journal) == {"hit-instances-back-within-slo"}
+        [rollback] = journal["rollbacks"]
+        assert rollback["output"]["instances"][lab.id("hang")] == {"actions": ["reboot"], "recovered": True}
+        kinds = [
+            e["kind"] for e in lab.events(name="hang") if e["kind"] in ("nmi", "panic", "reboot", "recovered")
+        ]
+        assert kinds == ["nmi", "panic", "reboot", "recovered"]
+        assert instance_healthy(instance_ids=[lab.id("hang")]) is True
