@@ -155,6 +155,13 @@ def test_a_bad_fleet_file_is_named(tmp_path):
         ({"instances": [{"name": "a", "memory_mib": "lots"}]}, "memory_mib must be int, got 'lots'"),
         ({"instances": [{"name": "a", "kdump": "yes"}]}, "kdump must be bool"),
         ({"instances": [{"name": "a", "tags": ["x"]}]}, "tags must be dict"),
+        ({"instances": [{"name": "a", "kind": "docker"}]}, "unknown kind 'docker'"),
+        (
+            {"instances": [{"name": "a", "kind": "qemu", "memory_mib": 1024}]},
+            "320 to 512 MiB of memory, got 1024",
+        ),
+        ({"instances": [{"name": "a", "kind": "qemu", "os": "ubuntu"}]}, "runs the lab's own system"),
+        ({"instances": [{"name": "a", "os": "crashlab"}]}, "set kind: qemu"),
         ({"instances": "a"}, "a list under 'instances'"),
     ],
 )
@@ -162,6 +169,11 @@ def test_fleet_errors(document, needle):
     with pytest.raises(FleetError) as error:
         parse_fleet(document)
     assert needle in str(error.value)
+
+
+def test_qemu_guests_get_their_own_defaults():
+    [g] = parse_fleet({"instances": [{"name": "r", "kind": "qemu"}]}).guests
+    assert (g.os, g.memory_mib, g.crashkernel_mib) == ("crashlab", 384, 128)
 
 
 def test_count_expands_names_and_defaults_opt_in(tmp_path):
