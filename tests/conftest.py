@@ -4,14 +4,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 import yaml
 
-from chaosec2panic.lab.fleet import parse_fleet
+from chaosec2panic.lab.fleet import GuestSpec, parse_fleet
 from chaosec2panic.lab.server import LabServer
+from chaosec2panic.lab.simguest import SimGuest
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAOS = str(Path(sys.executable).with_name("chaos"))
@@ -77,6 +79,13 @@ def make_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callab
     yield start
     for lab in started:
         lab.server.stop()
+
+
+def sim_guest(root: Path, **spec: Any) -> SimGuest:
+    """A simulated guest outside any lab, for running guest scripts against its file system."""
+    return SimGuest(
+        "i-0123456789abcdef0", GuestSpec(name="g", **spec), root, FAST, clock=time.time, emit=lambda *a: None
+    )
 
 
 def opted_in(name: str, **settings: Any) -> Dict[str, Any]:

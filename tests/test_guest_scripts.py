@@ -7,24 +7,18 @@ unchanged on an instance through SSM.
 from pathlib import Path
 
 import pytest
+from conftest import sim_guest
 
 from chaosec2panic import guest
 from chaosec2panic.guest.parsers import dump_files, kdump_verdict, parse_report
-from chaosec2panic.lab.fleet import OS_FAMILIES, GuestSpec
+from chaosec2panic.lab.fleet import OS_FAMILIES
 from chaosec2panic.lab.simguest import SimGuest
 
 LINUX = guest.PLATFORMS["linux"]
 
 
 def make_guest(tmp_path: Path, **spec) -> SimGuest:
-    return SimGuest(
-        "i-0123456789abcdef0",
-        GuestSpec(name="g", **spec),
-        tmp_path / "root",
-        0.01,
-        clock=__import__("time").time,
-        emit=lambda *a: None,
-    )
+    return sim_guest(tmp_path / "root", **spec)
 
 
 def run(g: SimGuest, name: str, **variables: str):

@@ -16,6 +16,18 @@ def fault(lab, **spec) -> None:
     lab.lab.faults.append({"count": 1, **spec})
 
 
+def throttle(lab, times: int) -> None:
+    """EC2 answers the next ``times`` real (not DryRun) interrupts with RequestLimitExceeded."""
+    fault(
+        lab,
+        operation="SendDiagnosticInterrupt",
+        dry_run=False,
+        code="RequestLimitExceeded",
+        status=503,
+        count=times,
+    )
+
+
 def test_one_nmi_reaches_the_chosen_instance_and_is_recorded(make_lab):
     lab = make_lab([opted_in("web")])
     boot_before = lab.lab.guests[lab.id("web")].boot_id
@@ -187,14 +199,7 @@ def test_a_server_error_is_never_retried_into_a_second_nmi(make_lab):
 
 def test_throttling_beyond_the_budget_fails_that_instance_without_a_duplicate(make_lab):
     lab = make_lab([opted_in("web")])
-    fault(
-        lab,
-        operation="SendDiagnosticInterrupt",
-        dry_run=False,
-        code="RequestLimitExceeded",
-        status=503,
-        count=10,
-    )
+    throttle(lab, times=10)
     with pytest.raises(Ec2PanicError, match=r"no NMI was sent.*RequestLimitExceeded"):
         send_nmi(
             instance_ids=[lab.id("web")], configuration=lab.configuration(chaosec2panic_retry_attempts=3)
@@ -206,14 +211,7 @@ def test_throttling_beyond_the_budget_fails_that_instance_without_a_duplicate(ma
 
 def test_throttling_within_the_budget_sends_once(make_lab):
     lab = make_lab([opted_in("web")])
-    fault(
-        lab,
-        operation="SendDiagnosticInterrupt",
-        dry_run=False,
-        code="RequestLimitExceeded",
-        status=503,
-        count=2,
-    )
+    throttle(lab, times=2)
     result = send_nmi(instance_ids=[lab.id("web")], configuration=lab.configuration())
     assert result["injections"][0]["outcome"] == "sent"
     assert lab.nmi_names() == ["web"]

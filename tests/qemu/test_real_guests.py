@@ -10,13 +10,11 @@ from typing import ClassVar
 
 import boto3
 import pytest
-from conftest import ROOT, failed_probes, opted_in, run_experiment, start_lab, variant, vary
+from conftest import ROOT, failed_probes, opted_in, run_experiment, sim_guest, start_lab, variant, vary
 
 from chaosec2panic import guest
 from chaosec2panic.guest.parsers import dump_files, kdump_verdict, parse_report
-from chaosec2panic.lab.fleet import GuestSpec
 from chaosec2panic.lab.qemuguest import QemuGuest
-from chaosec2panic.lab.simguest import SimGuest
 from chaosec2panic.probes import instance_healthy, kdump_armed
 from chaosec2panic.ssm import run_script
 
@@ -35,15 +33,12 @@ def lab(request, tmp_path_factory):
         running.server.stop()
 
 
-def simulated_twin(tmp_path: Path, **spec) -> SimGuest:
-    return SimGuest(
-        "i-0123456789abcdef0",
-        GuestSpec(name="twin", **spec),
-        tmp_path / "twin",
-        0.02,
-        clock=time.time,
-        emit=lambda *a: None,
-    )
+def run_failing(lab, tmp_path: Path, role: str, slo: float) -> tuple[dict, dict]:
+    """Run crash-capture.yaml against ``role`` without the kdump guard; the journal and its outputs."""
+    experiment = vary(variant(tmp_path, allow_unarmed=True), slo=slo, role=role)
+    journal = run_experiment(lab, experiment, tmp_path / "journal.json", CHAOSEC2PANIC_POLL_INTERVAL="0.5")
+    assert journal["deviated"] is True
+    return journal, {r["activity"]["name"]: r["output"] for r in journal["run"]}
 
 
 def checks(stdout: str) -> dict:
@@ -65,8 +60,8 @@ class TestArmedRealGuests:
         ssm = boto3.client("ssm")
         real_answer = run_script(ssm, {lab.id("real-1"): LINUX}, "kdump_status")[lab.id("real-1")]
         assert real_answer.ok, real_answer.error
-        twin = simulated_twin(
-            tmp_path, os="amazon-linux-2023", memory_mib=384, crashkernel_mib=128, disk_free_gib=0.5
+        twin = sim_guest(
+            tmp_path / "twin", os="amazon-linux-2023", memory_mib=384, crashkernel_mib=128, disk_free_gib=0.5
         )
         sim_answer = twin.run_command(guest.script(LINUX, "kdump_status"))
         assert (
@@ -123,7 +118,7 @@ class TestArmedRealGuests:
         )[lab.id(crashed)]
         real_files, problems = dump_files(parse_report(answer.stdout, "crash_dumps"))
         assert problems == [] and len(real_files) == 1 and real_files[0].head.startswith(b"KDUMP   ")
-        twin = simulated_twin(tmp_path, os="amazon-linux-2023")
+        twin = sim_guest(tmp_path / "twin", os="amazon-linux-2023")
         twin.nmi()
         while twin.status() != "ok":
             time.sleep(0.05)
@@ -140,27 +135,29 @@ class TestFailingRealGuests:
     FLEET: ClassVar = [
         real("calm", "no-panic", unknown_nmi_panic=0),
         real("hang", "hang", kdump=False, panic_timeout=0),
+        real("small", "small-crashkernel", crashkernel_mib=64, panic_timeout=5),
     ]
 
+    def test_a_crashkernel_too_small_is_not_armed_and_reboots_without_a_dump(self, lab, tmp_path):
+        verdict = kdump_armed(instance_ids=[lab.id("small")])["instances"][lab.id("small")]
+        assert verdict["verdict"] == "not-armed"
+        assert verdict["checks"]["crashkernel_reserved"]["status"] == "pass"
+        assert verdict["checks"]["crash_kernel_loaded"]["status"] == "fail"
+        journal, outputs = run_failing(lab, tmp_path, "small-crashkernel", slo=90)
+        assert failed_probes(journal) == {"complete-dump-after-each-nmi"}
+        assert outputs["recovery-seconds"]["recovered"] == 1
+        assert outputs["crash-dumps"]["instances"][lab.id("small")]["verdict"] == "no-dump"
+
     def test_unknown_nmi_panic_off_reports_no_crash_and_deviates(self, lab, tmp_path):
-        experiment = vary(variant(tmp_path, allow_unarmed=True), slo=20, role="no-panic")
-        journal = run_experiment(
-            lab, experiment, tmp_path / "journal.json", CHAOSEC2PANIC_POLL_INTERVAL="0.5"
-        )
-        assert journal["deviated"] is True
+        journal, outputs = run_failing(lab, tmp_path, "no-panic", slo=20)
         assert failed_probes(journal) == {"hit-instances-back-within-slo"}
-        outputs = {r["activity"]["name"]: r["output"] for r in journal["run"]}
         assert outputs["crash-dumps"]["instances"][lab.id("calm")]["verdict"] == "no-dump"
         assert [
             e["kind"] for e in lab.events(name="calm") if e["kind"] in ("nmi", "dazed", "panic", "boot")
         ] == ["boot", "nmi", "dazed"]
 
     def test_a_hang_misses_the_slo_and_the_rollback_brings_it_back(self, lab, tmp_path):
-        experiment = vary(variant(tmp_path, allow_unarmed=True), slo=15, role="hang")
-        journal = run_experiment(
-            lab, experiment, tmp_path / "journal.json", CHAOSEC2PANIC_POLL_INTERVAL="0.5"
-        )
-        assert journal["deviated"] is True
+        journal, _ = run_failing(lab, tmp_path, "hang", slo=15)
         assert failed_probes(journal) == {"hit-instances-back-within-slo"}
         [rollback] = journal["rollbacks"]
         assert rollback["output"]["instances"][lab.id("hang")] == {"actions": ["reboot"], "recovered": True}
