@@ -12,6 +12,7 @@ from .errors import Ec2PanicError, InvalidRequest, Refused
 from .guest import platform_of
 from .guest.parsers import kdump_verdict, parse_report
 from .health import observe
+from .iam import OBSERVE, RESOLVE_GUARDED, requires
 from .ledger import Injection, Ledger
 from .recovery import is_back, is_up, now_iso
 from .settings import settings
@@ -75,6 +76,7 @@ def _unrecovered(ledger: Ledger, ec2: Any, ssm: Any, platforms: Dict[str, Any]) 
     return refused
 
 
+@requires(*RESOLVE_GUARDED, *OBSERVE, "ec2:GetConsoleOutput", "ec2:SendDiagnosticInterrupt")
 def send_nmi(
     instance_ids: List[str] = None,
     filters: List[Dict[str, Any]] = None,

@@ -96,6 +96,19 @@ def recover(args: argparse.Namespace) -> int:
     return 0 if all(i["recovered"] for i in result["instances"].values()) else 1
 
 
+def print_policy(args: argparse.Namespace) -> int:
+    from .iam import policy
+
+    key, _, value = args.opt_in_tag.partition("=")
+    try:
+        document = policy(args.activity or None, (key, value), args.instance_arn)
+    except ValueError as exc:
+        print(f"chaosec2panic: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(document, indent=2))
+    return 0
+
+
 def summarise(journal: Dict[str, Any]) -> List[str]:
     """A few lines a person reads after a run: what was hit, the dump, the recovery vs the SLO."""
     slo = next(
@@ -206,6 +219,12 @@ def parser() -> argparse.ArgumentParser:
     rec.add_argument("--ledger", help="ledger file (default: $CHAOSEC2PANIC_LEDGER or the state directory)")
     rec.add_argument("--poll-interval", type=float, default=5.0)
     rec.set_defaults(run=recover)
+
+    pol = commands.add_parser("policy", help="the least-privilege IAM policy for the activities you use")
+    pol.add_argument("--activity", action="append", help="an activity the experiments use (default: all)")
+    pol.add_argument("--opt-in-tag", default="chaos:nmi=allowed", help="KEY=VALUE that targets carry")
+    pol.add_argument("--instance-arn", action="append", default=[], help="allow only these instances")
+    pol.set_defaults(run=print_policy)
 
     run = commands.add_parser("demo", help="run an experiment against a fresh lab and say what happened")
     run.add_argument("--experiment", default="experiments/crash-capture.yaml")

@@ -13,6 +13,7 @@ from .errors import Ec2PanicError, InvalidRequest
 from .guest import platform_of
 from .guest.parsers import dump_files, kdump_verdict, parse_report
 from .health import observe
+from .iam import OBSERVE, RESOLVE, RUN_SCRIPT, requires
 from .ledger import RUN_ID, Injection, Ledger
 from .polling import Poll, poll
 from .recovery import fleet_summary, is_back, iso, parse_iso, seconds_between
@@ -68,6 +69,7 @@ def _platforms(ec2: Any, ids: List[str]) -> Dict[str, Any]:
     return _targets(ec2, ids, None, None) if ids else {}
 
 
+@requires(*RESOLVE, "ec2:DescribeInstanceStatus", "ssm:DescribeInstanceInformation")
 def instance_healthy(
     instance_ids: List[str] = None,
     filters: List[Dict[str, Any]] = None,
@@ -85,6 +87,7 @@ def instance_healthy(
     return not unhealthy
 
 
+@requires(*RESOLVE, *RUN_SCRIPT)
 def kdump_armed(
     instance_ids: List[str] = None,
     filters: List[Dict[str, Any]] = None,
@@ -151,6 +154,7 @@ def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
     }
 
 
+@requires(*RESOLVE, *RUN_SCRIPT)
 def crash_dumps(
     instance_ids: List[str] = None,
     dump_dir: str = "/var/crash",
@@ -181,6 +185,7 @@ def crash_dumps(
     return {"instances": instances}
 
 
+@requires(*RESOLVE, *RUN_SCRIPT)
 def crash_dump_present(
     instance_ids: List[str] = None,
     dump_dir: str = "/var/crash",
@@ -196,6 +201,7 @@ def crash_dump_present(
     return all(v["verdict"] == "complete-dump" for v in found.values())
 
 
+@requires("ec2:GetConsoleOutput")
 def panic_on_console(
     instance_ids: List[str] = None,
     configuration: Configuration = None,
@@ -252,6 +258,7 @@ def _wait_for_recovery(
     return back
 
 
+@requires(*RESOLVE, *OBSERVE)
 def recovery_seconds(
     timeout: float = 600,
     instance_ids: List[str] = None,
@@ -268,6 +275,7 @@ def recovery_seconds(
     return {"instances": seconds, **fleet_summary(seconds)}
 
 
+@requires(*RESOLVE, *OBSERVE)
 def recovered_within(
     seconds: float,
     instance_ids: List[str] = None,

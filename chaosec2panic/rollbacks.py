@@ -9,6 +9,7 @@ from .aws import client, paginate
 from .errors import InvalidRequest
 from .guest import platform_of
 from .health import observe
+from .iam import OBSERVE, RESOLVE, requires
 from .ledger import Injection, Ledger
 from .polling import Poll, poll
 from .recovery import is_back, is_up
@@ -27,6 +28,7 @@ def _describe(ec2: Any, ids: List[str]) -> Dict[str, Dict[str, Any]]:
     }
 
 
+@requires(*RESOLVE, *OBSERVE, "ec2:RebootInstances", "ec2:StopInstances", "ec2:StartInstances")
 def recover_instances(
     instance_ids: List[str] = None,
     timeout: float = 300,

@@ -1,0 +1,89 @@
+"""The IAM policy holds exactly the AWS operations the activities perform against the lab."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import opted_in
+
+from chaosec2panic import actions, probes, rollbacks
+from chaosec2panic.iam import activity_actions, policy
+
+CLI = str(Path(sys.executable).with_name("chaosec2panic"))
+
+
+def calls_of(lab, run) -> set:
+    """The IAM actions of the AWS calls the lab answered while ``run`` ran."""
+    before = dict(lab.lab.calls)
+    run()
+    return {k for k, v in lab.lab.calls.items() if v > before.get(k, 0)}
+
+
+def test_every_activity_calls_only_what_it_declares_and_the_policy_covers_them_all(make_lab):
+    lab = make_lab([opted_in("web"), opted_in("stuck", kdump=False, panic_timeout=0, acpi_reboot=False)])
+    conf = lab.configuration()
+    web, stuck = [lab.id("web")], [lab.id("stuck")]
+    runs = {
+        "instance_healthy": lambda: probes.instance_healthy(instance_ids=web, configuration=conf),
+        "kdump_armed": lambda: probes.kdump_armed(instance_ids=web, configuration=conf),
+        "send_nmi": lambda: actions.send_nmi(instance_ids=web, configuration=conf),
+        "recovery_seconds": lambda: probes.recovery_seconds(timeout=30, configuration=conf),
+        "recovered_within": lambda: probes.recovered_within(30, configuration=conf),
+        "panic_on_console": lambda: probes.panic_on_console(configuration=conf),
+        "crash_dump_present": lambda: probes.crash_dump_present(configuration=conf),
+        "crash_dumps": lambda: probes.crash_dumps(configuration=conf),
+    }
+    observed = {}
+    for name, run in runs.items():
+        observed[name] = calls_of(lab, run)
+    # More crashes of the same instance: a listing longer than the 2,500 characters that
+    # ListCommandInvocations shows, so the full output is read with GetCommandInvocation.
+    for _ in range(3):
+        time.sleep(1.1)
+        actions.send_nmi(instance_ids=web, configuration=conf)
+        probes.recovered_within(30, configuration=conf)
+    observed["crash_dumps"] |= calls_of(lab, lambda: probes.crash_dumps(configuration=conf))
+    actions.send_nmi(instance_ids=stuck, allow_unarmed=True, configuration=conf)
+    observed["recover_instances"] = calls_of(
+        lab, lambda: rollbacks.recover_instances(timeout=2, configuration=conf)
+    )
+
+    declared = activity_actions()
+    for name, seen in observed.items():
+        assert seen <= set(declared[name]), f"{name} called {sorted(seen - set(declared[name]))} undeclared"
+    everything = set().union(*observed.values())
+    in_policy = {a for s in policy()["Statement"] for a in s["Action"]}
+    assert everything == in_policy  # the policy covers every call, and nothing more
+
+
+def test_the_policy_scopes_instance_actions_to_the_opt_in_tag_or_to_named_instances():
+    statements = {s["Sid"]: s for s in policy(["send_nmi"])["Statement"]}
+    act = statements["ActOnOptedInInstances"]
+    assert act["Action"] == ["ec2:SendDiagnosticInterrupt"]
+    assert act["Condition"] == {"StringEquals": {"aws:ResourceTag/chaos:nmi": "allowed"}}
+    arn = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
+    named = {s["Sid"]: s for s in policy(["send_nmi"], instance_arns=[arn])["Statement"]}[
+        "ActOnOptedInInstances"
+    ]
+    assert named["Resource"] == [arn] and "Condition" not in named
+    assert "ec2:RebootInstances" not in json.dumps(policy(["send_nmi", "kdump_armed"]))
+
+
+def test_policy_command(tmp_path):
+    done = subprocess.run(
+        [CLI, "policy", "--activity", "panic_on_console", "--opt-in-tag", "team=sre"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["Statement"] == [
+        {"Sid": "Read", "Effect": "Allow", "Action": ["ec2:GetConsoleOutput"], "Resource": "*"}
+    ]
+    bad = subprocess.run(
+        [CLI, "policy", "--activity", "nope"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert bad.returncode == 2 and "unknown activities ['nope']" in bad.stderr
