@@ -10,30 +10,18 @@ from chaoslib.types import Configuration, Secrets
 from .aws import THROTTLING_CODES, RetryPolicy, client, error_code, without_sdk_retries
 from .errors import Ec2PanicError, InvalidRequest, Refused
 from .guest import platform_of
-from .guest.parsers import kdump_verdict, parse_report
 from .health import observe
 from .iam import OBSERVE, RESOLVE_GUARDED, requires
 from .ledger import Injection, Ledger
+from .readiness import kdump_verdicts, permission
 from .recovery import is_back, is_up, now_iso
 from .settings import settings
-from .ssm import run_script
 from .targets import Request, guardrails, resolve
 
 __all__ = ["send_nmi"]
 
 logger = logging.getLogger("chaostoolkit")
 CONSOLE_ANCHOR_CHARS = 512
-
-
-def _dry_run(ec2: Any, instance_id: str, retry: RetryPolicy) -> str | None:
-    """None when AWS says the interrupt would be allowed, else why not."""
-    try:
-        retry.call(ec2.send_diagnostic_interrupt, InstanceId=instance_id, DryRun=True)
-    except ClientError as exc:
-        if error_code(exc) == "DryRunOperation":
-            return None
-        return f"DryRun answered {error_code(exc)}: {exc.response['Error'].get('Message', '')}"
-    return "DryRun answered without DryRunOperation; cannot prove permission"
 
 
 def _console_anchor(ec2: Any, instance_id: str) -> str:
@@ -139,20 +127,12 @@ def _send_nmi(
     resolution = resolve(ec2, request, guard)
     platforms = {inst["InstanceId"]: platform_of(inst) for inst in resolution.chosen}
 
-    status = run_script(ssm, platforms, "kdump_status", timeout=60)
-    verdicts = {
-        i: kdump_verdict(parse_report(r.stdout, "kdump_status"), 0.0) if r.ok else None
-        for i, r in status.items()
-    }
+    verdicts = kdump_verdicts(ssm, platforms, 0.0)
     if not allow_unarmed:
         unarmed = {
-            i: (
-                f"kdump {v.verdict}: {'; '.join(v.reasons)}"
-                if v
-                else f"kdump not checked: {status[i].status} {status[i].error}".rstrip()
-            )
+            i: f"kdump {v.verdict}: {'; '.join(v.reasons)}"
             for i, v in verdicts.items()
-            if v is None or v.verdict != "armed"
+            if v.verdict != "armed"
         }
         if unarmed:
             raise Refused(
@@ -164,7 +144,7 @@ def _send_nmi(
         unrecovered = _unrecovered(ledger, ec2, ssm, platforms)
         if unrecovered:
             raise Refused("an instance was hit before and has not come back", unrecovered)
-    denied = {i: why for i in resolution.ids if (why := _dry_run(ec2, i, retry))}
+    denied = {i: why for i in resolution.ids if (why := permission(ec2, i, retry))}
     if denied:
         raise Refused("EC2 DryRun did not grant the interrupt", denied)
 
@@ -181,7 +161,7 @@ def _send_nmi(
             outcome,
             region=ec2.meta.region_name,
             error=error,
-            boot_id_before=(verdicts[i].facts["boot_id"] if verdicts.get(i) else ""),
+            boot_id_before=verdicts[i].facts.get("boot_id", ""),
             console_anchor=anchors[i],
         )
         for i, (sent_at, outcome, error) in answers.items()

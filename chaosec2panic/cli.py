@@ -12,6 +12,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+from .aws import client
+
 __all__ = ["main"]
 
 FLEET_HELP = "a fleet YAML file, or a bundled one: default.yaml (simulated guests), real.yaml (QEMU guests)"
@@ -94,6 +96,41 @@ def recover(args: argparse.Namespace) -> int:
     result = recover_instances(args.instance_ids or None, args.timeout, configuration, None)
     print(json.dumps(result, indent=1))
     return 0 if all(i["recovered"] for i in result["instances"].values()) else 1
+
+
+def _pairs(values: List[str], flag: str) -> Dict[str, str]:
+    pairs = dict(v.partition("=")[::2] for v in values)
+    if any(not k or not v for k, v in pairs.items()):
+        raise SystemExit(f"chaosec2panic: {flag} takes KEY=VALUE, got {values}")
+    return pairs
+
+
+def preflight(args: argparse.Namespace) -> int:
+    from .errors import Ec2PanicError
+    from .readiness import readiness, table
+    from .settings import settings
+    from .targets import Request, guardrails
+
+    filters = [{"Name": k, "Values": v.split(",")} for k, v in _pairs(args.filter, "--filter").items()]
+    request = Request(args.instance_id, filters, _pairs(args.tag, "--tag"))
+    configuration: Dict[str, Any] = {}
+    try:
+        if request.problems():
+            raise Ec2PanicError("; ".join(request.problems()))
+        ec2, ssm = client("ec2", configuration, None), client("ssm", configuration, None)
+        rows = readiness(
+            ec2,
+            ssm,
+            request,
+            guardrails(configuration, 1),
+            args.min_dump_space_ratio,
+            settings(configuration).retry(),
+        )
+    except Ec2PanicError as exc:
+        print(f"chaosec2panic: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(rows, indent=1) if args.json else table(rows) if rows else "no instance matches")
+    return 0 if rows and all(r["ready"] for r in rows) else 1
 
 
 def print_policy(args: argparse.Namespace) -> int:
@@ -219,6 +256,14 @@ def parser() -> argparse.ArgumentParser:
     rec.add_argument("--ledger", help="ledger file (default: $CHAOSEC2PANIC_LEDGER or the state directory)")
     rec.add_argument("--poll-interval", type=float, default=5.0)
     rec.set_defaults(run=recover)
+
+    pre = commands.add_parser("preflight", help="is each target ready for an NMI? (sends none)")
+    pre.add_argument("--instance-id", action="append", default=[])
+    pre.add_argument("--tag", action="append", default=[], help="KEY=VALUE the targets carry")
+    pre.add_argument("--filter", action="append", default=[], help="NAME=VALUE[,VALUE...] (EC2 filter)")
+    pre.add_argument("--min-dump-space-ratio", type=float, default=1.0, help="free dump space / memory")
+    pre.add_argument("--json", action="store_true")
+    pre.set_defaults(run=preflight)
 
     pol = commands.add_parser("policy", help="the least-privilege IAM policy for the activities you use")
     pol.add_argument("--activity", action="append", help="an activity the experiments use (default: all)")

@@ -11,15 +11,16 @@ from .aws import client
 from .dumps import console_findings, identify_dump
 from .errors import Ec2PanicError, InvalidRequest
 from .guest import platform_of
-from .guest.parsers import dump_files, kdump_verdict, parse_report
+from .guest.parsers import dump_files, parse_report
 from .health import observe
-from .iam import OBSERVE, RESOLVE, RUN_SCRIPT, requires
+from .iam import OBSERVE, RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, requires
 from .ledger import RUN_ID, Injection, Ledger
 from .polling import Poll, poll
+from .readiness import kdump_verdicts, readiness
 from .recovery import fleet_summary, is_back, iso, parse_iso, seconds_between
 from .settings import settings
 from .ssm import run_script
-from .targets import Request, resolve
+from .targets import Request, guardrails, resolve
 
 __all__ = [
     "crash_dump_present",
@@ -27,6 +28,7 @@ __all__ = [
     "instance_healthy",
     "kdump_armed",
     "panic_on_console",
+    "ready_for_nmi",
     "recovered_within",
     "recovery_seconds",
 ]
@@ -87,6 +89,33 @@ def instance_healthy(
     return not unhealthy
 
 
+@requires(*RESOLVE_GUARDED, *RUN_SCRIPT, "ec2:SendDiagnosticInterrupt")
+def ready_for_nmi(
+    instance_ids: List[str] = None,
+    filters: List[Dict[str, Any]] = None,
+    tags: Dict[str, str] = None,
+    min_dump_space_ratio: float = 1.0,
+    configuration: Configuration = None,
+    secrets: Secrets = None,
+) -> bool:
+    """True when every targeted instance could take an NMI now: running, opt-in tag, a type
+    that takes the interrupt, SSM agent online, kdump armed, dump space of at least
+    ``min_dump_space_ratio`` x memory, and EC2 DryRun permission (what ``chaosec2panic
+    preflight`` prints). Sends nothing."""
+    ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
+    request = Request(instance_ids or (), filters or (), tags or {})
+    problems = request.problems()
+    if problems:
+        raise InvalidRequest("; ".join(problems))
+    guard = guardrails(configuration, 1)
+    rows = readiness(ec2, ssm, request, guard, min_dump_space_ratio, settings(configuration).retry())
+    for row in rows:
+        for check, why in row["checks"].items():
+            if why:
+                logger.warning("%s not ready: %s: %s", row["instance_id"], check, why)
+    return bool(rows) and all(row["ready"] for row in rows)
+
+
 @requires(*RESOLVE, *RUN_SCRIPT)
 def kdump_armed(
     instance_ids: List[str] = None,
@@ -106,20 +135,8 @@ def kdump_armed(
     and per instance the verdict, each check (status, found, expected) and the reasons.
     """
     ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
-    platforms = _targets(ec2, instance_ids, filters, tags)
-    results = run_script(ssm, platforms, "kdump_status", timeout=60)
-    instances: Dict[str, Any] = {}
-    for i, r in results.items():
-        if r.ok:
-            instances[i] = kdump_verdict(
-                parse_report(r.stdout, "kdump_status"), min_dump_space_ratio
-            ).to_dict()
-        else:
-            instances[i] = {
-                "verdict": "unknown",
-                "checks": {},
-                "reasons": [f"not checked: {r.status} {r.error}".rstrip()],
-            }
+    verdicts = kdump_verdicts(ssm, _targets(ec2, instance_ids, filters, tags), min_dump_space_ratio)
+    instances = {i: v.to_dict() for i, v in verdicts.items()}
     for i, v in instances.items():
         if v["verdict"] != "armed":
             logger.warning("%s kdump %s: %s", i, v["verdict"], "; ".join(v["reasons"]))

@@ -23,7 +23,10 @@ __all__ = [
     "Request",
     "Resolution",
     "choose",
+    "describe",
+    "guardrail_checks",
     "guardrails",
+    "instance_types",
     "nmi_support",
     "refusals",
     "resolve",
@@ -115,22 +118,29 @@ def nmi_support(instance: Mapping[str, Any], type_info: Mapping[str, Any] | None
     return None
 
 
+def guardrail_checks(
+    instance: Mapping[str, Any], type_info: Mapping[str, Any] | None, guard: Guardrails
+) -> Dict[str, str | None]:
+    """Each guardrail an instance must pass on its own: None when it passes, else why not."""
+    state = instance.get("State", {}).get("Name", "unknown")
+    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+    return {
+        "running": None if state == "running" else f"state is {state}, not running",
+        "opt_in": None
+        if tags.get(guard.opt_in_key) == guard.opt_in_value
+        else f"missing opt-in tag {guard.opt_in_key}={guard.opt_in_value}",
+        "type": nmi_support(instance, type_info),
+    }
+
+
 def refusals(
     instances: Sequence[Mapping[str, Any]], types: Mapping[str, Mapping[str, Any]], guard: Guardrails
 ) -> Dict[str, str]:
     """Each instance that fails a guardrail, with every reason it fails."""
     found: Dict[str, str] = {}
     for inst in instances:
-        reasons = []
-        state = inst.get("State", {}).get("Name", "unknown")
-        if state != "running":
-            reasons.append(f"state is {state}, not running")
-        tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-        if tags.get(guard.opt_in_key) != guard.opt_in_value:
-            reasons.append(f"missing opt-in tag {guard.opt_in_key}={guard.opt_in_value}")
-        unsupported = nmi_support(inst, types.get(inst.get("InstanceType", "")))
-        if unsupported:
-            reasons.append(unsupported)
+        checks = guardrail_checks(inst, types.get(inst.get("InstanceType", "")), guard)
+        reasons = [why for why in checks.values() if why]
         if reasons:
             found[inst["InstanceId"]] = "; ".join(reasons)
     return found
@@ -165,7 +175,7 @@ class Resolution:
         return {"matched": self.matched, "chosen": self.ids, "seed": self.seed}
 
 
-def _describe(ec2: Any, request: Request) -> List[Dict[str, Any]]:
+def describe(ec2: Any, request: Request) -> List[Dict[str, Any]]:
     try:
         found = [
             inst
@@ -184,7 +194,7 @@ def _describe(ec2: Any, request: Request) -> List[Dict[str, Any]]:
     return [unique[i] for i in sorted(unique)]
 
 
-def _types(ec2: Any, names: List[str]) -> Dict[str, Dict[str, Any]]:
+def instance_types(ec2: Any, names: List[str]) -> Dict[str, Dict[str, Any]]:
     if not names:
         return {}
     try:
@@ -204,7 +214,7 @@ def resolve(ec2: Any, request: Request, guard: Guardrails | None) -> Resolution:
     problems = request.problems()
     if problems:
         raise InvalidRequest("; ".join(problems) + ". Nothing was sent.")
-    matched = _describe(ec2, request)
+    matched = describe(ec2, request)
     if not matched:
         raise Refused(
             f"no instance matches {request.describe_params()}; check the ids, filters, tags and region"
@@ -213,7 +223,7 @@ def resolve(ec2: Any, request: Request, guard: Guardrails | None) -> Resolution:
     if guard is None:
         chosen_ids, seed = choose(list(by_id), request.count, request.percent, request.seed)
         return Resolution([by_id[i] for i in chosen_ids], sorted(by_id), seed)
-    types = _types(ec2, sorted({i.get("InstanceType", "") for i in matched}))
+    types = instance_types(ec2, sorted({i.get("InstanceType", "") for i in matched}))
     refused = refusals(matched, types, guard)
     if refused:
         raise Refused(

@@ -165,6 +165,7 @@ class QemuGuest:
         self.last_heartbeat = 0.0
         self.launched_at = 0.0
         self.after_nmi = False
+        self.agent_outage = False  # set by the lab to cut the agent off on demand
         self._proc: subprocess.Popen | None = None
         self._qmp: Qmp | None = None
         self._agent: socket.socket | None = None
@@ -380,7 +381,7 @@ class QemuGuest:
         return "initializing" if self.last_heartbeat < self.launched_at else "impaired"
 
     def agent_online(self) -> bool:
-        return self.spec.agent and self.phase != "stopped" and self._fresh()
+        return self.spec.agent and self.phase != "stopped" and self._fresh() and not self.agent_outage
 
     def last_ping(self) -> float:
         return self.clock() if self.agent_online() else max(self.last_heartbeat, self.launched_at)

@@ -4,7 +4,8 @@ The lab answers itself what touches guests (SendDiagnosticInterrupt, DescribeIns
 GetConsoleOutput, SSM Run Command and agent status) and passes everything else to moto, so
 DescribeInstances, DescribeInstanceTypes, tags, filters, CloudWatch and STS behave as moto
 implements them. Reboot, stop, start and terminate go to moto and then to the guest.
-Under ``/_lab/`` it serves what it saw (events, calls, fleet) and takes injected faults.
+Under ``/_lab/`` it serves what it saw (events, calls, fleet) and takes injected faults
+(API errors on an operation, an SSM agent cut off).
 """
 
 import base64
@@ -244,6 +245,11 @@ class Lab:
                 fault.setdefault("count", 1)
                 self.faults.append(fault)
                 answer: Any = {"faults": self.faults}
+            elif path == "/_lab/agent" and method == "POST":
+                change = json.loads(body)
+                guest = self.guests[self.names.get(change.get("name", ""), change.get("instance_id", ""))]
+                guest.agent_outage = not change["online"]
+                answer = {"instance_id": guest.instance_id, "agent_outage": guest.agent_outage}
             elif path == "/_lab/events":
                 for guest in self.guests.values():
                     guest.advance()

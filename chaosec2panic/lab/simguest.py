@@ -95,6 +95,7 @@ class SimGuest:
         self._plan: List[tuple[float, str]] = []
         self.console: List[str] = []
         self.capture_started = 0.0
+        self.agent_outage = False  # set by the lab to cut the agent off on demand
         self._prepare_root()
         self._boot_messages(self.booted_at)
 
@@ -140,7 +141,8 @@ class SimGuest:
 
     def agent_online(self) -> bool:
         self.advance()
-        return self.spec.agent and self.phase == "up" and self.clock() >= self.agent_at
+        up = self.spec.agent and self.phase == "up" and self.clock() >= self.agent_at
+        return up and not self.agent_outage
 
     def last_ping(self) -> float:
         """When the agent last reported: now while online, else when it went away."""

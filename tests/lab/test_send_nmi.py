@@ -164,7 +164,7 @@ def test_unarmed_kdump_is_refused_unless_allowed(make_lab):
 
 def test_agent_offline_means_kdump_unknown_and_refused(make_lab):
     lab = make_lab([opted_in("silent", agent=False)])
-    with pytest.raises(Refused, match="kdump not checked: AgentOffline"):
+    with pytest.raises(Refused, match="kdump unknown: not checked: AgentOffline"):
         send_nmi(instance_ids=[lab.id("silent")], configuration=lab.configuration())
     assert lab.nmi_names() == []
 
