@@ -133,6 +133,14 @@ def preflight(args: argparse.Namespace) -> int:
     return 0 if rows and all(r["ready"] for r in rows) else 1
 
 
+def inspect(args: argparse.Namespace) -> int:
+    from .inspect_cmd import run
+
+    code, text = run(args.paths, args.json)
+    print(text)
+    return code
+
+
 def print_policy(args: argparse.Namespace) -> int:
     from .iam import policy
 
@@ -264,6 +272,11 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--min-dump-space-ratio", type=float, default=1.0, help="free dump space / memory")
     pre.add_argument("--json", action="store_true")
     pre.set_defaults(run=preflight)
+
+    ins = commands.add_parser("inspect", help="judge crash dumps, dmesg files and console logs (offline)")
+    ins.add_argument("paths", nargs="+", metavar="PATH")
+    ins.add_argument("--json", action="store_true")
+    ins.set_defaults(run=inspect)
 
     pol = commands.add_parser("policy", help="the least-privilege IAM policy for the activities you use")
     pol.add_argument("--activity", action="append", help="an activity the experiments use (default: all)")

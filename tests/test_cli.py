@@ -182,3 +182,45 @@ def test_count_expands_names_and_defaults_opt_in(tmp_path):
     fleet = load_fleet(path)
     assert [g.name for g in fleet.guests] == ["hang", "web-1", "web-2"]
     assert fleet.guests[1].tags == {"chaos:nmi": "allowed"} and fleet.guests[1].os == "ubuntu"
+
+
+def test_inspect_command_exit_codes_and_json(tmp_path):
+    real = Path(__file__).parent / "fixtures" / "real"
+    ok = subprocess.run(
+        [CLI, "inspect", "--json", str(real / "vmcore-dmesg.txt")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ok.returncode == 0
+    [found] = json.loads(ok.stdout)
+    assert set(found) == {
+        "path",
+        "kind",
+        "format",
+        "complete",
+        "kernel_release",
+        "machine",
+        "crash_time",
+        "nmi_panic",
+        "panic_message",
+        "problems",
+    }
+    assert (found["kind"], found["nmi_panic"], found["panic_message"]) == (
+        "dmesg",
+        True,
+        "NMI: Not continuing",
+    )
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00\x01not a dump")
+    bad = subprocess.run(
+        [CLI, "inspect", str(junk), str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 1 and "missing" in bad.stdout
+    usage = subprocess.run([CLI, "inspect"], capture_output=True, text=True, timeout=60, check=False)
+    assert usage.returncode == 2

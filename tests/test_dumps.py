@@ -1,12 +1,26 @@
 """Dump headers and console text, from bytes laid out as the producers write them."""
 
+import gzip
+import json
 import random
 import struct
 from pathlib import Path
 
 import pytest
 
-from chaosec2panic.dumps import console_findings, identify_dump
+from chaosec2panic.dumps import (
+    BytesSource,
+    FileSource,
+    console_findings,
+    identify_dump,
+    inspect_path,
+    inspect_source,
+    read_elf,
+    read_flattened,
+    read_kdump,
+    read_text,
+    read_windows,
+)
 from chaosec2panic.lab.dumpwriter import kdump_header
 
 
@@ -222,3 +236,383 @@ def test_real_capture_kernel_out_of_memory_panic_is_not_the_nmi():
 def test_real_vmcore_dmesg_shows_the_nmi_panic():
     found = console_findings((REAL / "vmcore-dmesg.txt").read_text())
     assert found.nmi_received and found.nmi_panic and found.panic_message == "NMI: Not continuing"
+
+
+# --- Whole files: the file-level readers, on real bytes rebuilt as sparse files ---------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MANIFEST = json.loads((FIXTURES / "dumps.json").read_text())
+KDUMP_SIZE, FLAT_SIZE = 23283460, 23246830
+
+
+def fixture_extents(name: str) -> tuple[list[tuple[int, bytes]], int]:
+    """The stored (offset, bytes) extents of a fixture and its size, variants applied."""
+    spec = MANIFEST[name]
+    if "from" in spec:
+        parts, size = fixture_extents(spec["from"])
+    else:
+        raw = gzip.decompress((FIXTURES / spec["extents"]).read_bytes())
+        parts, at = [], 0
+        while at < len(raw):
+            offset, length = struct.unpack_from("<QQ", raw, at)
+            parts.append((offset, raw[at + 16 : at + 16 + length]))
+            at += 16 + length
+        size = spec["size"]
+    size = spec.get("size", size)
+    for where, hexbytes in spec.get("patch", {}).items():
+        at, new = int(where), bytes.fromhex(hexbytes)
+        parts = [
+            (o, d[: at - o] + new + d[at - o + len(new) :]) if o <= at < o + len(d) else (o, d)
+            for o, d in parts
+        ]
+    return parts, size
+
+
+def materialise(name: str, directory: Path) -> Path:
+    """Write a fixture as the file it came from: its real bytes at their offsets, holes elsewhere."""
+    parts, size = fixture_extents(name)
+    path = directory / name
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in parts:
+            if offset < size:
+                f.seek(offset)
+                f.write(data[: size - offset])
+    return path
+
+
+def head_bytes(name: str) -> bytes:
+    """The first extent of a fixture, cut to its size: what an in-memory parser sees."""
+    parts, size = fixture_extents(name)
+    return parts[0][1][:size]
+
+
+def test_real_kdump_compressed_file_is_whole(tmp_path):
+    found = inspect_path(materialise("kdump-compressed", tmp_path))
+    assert (found.kind, found.format, found.complete, found.problems) == (
+        "vmcore",
+        "kdump-compressed",
+        True,
+        (),
+    )
+    assert (found.kernel_release, found.machine, found.crash_time) == (
+        "6.1.0-57-amd64",
+        "x86_64",
+        "2026-11-29T12:09:10Z",
+    )
+    assert found.details["dumpable_pages"] == 20821 and found.details["page_data_offset"] == 532472
+    assert found.details["expected_size"] == KDUMP_SIZE and found.details["dump_level"] == 31
+
+
+@pytest.mark.parametrize(
+    ("name", "problems"),
+    [
+        (
+            "kdump-compressed-cut-in-page-data",
+            [
+                "page data at offset 20000000: expected a file of 23283460 bytes (the end of the last page), "
+                "found end of file, 3283460 bytes missing"
+            ],
+        ),
+        (
+            "kdump-compressed-cut-in-descriptors",
+            [
+                "page descriptors at offset 100000: expected 20821 descriptors of 24 bytes from 32768 to "
+                "532472, found end of file"
+            ],
+        ),
+        (
+            "kdump-compressed-incomplete-flag",
+            ["status at offset 424: expected incomplete flag 0x8 clear, found 0xa"],
+        ),
+    ],
+)
+def test_real_kdump_compressed_cut_or_flagged(tmp_path, name, problems):
+    found = inspect_path(materialise(name, tmp_path))
+    assert found.complete is False and list(found.problems) == problems
+    assert found.kernel_release == "6.1.0-57-amd64"
+
+
+def test_kdump_cut_in_the_second_bitmap(tmp_path):
+    found = read_kdump(BytesSource(head_bytes("kdump-compressed")[:20000]))
+    assert found.complete is False
+    assert found.problems == (
+        "second bitmap at offset 20000: expected 12288 bytes from 20480 to 32768, found end of file",
+    )
+
+
+def test_kdump_bad_page_descriptor_named_by_index_and_offset(tmp_path):
+    path = materialise("kdump-compressed", tmp_path)
+    with open(path, "r+b") as f:
+        f.seek(32768 + 24 * 7)
+        f.write(struct.pack("<qI", 5, 4096))
+    found = inspect_path(path)
+    assert found.complete is False
+    assert found.problems == (
+        "page descriptor 7 at offset 32936: expected data at or after 532472 of 1 to 4096 bytes, "
+        "found offset 5 size 4096",
+    )
+
+
+def test_kdump_bad_block_size_and_vmcoreinfo_range():
+    head = bytearray(head_bytes("kdump-compressed"))
+    struct.pack_into("<i", head, 428, 1000)
+    assert read_kdump(BytesSource(bytes(head))).problems == (
+        "block_size at offset 428: expected a power of two from 512 to 1 MiB, found 1000",
+    )
+    head = bytearray(head_bytes("kdump-compressed"))
+    struct.pack_into("<q", head, 4096 + 32, 10**12)
+    found = read_kdump(BytesSource(bytes(head)))
+    assert found.problems[0] == (
+        "offset_vmcoreinfo, size_vmcoreinfo at offset 4128: expected a range inside the file (size 532472), "
+        "found (1000000000000, 3300)"
+    )
+
+
+def test_reading_a_23_mb_dump_reads_under_a_megabyte(tmp_path):
+    class Counting:
+        def __init__(self, src):
+            self.src, self.read_bytes = src, 0
+
+        @property
+        def size(self):
+            return self.src.size
+
+        def read(self, offset, size):
+            data = self.src.read(offset, size)
+            self.read_bytes += len(data)
+            return data
+
+    for name in ("kdump-compressed", "flattened"):
+        with open(materialise(name, tmp_path), "rb") as f:
+            counting = Counting(FileSource(f))
+            assert inspect_source(counting, name).complete is True
+            assert counting.read_bytes < 1 << 20
+
+
+def test_real_flattened_stream_is_whole(tmp_path):
+    found = inspect_path(materialise("flattened", tmp_path))
+    assert (found.kind, found.format, found.complete, found.problems) == ("vmcore", "flattened", True, ())
+    assert (found.kernel_release, found.machine, found.crash_time) == (
+        "6.1.0-57-amd64",
+        "x86_64",
+        "2026-11-29T12:09:27Z",
+    )
+    assert found.details["records"] == 714 and found.details["rebuilt_size"] == 23235246
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        (
+            "flattened-cut-in-records",
+            "record 617 data at offset 19999224: expected 888 bytes up to 20000112, "
+            "found end of file at 20000000",
+        ),
+        (
+            "flattened-no-end-record",
+            "record header at offset 23246814: expected 16 bytes, or the end record (offset = size = -1), "
+            "found end of file",
+        ),
+    ],
+)
+def test_real_flattened_cut(tmp_path, name, problem):
+    found = inspect_path(materialise(name, tmp_path))
+    assert found.complete is False and found.problems == (problem,)
+    assert found.kernel_release == "6.1.0-57-amd64"
+
+
+def test_flattened_negative_record_size():
+    data = bytearray(head_bytes("flattened")[:8192])
+    struct.pack_into(">qq", data, 4096, 0, -5)
+    found = read_flattened(BytesSource(bytes(data)))
+    assert found.complete is False
+    assert found.problems[0] == "record header at offset 4096: expected offset and size >= 0, found 0, -5"
+
+
+def test_elf_core_with_the_real_notes(tmp_path):
+    found = inspect_path(materialise("elf", tmp_path))
+    assert (found.kind, found.format, found.complete, found.problems) == ("vmcore", "elf", True, ())
+    assert (found.kernel_release, found.machine, found.crash_time) == (
+        "6.1.0-57-amd64",
+        "x86_64",
+        "2026-11-29T12:09:10Z",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("elf-incomplete-flag", "e_flags at offset 48: expected incomplete flag 0x1 clear, found 0x1"),
+        (
+            "elf-cut-in-load",
+            "segments at offset 40000: expected a file of 69632 bytes (the end of the last segment), "
+            "found end of file, 29632 bytes missing",
+        ),
+    ],
+)
+def test_elf_incomplete(tmp_path, name, problem):
+    found = inspect_path(materialise(name, tmp_path))
+    assert found.complete is False and found.problems == (problem,)
+
+
+def test_elf_program_headers_past_the_end():
+    data = bytearray(head_bytes("elf")[:200])
+    struct.pack_into("<H", data, 56, 50)
+    assert read_elf(BytesSource(bytes(data))).problems == (
+        "program headers at offset 200: expected 50 of 56 bytes, found end of file",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"), [("windows-full", "windows-full"), ("windows-kernel", "windows-kernel")]
+)
+def test_handbuilt_windows_dumps(tmp_path, name, fmt):
+    found = inspect_path(materialise(name, tmp_path))
+    assert (found.kind, found.format, found.complete, found.problems) == ("windows-dump", fmt, True, ())
+    assert found.nmi_panic is True and found.panic_message.startswith(
+        "bugcheck 0x00000080 (NMI_HARDWARE_FAILURE)"
+    )
+    assert (found.machine, found.crash_time) == ("x86_64", "2026-11-29T12:09:10Z")
+
+
+def test_windows_dump_cut_short_and_unknown_type(tmp_path):
+    found = inspect_path(materialise("windows-full-cut", tmp_path))
+    assert found.complete is False and found.problems == (
+        "dump data at offset 12288: expected a file of 73728 bytes (RequiredDumpSpace), "
+        "found end of file, 61440 bytes missing",
+    )
+    head = bytearray(head_bytes("windows-full"))
+    struct.pack_into("<I", head, 0xF98, 3)
+    found = read_windows(BytesSource(bytes(head)))
+    assert found.format == "unknown" and found.complete is None
+    assert found.problems[0] == "DumpType at offset 3992: expected 1, 2, 5 or 6, found 3"
+
+
+def test_windows_header_cut_short():
+    found = read_windows(BytesSource(b"PAGEDU64" + bytes(100)))
+    assert found.problems == ("DUMP_HEADER64 at offset 108: expected 8192 bytes, found end of file",)
+
+
+READERS_AND_SEEDS = [
+    (read_kdump, "kdump-compressed"),
+    (read_flattened, "flattened"),
+    (read_elf, "elf"),
+    (read_windows, "windows-full"),
+]
+
+
+@pytest.mark.parametrize(("reader", "name"), READERS_AND_SEEDS)
+def test_every_reader_on_truncated_real_bytes_reports_never_raises(reader, name):
+    seed = head_bytes(name)
+    rng = random.Random(name)
+    for cut in [0, 1, 7, 16, 100, 463, 4096, 4112, *(rng.randrange(len(seed)) for _ in range(60))]:
+        found = reader(BytesSource(seed[:cut]))
+        assert found.complete is not True and found.problems, (name, cut)
+        assert all(isinstance(p, str) for p in found.problems)
+
+
+@pytest.mark.parametrize(("reader", "name"), READERS_AND_SEEDS)
+def test_every_reader_on_random_bytes_never_raises(reader, name):
+    seed = head_bytes(name)[:40000]
+    rng = random.Random(7)
+    for _ in range(150):
+        data = bytearray(seed[: rng.randrange(len(seed) + 1)])
+        for _ in range(rng.randrange(12)):
+            if data:
+                at = rng.randrange(min(len(data), 8192))
+                data[at] = rng.randrange(256)
+        found = reader(BytesSource(bytes(data)))
+        assert found.complete is not True or not found.problems or found.format == "flattened"
+        inspect_source(BytesSource(bytes(data)), "x")
+    for _ in range(200):
+        noise = bytes(rng.randrange(256) for _ in range(rng.randrange(600)))
+        for magic in (b"KDUMP   ", b"makedumpfile\0\0\0\0", b"\x7fELF", b"PAGEDU64", b""):
+            reader(BytesSource(magic + noise))
+            assert inspect_source(BytesSource(magic + noise)).problems or magic == b""
+
+
+def test_text_files():
+    dmesg = read_text(real("vmcore-dmesg.txt").decode(), "/var/crash/x/vmcore-dmesg.txt")
+    assert (dmesg.kind, dmesg.complete, dmesg.nmi_panic, dmesg.panic_message) == (
+        "dmesg",
+        True,
+        True,
+        "NMI: Not continuing",
+    )
+    assert dmesg.kernel_release == "6.1.0-57-amd64"
+    cut = read_text(real("vmcore-dmesg.txt").decode()[:20000], "dmesg.202611291209")
+    assert cut.complete is False
+    assert cut.problems == ("panic: expected a 'Kernel panic - not syncing' line, found none",)
+    assert read_text("hello\n", "notes.txt").kind == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("log", "complete", "nmi_panic", "problems"),
+    [
+        ("console-kdump.log", True, True, ()),
+        (
+            "console-hang.log",
+            False,
+            True,
+            ("console line 358: panic, then nothing: no capture kernel started (kdump did not take over)",),
+        ),
+        (
+            "console-small-crashkernel-64M.log",
+            False,
+            True,
+            (
+                "console line 359: panic, then a new boot: "
+                "no capture kernel started (kdump did not take over)",
+            ),
+        ),
+        (
+            "console-small-crashkernel-80M.log",
+            False,
+            True,
+            ("console line 746: the capture kernel panicked: System is deadlocked on memory",),
+        ),
+        (
+            "console-nmi-ignored.log",
+            None,
+            False,
+            ("console: NMI received but the kernel continued ('Dazed and confused'): no panic",),
+        ),
+    ],
+)
+def test_real_consoles_judged_on_the_capture(log, complete, nmi_panic, problems):
+    found = read_text(real(log).decode(errors="replace"), log)
+    assert (found.kind, found.complete, found.nmi_panic, found.problems) == (
+        "console",
+        complete,
+        nmi_panic,
+        problems,
+    )
+
+
+def test_console_capture_failure_and_saved():
+    boot = "[    0.000000] Command line: console=ttyS0 irqpoll elfcorehdr=179572K\n"
+    failed = read_text(
+        "Kernel panic - not syncing: NMI: Not continuing\n" + boot + "kdump: saving vmcore failed\n"
+    )
+    assert failed.complete is False and failed.problems == (
+        "console line 3: capture failed: saving vmcore failed",
+    )
+    saved = read_text(
+        "Kernel panic - not syncing: NMI: Not continuing\n" + boot + "kdump: saving vmcore complete\n"
+    )
+    assert saved.complete is True and saved.panic_message == "NMI: Not continuing" and saved.nmi_panic
+
+
+def test_inspect_path_missing_and_writing_name(tmp_path):
+    missing = inspect_path(tmp_path / "nope")
+    assert (missing.kind, missing.complete, missing.problems) == (
+        "unknown",
+        None,
+        ("path: cannot read: No such file or directory",),
+    )
+    path = materialise("kdump-compressed", tmp_path).rename(tmp_path / "vmcore-incomplete")
+    found = inspect_path(path)
+    assert found.complete is False and found.problems == (
+        "name: vmcore-incomplete (makedumpfile did not finish)",
+    )

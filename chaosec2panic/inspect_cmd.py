@@ -1,0 +1,54 @@
+"""``chaosec2panic inspect PATH... [--json]``: judge crash dumps, dmesg files and console logs offline.
+
+The CLI wires ``run`` in and prints what it returns; usage errors (exit 2) stay the CLI's.
+"""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import List, Tuple
+
+from .dumps import Inspection, inspect_path
+
+__all__ = ["render_text", "run"]
+
+
+def _ok(found: Inspection) -> bool:
+    return found.kind != "unknown" and found.format != "unknown" and found.complete is True
+
+
+def render_text(found: Inspection) -> str:
+    """One readable block for one path."""
+    data = found.to_dict()
+    verdict = {True: "complete", False: "INCOMPLETE", None: "cannot tell"}[found.complete]
+    lines = [f"{found.path}", f"  {found.kind} ({found.format}): {verdict}"]
+    for key, label in (
+        ("kernel_release", "kernel"),
+        ("machine", "machine"),
+        ("crash_time", "crash time"),
+        ("panic_message", "panic"),
+    ):
+        if data[key] is not None:
+            lines.append(f"  {label}: {data[key]}")
+    if found.nmi_panic is not None:
+        lines.append(f"  panic caused by the NMI: {'yes' if found.nmi_panic else 'no'}")
+    for key in ("compression", "dump_level", "dumpable_pages", "expected_size", "records", "bugcheck"):
+        if key in found.details:
+            value = found.details[key]
+            shown = f"0x{value:x}" if key == "bugcheck" and isinstance(value, int) else value
+            lines.append(f"  {key.replace('_', ' ')}: {shown}")
+    lines.extend(f"  problem: {p}" for p in found.problems)
+    return "\n".join(lines)
+
+
+def run(paths: List[str], as_json: bool) -> Tuple[int, str]:
+    """Inspect each path; return the exit code and the text to print.
+
+    Exit 0 when every path is a recognised artefact judged complete, else 1. A missing or
+    unreadable path is a problem of that path, not an error.
+    """
+    found = [replace(inspect_path(Path(p)), path=p) for p in paths]
+    code = 0 if found and all(_ok(f) for f in found) else 1
+    if as_json:
+        return code, json.dumps([f.to_dict() for f in found], indent=1)
+    return code, "\n\n".join(render_text(f) for f in found)

@@ -1,0 +1,152 @@
+"""``inspect_cmd.run``: both outputs and the exit codes, on the committed fixtures only."""
+
+import json
+from pathlib import Path
+
+import pytest
+from test_dumps import FIXTURES, MANIFEST, materialise
+
+from chaosec2panic.inspect_cmd import run
+
+REAL = FIXTURES / "real"
+KEYS = [
+    "path",
+    "kind",
+    "format",
+    "complete",
+    "kernel_release",
+    "machine",
+    "crash_time",
+    "nmi_panic",
+    "panic_message",
+    "problems",
+]
+
+
+def test_json_for_a_whole_capture(tmp_path):
+    paths = [str(materialise("kdump-compressed", tmp_path)), str(REAL / "vmcore-dmesg.txt")]
+    code, out = run(paths, as_json=True)
+    found = json.loads(out)
+    assert code == 0 and [list(f) for f in found] == [KEYS, KEYS]
+    assert found[0] == {
+        "path": paths[0],
+        "kind": "vmcore",
+        "format": "kdump-compressed",
+        "complete": True,
+        "kernel_release": "6.1.0-57-amd64",
+        "machine": "x86_64",
+        "crash_time": "2026-11-29T12:09:10Z",
+        "nmi_panic": None,
+        "panic_message": None,
+        "problems": [],
+    }
+    assert found[1] == {
+        "path": paths[1],
+        "kind": "dmesg",
+        "format": "text",
+        "complete": True,
+        "kernel_release": "6.1.0-57-amd64",
+        "machine": None,
+        "crash_time": None,
+        "nmi_panic": True,
+        "panic_message": "NMI: Not continuing",
+        "problems": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "fmt"),
+    [
+        ("flattened", "vmcore", "flattened"),
+        ("elf", "vmcore", "elf"),
+        ("windows-full", "windows-dump", "windows-full"),
+        ("windows-kernel", "windows-dump", "windows-kernel"),
+    ],
+)
+def test_every_whole_format_exits_0(tmp_path, name, kind, fmt):
+    code, out = run([str(materialise(name, tmp_path))], as_json=True)
+    (found,) = json.loads(out)
+    assert (code, found["kind"], found["format"], found["complete"], found["problems"]) == (
+        0,
+        kind,
+        fmt,
+        True,
+        [],
+    )
+
+
+def test_one_truncated_dump_makes_exit_1(tmp_path):
+    whole = str(materialise("flattened", tmp_path))
+    cut = str(materialise("kdump-compressed-cut-in-page-data", tmp_path))
+    code, out = run([whole, cut], as_json=True)
+    found = json.loads(out)
+    assert code == 1 and [f["complete"] for f in found] == [True, False]
+    assert found[1]["problems"] == [
+        "page data at offset 20000000: expected a file of 23283460 bytes (the end of the last page), "
+        "found end of file, 3283460 bytes missing"
+    ]
+
+
+def test_missing_path_is_a_problem_not_a_crash(tmp_path):
+    code, out = run([str(tmp_path / "nope"), str(REAL / "vmcore-dmesg.txt")], as_json=True)
+    found = json.loads(out)
+    assert code == 1 and found[0]["kind"] == "unknown" and found[0]["complete"] is None
+    assert found[0]["problems"] == ["path: cannot read: No such file or directory"]
+    assert found[1]["complete"] is True
+
+
+@pytest.mark.parametrize(
+    ("paths", "code"),
+    [
+        (["console-kdump.log"], 0),
+        (["console-hang.log"], 1),
+        (["console-nmi-ignored.log"], 1),
+        (["README.md"], 1),
+        (["vmcore.flattened.tail"], 1),
+    ],
+)
+def test_exit_codes_on_text_and_unknown(paths, code):
+    assert run([str(REAL / p) for p in paths], as_json=True)[0] == code
+
+
+def test_text_output_one_block_per_path(tmp_path):
+    cut = materialise("kdump-compressed-cut-in-descriptors", tmp_path)
+    code, out = run([str(cut), str(REAL / "console-small-crashkernel-80M.log")], as_json=False)
+    blocks = out.split("\n\n")
+    assert code == 1 and len(blocks) == 2
+    assert blocks[0].splitlines() == [
+        str(cut),
+        "  vmcore (kdump-compressed): INCOMPLETE",
+        "  kernel: 6.1.0-57-amd64",
+        "  machine: x86_64",
+        "  crash time: 2026-11-29T12:09:10Z",
+        "  compression: lzo",
+        "  dump level: 31",
+        "  dumpable pages: 20821",
+        "  problem: page descriptors at offset 100000: expected 20821 descriptors of 24 bytes from 32768 to "
+        "532472, found end of file",
+    ]
+    assert "  console (text): INCOMPLETE" in blocks[1]
+    assert "  panic caused by the NMI: yes" in blocks[1]
+    assert (
+        "  problem: console line 746: the capture kernel panicked: System is deadlocked on memory"
+        in blocks[1]
+    )
+
+
+def test_windows_text_output_names_the_bugcheck(tmp_path):
+    code, out = run([str(materialise("windows-kernel", tmp_path))], as_json=False)
+    assert code == 0 and "  bugcheck: 0x80" in out.splitlines()
+    assert "  panic: bugcheck 0x00000080 (NMI_HARDWARE_FAILURE) (0x0, 0x0, 0x0, 0x0)" in out.splitlines()
+
+
+def test_the_committed_fixtures_are_enough():
+    """The full 23 MB artefacts are not needed: every dump fixture is committed, small, and
+    nothing the tests read points at the lab's artefacts directory."""
+    stored = {FIXTURES / spec["extents"] for spec in MANIFEST.values() if "extents" in spec}
+    assert all(p.is_file() for p in stored)
+    committed = [p for p in FIXTURES.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in committed) < 1 << 20
+    for text in [Path(__file__).read_text(), (Path(__file__).parent / "test_dumps.py").read_text()]:
+        assert "/tmp/" + "qemu-lab" not in text
+    assert "qemu-lab" not in (FIXTURES / "dumps.json").read_text()
