@@ -8,14 +8,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chaoslib.types import Configuration, Secrets
 
 from .aws import THROTTLING_CODES, RetryPolicy, client, error_code, without_sdk_retries
-from .errors import Ec2PanicError, InvalidRequest, Refused
+from .errors import Ec2PanicError, InvalidRequest, Refused, StopConditionMet
 from .guest import platform_of
 from .health import observe
-from .iam import OBSERVE, RESOLVE_GUARDED, requires
+from .iam import OBSERVE, RESOLVE_GUARDED, STOP_ALARMS, requires
 from .ledger import Injection, Ledger
 from .readiness import kdump_verdicts, permission
 from .recovery import is_back, is_up, now_iso
 from .settings import settings
+from .stopconditions import check_stop, stop_alarms
 from .targets import Request, guardrails, resolve
 
 __all__ = ["send_nmi"]
@@ -64,7 +65,7 @@ def _unrecovered(ledger: Ledger, ec2: Any, ssm: Any, platforms: Dict[str, Any]) 
     return refused
 
 
-@requires(*RESOLVE_GUARDED, *OBSERVE, "ec2:GetConsoleOutput", "ec2:SendDiagnosticInterrupt")
+@requires(*RESOLVE_GUARDED, *OBSERVE, *STOP_ALARMS, "ec2:GetConsoleOutput", "ec2:SendDiagnosticInterrupt")
 def send_nmi(
     instance_ids: List[str] = None,
     filters: List[Dict[str, Any]] = None,
@@ -86,8 +87,9 @@ def send_nmi(
     unless every matched instance is running, carries the opt-in tag, has a type that takes
     the interrupt, and the selection stays within ``max_instances``; unless every chosen
     instance has kdump armed (``allow_unarmed`` to skip), was not hit before without coming
-    back (``force`` to skip), and EC2 DryRun grants permission. Throttled calls are retried;
-    no request is ever sent twice. Each injection goes to the ledger for later activities.
+    back (``force`` to skip), EC2 DryRun grants permission, and no stop alarm
+    (``chaosec2panic_stop_alarms`` in the configuration) is in ALARM or missing. Throttled
+    calls are retried; no request is ever sent twice. Each injection and refusal goes to the ledger.
     Returns the selection and one record per instance: id, sent_at (UTC), outcome
     (sent, failed, unknown) and error.
     """
@@ -103,7 +105,7 @@ def send_nmi(
             configuration,
             secrets,
         )
-    except (Refused, InvalidRequest) as exc:
+    except (Refused, InvalidRequest, StopConditionMet) as exc:
         ledger.record([Injection("", now_iso(), "refused", error=str(exc))])
         raise
 
@@ -148,6 +150,9 @@ def _send_nmi(
     if denied:
         raise Refused("EC2 DryRun did not grant the interrupt", denied)
 
+    alarms = stop_alarms(configuration)
+    if alarms:
+        check_stop(alarms, configuration, secrets)
     anchors = {i: _console_anchor(ec2, i) for i in resolution.ids}
     nmi_ec2 = without_sdk_retries(client("ec2", configuration, secrets))
     with ThreadPoolExecutor(max_workers=min(max_concurrency, len(resolution.ids))) as pool:

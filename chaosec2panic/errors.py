@@ -4,7 +4,7 @@ from typing import Mapping
 
 from chaoslib.exceptions import ActivityFailed
 
-__all__ = ["Ec2PanicError", "InvalidRequest", "Refused"]
+__all__ = ["Ec2PanicError", "InvalidRequest", "Refused", "StopConditionMet"]
 
 
 class Ec2PanicError(ActivityFailed):
@@ -22,3 +22,7 @@ class Refused(Ec2PanicError):
         self.reasons = dict(reasons or {})
         lines = [summary, *(f"  {key}: {why}" for key, why in sorted(self.reasons.items()))]
         super().__init__("\n".join(lines) + "\nNothing was sent.")
+
+
+class StopConditionMet(Ec2PanicError):
+    """A stop condition holds (or cannot be read): no further NMI may be sent."""

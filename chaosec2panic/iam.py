@@ -14,6 +14,7 @@ __all__ = [
     "RESOLVE",
     "RESOLVE_GUARDED",
     "RUN_SCRIPT",
+    "STOP_ALARMS",
     "activity_actions",
     "policy",
     "requires",
@@ -30,6 +31,9 @@ RUN_SCRIPT = (
     "ssm:GetCommandInvocation",
 )
 OBSERVE = ("ec2:DescribeInstanceStatus", *RUN_SCRIPT)
+STOP_ALARMS = ("cloudwatch:DescribeAlarms", "cloudwatch:ListTagsForResource")
+# Controls are not activities; their actions are listed under the name the policy uses.
+CONTROL_ACTIONS = {"stop_alarms": STOP_ALARMS}
 # Actions that change an instance: scoped to the opt-in tag (or to named instances).
 INSTANCE_ACTIONS = frozenset(
     {
@@ -54,8 +58,8 @@ def requires(*actions: str) -> Callable[[F], F]:
 
 
 def activity_actions() -> Dict[str, List[str]]:
-    """Every exported activity and the IAM actions it calls."""
-    found: Dict[str, List[str]] = {}
+    """Every exported activity (and control) and the IAM actions it calls."""
+    found: Dict[str, List[str]] = {name: list(actions) for name, actions in CONTROL_ACTIONS.items()}
     for name in ACTIVITY_MODULES:
         module = importlib.import_module(name)
         for activity in module.__all__:

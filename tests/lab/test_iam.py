@@ -6,29 +6,51 @@ import sys
 import time
 from pathlib import Path
 
+import boto3
 from conftest import opted_in
 
 from chaosec2panic import actions, probes, rollbacks
+from chaosec2panic.controls import alarms
 from chaosec2panic.iam import activity_actions, policy
 
 CLI = str(Path(sys.executable).with_name("chaosec2panic"))
+
+
+SIGNING_TO_IAM = {"monitoring": "cloudwatch"}  # CloudWatch signs as "monitoring"
 
 
 def calls_of(lab, run) -> set:
     """The IAM actions of the AWS calls the lab answered while ``run`` ran."""
     before = dict(lab.lab.calls)
     run()
-    return {k for k, v in lab.lab.calls.items() if v > before.get(k, 0)}
+    changed = [k.split(":", 1) for k, v in lab.lab.calls.items() if v > before.get(k, 0)]
+    return {f"{SIGNING_TO_IAM.get(service, service)}:{operation}" for service, operation in changed}
 
 
 def test_every_activity_calls_only_what_it_declares_and_the_policy_covers_them_all(make_lab):
     lab = make_lab([opted_in("web"), opted_in("stuck", kdump=False, panic_timeout=0, acpi_reboot=False)])
     conf = lab.configuration()
     web, stuck = [lab.id("web")], [lab.id("stuck")]
+    boto3.client("cloudwatch").put_metric_alarm(
+        AlarmName="errors",
+        MetricName="5xx",
+        Namespace="app",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanThreshold",
+        Tags=[{"Key": "chaos-stop", "Value": "yes"}],
+    )
+    guarded = {**conf, "chaosec2panic_stop_alarms": {"names": ["errors"]}}
     runs = {
         "instance_healthy": lambda: probes.instance_healthy(instance_ids=web, configuration=conf),
         "kdump_armed": lambda: probes.kdump_armed(instance_ids=web, configuration=conf),
-        "send_nmi": lambda: actions.send_nmi(instance_ids=web, configuration=conf),
+        "send_nmi": lambda: actions.send_nmi(instance_ids=web, configuration=guarded),
+        "stop_alarms": lambda: (
+            alarms.configure_control(conf, None, tags={"chaos-stop": "yes"}, interval=60),
+            alarms.cleanup_control(),
+        ),
         "recovery_seconds": lambda: probes.recovery_seconds(timeout=30, configuration=conf),
         "recovered_within": lambda: probes.recovered_within(30, configuration=conf),
         "panic_on_console": lambda: probes.panic_on_console(configuration=conf),

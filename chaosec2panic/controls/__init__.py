@@ -1,0 +1,1 @@
+"""Chaos Toolkit controls shipped with chaosec2panic."""

@@ -1,0 +1,119 @@
+"""Stop conditions: CloudWatch alarms that, in ALARM, forbid any further NMI.
+
+Alarms are named, given by ARN, or found by their tags. An alarm that does not exist or
+cannot be read counts as a reason to stop: without it nothing proves an injection is safe.
+Declared once in the configuration (``chaosec2panic_stop_alarms``: ``names``, ``arns``,
+``tags``), they are checked by ``send_nmi`` immediately before it sends (and before each
+batch) and, continuously, by the control in :mod:`chaosec2panic.controls.alarms`.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping
+
+from botocore.exceptions import BotoCoreError, ClientError
+from chaoslib.types import Configuration, Secrets
+
+from .aws import client, error_code, paginate
+from .errors import InvalidRequest, StopConditionMet
+from .recovery import now_iso
+
+__all__ = ["StopAlarms", "alarm_states", "check_stop", "stop_alarms", "stop_reason"]
+
+ALARM_TYPES = ["MetricAlarm", "CompositeAlarm"]
+
+
+@dataclass(frozen=True)
+class StopAlarms:
+    names: List[str] = field(default_factory=list)
+    arns: List[str] = field(default_factory=list)
+    tags: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def wanted(self) -> List[str]:
+        """The alarm names asked for by name or by ARN."""
+        return sorted({*self.names, *(a.split(":alarm:", 1)[-1] for a in self.arns)})
+
+
+def stop_alarms(
+    configuration: Configuration | None, override: Mapping[str, Any] | None = None
+) -> StopAlarms | None:
+    """The stop alarms of ``override`` (a control's arguments) or of the configuration, if any."""
+    spec = override or (configuration or {}).get("chaosec2panic_stop_alarms")
+    if not spec:
+        return None
+    if not isinstance(spec, Mapping) or set(spec) - {"names", "arns", "tags"}:
+        raise InvalidRequest(f"stop alarms take names, arns and tags, got {spec!r}")
+    bad_arns = [a for a in spec.get("arns") or [] if ":alarm:" not in str(a)]
+    if bad_arns:
+        raise InvalidRequest(f"not CloudWatch alarm ARNs: {bad_arns}")
+    alarms = StopAlarms(
+        list(spec.get("names") or []), list(spec.get("arns") or []), dict(spec.get("tags") or {})
+    )
+    if not (alarms.wanted or alarms.tags):
+        raise InvalidRequest("stop alarms are declared but name no alarm (names, arns or tags)")
+    return alarms
+
+
+def alarm_states(cloudwatch: Any, alarms: StopAlarms) -> List[Dict[str, str]]:
+    """Each alarm asked for: name, state (``NOT_FOUND`` when it does not exist) and since when."""
+    found: Dict[str, Dict[str, str]] = {}
+
+    def keep(alarm: Mapping[str, Any]) -> None:
+        found[alarm["AlarmName"]] = {
+            "name": alarm["AlarmName"],
+            "arn": alarm.get("AlarmArn", ""),
+            "state": alarm.get("StateValue", "INSUFFICIENT_DATA"),
+            "since": str(alarm.get("StateUpdatedTimestamp", "")),
+            "reason": alarm.get("StateReason", ""),
+        }
+
+    if alarms.wanted:
+        for page in cloudwatch.get_paginator("describe_alarms").paginate(
+            AlarmNames=alarms.wanted, AlarmTypes=ALARM_TYPES
+        ):
+            for alarm in page.get("MetricAlarms", []) + page.get("CompositeAlarms", []):
+                keep(alarm)
+    states = [
+        found.get(n, {"name": n, "arn": "", "state": "NOT_FOUND", "since": "", "reason": ""})
+        for n in alarms.wanted
+    ]
+    if alarms.tags:
+        tagged = []
+        for kind in ("MetricAlarms", "CompositeAlarms"):
+            for alarm in paginate(cloudwatch, "describe_alarms", kind, AlarmTypes=ALARM_TYPES):
+                tags = cloudwatch.list_tags_for_resource(ResourceARN=alarm["AlarmArn"]).get("Tags", [])
+                if {t["Key"]: t["Value"] for t in tags}.items() >= alarms.tags.items():
+                    keep(alarm)
+                    tagged.append(found[alarm["AlarmName"]])
+        if not tagged:
+            states.append(
+                {"name": f"tags {alarms.tags}", "arn": "", "state": "NOT_FOUND", "since": "", "reason": ""}
+            )
+        states += [s for s in tagged if s["name"] not in alarms.wanted]
+    return states
+
+
+def stop_reason(states: List[Mapping[str, str]]) -> str | None:
+    """Why the states forbid an NMI (an alarm in ALARM, or one not found), or None."""
+    firing = [s for s in states if s["state"] == "ALARM"]
+    if firing:
+        return "; ".join(f"alarm {s['name']} is in ALARM since {s['since']} ({s['reason']})" for s in firing)
+    missing = [s["name"] for s in states if s["state"] == "NOT_FOUND"]
+    if missing:
+        return f"stop alarm not found: {', '.join(missing)} (fix the name, ARN, tags or region)"
+    return None
+
+
+def check_stop(alarms: StopAlarms, configuration: Configuration, secrets: Secrets) -> Dict[str, Any]:
+    """Read the alarms now; raise StopConditionMet when one forbids an NMI. Returns what was seen."""
+    try:
+        states = alarm_states(client("cloudwatch", configuration, secrets), alarms)
+    except (ClientError, BotoCoreError) as exc:
+        raise StopConditionMet(
+            f"stop alarms cannot be read ({error_code(exc)}: {exc}); nothing is sent"
+        ) from exc
+    reason = stop_reason(states)
+    seen = {"checked_at": now_iso(), "alarms": states}
+    if reason:
+        raise StopConditionMet(f"stop condition at {seen['checked_at']}: {reason}")
+    return seen

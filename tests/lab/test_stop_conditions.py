@@ -1,0 +1,135 @@
+"""Stop conditions: CloudWatch alarms checked before every injection and while the run goes on."""
+
+import json
+import threading
+import time
+
+import boto3
+import pytest
+import yaml
+from conftest import ROOT, opted_in, run_experiment
+
+from chaosec2panic.actions import send_nmi
+from chaosec2panic.errors import InvalidRequest, StopConditionMet
+from chaosec2panic.ledger import Ledger
+
+
+def alarm(name: str, state: str = "OK", tags: dict | None = None) -> str:
+    cw = boto3.client("cloudwatch")
+    cw.put_metric_alarm(
+        AlarmName=name,
+        MetricName="5xx",
+        Namespace="app",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanThreshold",
+        Tags=[{"Key": k, "Value": v} for k, v in (tags or {}).items()],
+    )
+    cw.set_alarm_state(AlarmName=name, StateValue=state, StateReason=f"set to {state} by the test")
+    return cw.describe_alarms(AlarmNames=[name])["MetricAlarms"][0]["AlarmArn"]
+
+
+def nmi(lab, stop: dict) -> dict:
+    return send_nmi(
+        instance_ids=[lab.id("web")], configuration=lab.configuration(chaosec2panic_stop_alarms=stop)
+    )
+
+
+def test_quiet_alarms_let_the_nmi_through(make_lab):
+    lab = make_lab([opted_in("web")])
+    arn = alarm("checkout-5xx")
+    alarm("queue-depth", tags={"chaos-stop": "yes"})
+    nmi(lab, {"names": ["checkout-5xx"], "arns": [arn], "tags": {"chaos-stop": "yes"}})
+    assert lab.nmi_names() == ["web"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "stop", "needle"),
+    [
+        ({"checkout-5xx": "ALARM"}, {"names": ["checkout-5xx"]}, "alarm checkout-5xx is in ALARM since"),
+        (
+            {"checkout-5xx": "OK"},
+            {"names": ["checkout-5xx", "typo-alarm"]},
+            "stop alarm not found: typo-alarm",
+        ),
+        ({"tagged": "ALARM"}, {"tags": {"chaos-stop": "yes"}}, "alarm tagged is in ALARM"),
+        ({"untagged": "OK"}, {"tags": {"chaos-stop": "yes"}}, "not found: tags {'chaos-stop': 'yes'}"),
+    ],
+)
+def test_a_firing_or_missing_alarm_stops_the_nmi(make_lab, setup, stop, needle):
+    lab = make_lab([opted_in("web")])
+    for name, state in setup.items():
+        alarm(name, state, tags={"chaos-stop": "yes"} if name == "tagged" else None)
+    with pytest.raises(StopConditionMet, match=needle):
+        nmi(lab, stop)
+    assert lab.nmi_names() == []
+    assert [e.outcome for e in Ledger(lab.ledger).entries()] == ["refused"]
+
+
+def test_an_alarm_arn_is_checked_by_its_name(make_lab):
+    lab = make_lab([opted_in("web")])
+    arn = alarm("by-arn", "ALARM")
+    with pytest.raises(StopConditionMet, match="alarm by-arn is in ALARM"):
+        nmi(lab, {"arns": [arn]})
+    with pytest.raises(InvalidRequest, match="not CloudWatch alarm ARNs"):
+        nmi(lab, {"arns": ["by-arn"]})
+    assert lab.nmi_names() == []
+
+
+def experiment_with_control(tmp_path, **arguments) -> str:
+    data = yaml.safe_load((ROOT / "experiments" / "crash-capture.yaml").read_text())
+    data["controls"] = [
+        {
+            "name": "stop-on-alarms",
+            "provider": {"type": "python", "module": "chaosec2panic.controls.alarms", "arguments": arguments},
+        }
+    ]
+    path = tmp_path / "with-control.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_an_alarm_already_firing_keeps_the_run_from_injecting(make_lab, tmp_path):
+    lab = make_lab([opted_in("web", tags={"role": "crash-capture"})])
+    alarm("checkout-5xx", "ALARM")
+    journal = run_experiment(
+        lab, experiment_with_control(tmp_path, names=["checkout-5xx"]), tmp_path / "journal.json"
+    )
+    assert journal["status"] == "interrupted" and journal["run"] == []
+    assert lab.nmi_names() == []
+
+
+def test_an_alarm_firing_during_the_run_interrupts_it_and_the_rollbacks_still_run(make_lab, tmp_path):
+    lab = make_lab([opted_in("hang", kdump=False, panic_timeout=0, tags={"role": "crash-capture"})])
+    alarm("checkout-5xx", "OK")
+    data = yaml.safe_load(experiment_with_control(tmp_path, names=["checkout-5xx"], interval=0.5).read_text())
+    data["steady-state-hypothesis"]["probes"] = [
+        p for p in data["steady-state-hypothesis"]["probes"] if p["name"] != "kdump-armed-on-targets"
+    ]
+    data["method"][0]["provider"]["arguments"]["allow_unarmed"] = True
+    data["method"][1]["provider"]["arguments"]["timeout"] = 60
+    experiment = tmp_path / "firing.yaml"
+    experiment.write_text(yaml.safe_dump(data))
+
+    def fire_after_the_nmi() -> None:
+        deadline = time.monotonic() + 60
+        while not lab.events("nmi") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        boto3.client("cloudwatch").set_alarm_state(
+            AlarmName="checkout-5xx", StateValue="ALARM", StateReason="5xx above threshold"
+        )
+
+    firing = threading.Thread(target=fire_after_the_nmi)
+    firing.start()
+    started = time.monotonic()
+    journal = run_experiment(lab, experiment, tmp_path / "journal.json")
+    firing.join()
+    assert time.monotonic() - started < 40  # interrupted, not left to its 60 s recovery wait
+    assert journal["status"] == "interrupted"
+    [stop] = [e["stop_condition"] for e in journal.get("extensions", []) if e.get("name") == "chaosec2panic"]
+    assert "alarm checkout-5xx is in ALARM" in stop["reason"] and "5xx above threshold" in stop["reason"]
+    [rollback] = journal["rollbacks"]
+    assert rollback["output"]["instances"][lab.id("hang")] == {"actions": ["reboot"], "recovered": True}
+    assert json.dumps(journal)  # the journal stays JSON
