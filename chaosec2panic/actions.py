@@ -1,7 +1,9 @@
 """Actions: send the diagnostic interrupt (NMI), guarded."""
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Dict, List
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -10,14 +12,14 @@ from chaoslib.types import Configuration, Secrets
 from .aws import THROTTLING_CODES, RetryPolicy, client, error_code, without_sdk_retries
 from .errors import Ec2PanicError, InvalidRequest, Refused, StopConditionMet
 from .guest import platform_of
-from .health import observe
+from .health import observe, wait_for_recovery
 from .iam import OBSERVE, RESOLVE_GUARDED, STOP_ALARMS, requires
 from .ledger import Injection, Ledger
 from .readiness import kdump_verdicts, permission
 from .recovery import is_back, is_up, now_iso
 from .settings import settings
 from .stopconditions import check_stop, stop_alarms
-from .targets import Request, guardrails, resolve
+from .targets import Request, batches, guardrails, resolve
 
 __all__ = ["send_nmi"]
 
@@ -77,6 +79,10 @@ def send_nmi(
     allow_unarmed: bool = False,
     force: bool = False,
     max_concurrency: int = 10,
+    batch_size: int = None,
+    batch_percent: float = None,
+    batch_pause: float = None,
+    batch_slo: float = 600,
     configuration: Configuration = None,
     secrets: Secrets = None,
 ) -> Dict[str, Any]:
@@ -90,11 +96,16 @@ def send_nmi(
     back (``force`` to skip), EC2 DryRun grants permission, and no stop alarm
     (``chaosec2panic_stop_alarms`` in the configuration) is in ALARM or missing. Throttled
     calls are retried; no request is ever sent twice. Each injection and refusal goes to the ledger.
-    Returns the selection and one record per instance: id, sent_at (UTC), outcome
-    (sent, failed, unknown) and error.
+    A rolling rollout hits ``batch_size`` (or ``batch_percent``) instances at a time and
+    waits for each batch to be back before the next (or ``batch_pause`` seconds instead);
+    a batch not back within ``batch_slo`` seconds, or a stop alarm, halts it and the rest
+    are never hit. Returns the selection, the batches, why the rollout halted (if it did)
+    and one record per instance: id, batch, sent_at (UTC), outcome (sent, failed, unknown,
+    or skipped when a halt kept it from being hit) and error.
     """
     ledger = Ledger.of(configuration)
     try:
+        rollout = Rollout(batch_size, batch_percent, batch_pause, batch_slo)
         return _send_nmi(
             ledger,
             Request(instance_ids or (), filters or (), tags or {}, count, percent, seed),
@@ -102,6 +113,7 @@ def send_nmi(
             allow_unarmed,
             force,
             max_concurrency,
+            rollout,
             configuration,
             secrets,
         )
@@ -117,6 +129,7 @@ def _send_nmi(
     allow_unarmed: bool,
     force: bool,
     max_concurrency: int,
+    rollout: "Rollout",
     configuration: Configuration,
     secrets: Secrets,
 ) -> Dict[str, Any]:
@@ -151,37 +164,113 @@ def _send_nmi(
         raise Refused("EC2 DryRun did not grant the interrupt", denied)
 
     alarms = stop_alarms(configuration)
-    if alarms:
-        check_stop(alarms, configuration, secrets)
-    anchors = {i: _console_anchor(ec2, i) for i in resolution.ids}
+    plan = batches(resolution.ids, rollout.size, rollout.percent)
     nmi_ec2 = without_sdk_retries(client("ec2", configuration, secrets))
-    with ThreadPoolExecutor(max_workers=min(max_concurrency, len(resolution.ids))) as pool:
-        answers = dict(
-            zip(resolution.ids, pool.map(lambda i: _send_one(nmi_ec2, i, retry), resolution.ids), strict=True)
-        )
-    injections = [
-        Injection(
-            i,
-            sent_at,
-            outcome,
-            region=ec2.meta.region_name,
-            error=error,
-            boot_id_before=verdicts[i].facts.get("boot_id", ""),
-            console_anchor=anchors[i],
-        )
-        for i, (sent_at, outcome, error) in answers.items()
-    ]
-    ledger.record(injections)
-    for e in injections:
-        logger.info("NMI %s to %s at %s %s", e.outcome, e.instance_id, e.sent_at, e.error)
+    injections: List[Injection] = []
+    halted = ""
+    for number, batch in enumerate(plan, 1):
+        if alarms:
+            try:
+                check_stop(alarms, configuration, secrets)
+            except StopConditionMet as exc:
+                if number == 1:
+                    raise
+                halted = f"before batch {number}: {exc}"
+                break
+        anchors = {i: _console_anchor(ec2, i) for i in batch}
+        with ThreadPoolExecutor(max_workers=min(max_concurrency, len(batch))) as pool:
+            answers = dict(zip(batch, pool.map(lambda i: _send_one(nmi_ec2, i, retry), batch), strict=True))
+        sent = [
+            Injection(
+                i,
+                sent_at,
+                outcome,
+                region=ec2.meta.region_name,
+                error=error,
+                boot_id_before=verdicts[i].facts.get("boot_id", ""),
+                console_anchor=anchors[i],
+                batch=number,
+            )
+            for i, (sent_at, outcome, error) in answers.items()
+        ]
+        ledger.record(sent)
+        injections += sent
+        for e in sent:
+            logger.info(
+                "NMI %s to %s at %s (batch %d) %s", e.outcome, e.instance_id, e.sent_at, number, e.error
+            )
+        if number < len(plan):
+            halted = _between_batches(rollout, sent, ec2, ssm, ledger, platforms, configuration)
+            if halted:
+                halted = f"after batch {number}: {halted}"
+                break
     if not any(e.hit for e in injections):
         raise Ec2PanicError(
             "no NMI was sent: " + "; ".join(f"{e.instance_id}: {e.error}" for e in injections)
         )
+    hit = {e.instance_id for e in injections}
+    skipped = [i for i in resolution.ids if i not in hit]
+    if halted:
+        logger.critical("rollout halted %s; never hit: %s", halted, ", ".join(skipped))
+    records = [
+        {k: e.to_dict()[k] for k in ("instance_id", "batch", "sent_at", "outcome", "error")}
+        for e in injections
+    ]
+    records += [
+        {"instance_id": i, "batch": n, "sent_at": "", "outcome": "skipped", "error": halted}
+        for n, batch in enumerate(plan, 1)
+        for i in batch
+        if i in skipped
+    ]
     return {
         "selection": resolution.to_dict(),
-        "injections": [
-            {k: e.to_dict()[k] for k in ("instance_id", "sent_at", "outcome", "error")} for e in injections
-        ],
+        "batches": plan,
+        "halted": halted or None,
+        "injections": records,
         "ledger": str(ledger.path),
     }
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """How to roll the NMIs out: batch by count or percent, then a pause or a recovery wait."""
+
+    size: int | None = None
+    percent: float | None = None
+    pause: float | None = None
+    slo: float = 600
+
+    def __post_init__(self) -> None:
+        batches([], self.size, self.percent)  # the same checks, before anything is sent
+        for name, value in (("batch_pause", self.pause), ("batch_slo", self.slo)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+            ):
+                raise InvalidRequest(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+
+def _between_batches(
+    rollout: Rollout,
+    sent: List[Injection],
+    ec2: Any,
+    ssm: Any,
+    ledger: Ledger,
+    platforms: Dict[str, Any],
+    configuration: Configuration,
+) -> str:
+    """Pause, or wait for the batch to be back within the SLO; why the rollout must halt, if it must."""
+    if rollout.pause is not None:
+        time.sleep(rollout.pause)
+        return ""
+    hits = {e.instance_id: e for e in sent if e.hit}
+    back = wait_for_recovery(
+        ec2,
+        ssm,
+        ledger,
+        hits,
+        platforms,
+        time.monotonic() + rollout.slo,
+        settings(configuration).poll_interval,
+    )
+    late = sorted(i for i, s in back.items() if s is None or s > rollout.slo)
+    return f"not back within the batch SLO of {rollout.slo:g}s: {', '.join(late)}" if late else ""

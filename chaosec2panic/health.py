@@ -1,14 +1,20 @@
 """Look at instances: EC2 status checks, SSM agents, and which boot each one is in."""
 
+import logging
+import time
 from typing import Any, Dict, List, Mapping
 
 from . import guest
 from .aws import DESCRIBE_STATUS_CHUNK, chunks, paginate
 from .guest.parsers import parse_report
-from .recovery import Observation, now_iso
+from .ledger import Injection, Ledger
+from .polling import Poll, poll
+from .recovery import Observation, is_back, now_iso, seconds_between
 from .ssm import agent_status, run_script
 
-__all__ = ["instance_status", "observe"]
+__all__ = ["instance_status", "observe", "wait_for_recovery"]
+
+logger = logging.getLogger("chaostoolkit")
 
 
 def instance_status(ec2: Any, instance_ids: List[str]) -> Dict[str, Dict[str, str]]:
@@ -63,3 +69,39 @@ def observe(
                 detail += f", boot not read ({answer.status} {answer.error})".rstrip()
         seen[i] = Observation(at, _status_ok(statuses[i]), agents[i].online, boot_id, uptime, detail)
     return seen
+
+
+def wait_for_recovery(
+    ec2: Any,
+    ssm: Any,
+    ledger: Ledger,
+    hits: Mapping[str, Injection],
+    platforms: Mapping[str, guest.Platform],
+    deadline: float,
+    interval: float,
+) -> Dict[str, float | None]:
+    """Seconds from each NMI to its instance being back (None if not back by ``deadline``,
+    a ``time.monotonic()`` value); each recovery seen is written to the ledger."""
+    back: Dict[str, float | None] = {
+        i: seconds_between(e.sent_at, e.recovered_at) if e.recovered_at else None for i, e in hits.items()
+    }
+
+    def look() -> Dict[str, float | None]:
+        pending = {i: platforms[i] for i, s in back.items() if s is None}
+        for i, seen in observe(ec2, ssm, pending).items():
+            e = hits[i]
+            if is_back(seen, e.sent_at, e.boot_id_before):
+                back[i] = seconds_between(e.sent_at, seen.at)
+                ledger.update(i, e.sent_at, recovered_at=seen.at)
+                logger.info("%s back %.1fs after its NMI", i, back[i])
+        return back
+
+    poll(
+        Poll(
+            look,
+            lambda b: all(s is not None for s in b.values()),
+            timeout=max(0.0, deadline - time.monotonic()),
+            interval=interval,
+        )
+    )
+    return back

@@ -42,6 +42,7 @@ class Injection:
     console_anchor: str = ""
     recovered_at: str = ""
     rollback: List[str] = field(default_factory=list)
+    batch: int = 1
 
     @property
     def hit(self) -> bool:

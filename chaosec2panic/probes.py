@@ -12,12 +12,11 @@ from .dumps import console_findings, identify_dump
 from .errors import Ec2PanicError, InvalidRequest
 from .guest import platform_of
 from .guest.parsers import dump_files, parse_report
-from .health import observe
+from .health import observe, wait_for_recovery
 from .iam import OBSERVE, RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, requires
 from .ledger import RUN_ID, Injection, Ledger
-from .polling import Poll, poll
 from .readiness import kdump_verdicts, readiness
-from .recovery import fleet_summary, is_back, iso, parse_iso, seconds_between
+from .recovery import fleet_summary, iso, parse_iso
 from .settings import settings
 from .ssm import run_script
 from .targets import Request, guardrails, resolve
@@ -246,33 +245,16 @@ def panic_on_console(
 def _wait_for_recovery(
     configuration: Configuration, secrets: Secrets, hits: Dict[str, Injection], deadline: float
 ) -> Dict[str, float | None]:
-    """Seconds from each NMI to the instance being back (None if not back by ``deadline``)."""
     ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
-    ledger = Ledger.of(configuration)
-    platforms = _platforms(ec2, sorted(hits))
-    back: Dict[str, float | None] = {
-        i: seconds_between(e.sent_at, e.recovered_at) if e.recovered_at else None for i, e in hits.items()
-    }
-
-    def look() -> Dict[str, float | None]:
-        pending = {i: platforms[i] for i, s in back.items() if s is None}
-        for i, seen in observe(ec2, ssm, pending).items():
-            e = hits[i]
-            if is_back(seen, e.sent_at, e.boot_id_before):
-                back[i] = seconds_between(e.sent_at, seen.at)
-                ledger.update(i, e.sent_at, recovered_at=seen.at)
-                logger.info("%s back %.1fs after its NMI", i, back[i])
-        return back
-
-    poll(
-        Poll(
-            look,
-            lambda b: all(s is not None for s in b.values()),
-            timeout=max(0.0, deadline - time.monotonic()),
-            interval=settings(configuration).poll_interval,
-        )
+    return wait_for_recovery(
+        ec2,
+        ssm,
+        Ledger.of(configuration),
+        hits,
+        _platforms(ec2, sorted(hits)),
+        deadline,
+        settings(configuration).poll_interval,
     )
-    return back
 
 
 @requires(*RESOLVE, *OBSERVE)

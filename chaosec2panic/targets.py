@@ -22,6 +22,7 @@ __all__ = [
     "Guardrails",
     "Request",
     "Resolution",
+    "batches",
     "choose",
     "describe",
     "guardrail_checks",
@@ -157,6 +158,22 @@ def choose(
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
     picked = random.Random(seed).sample(ordered, min(max(wanted, 1), len(ordered)))
     return sorted(picked), seed
+
+
+def batches(ids: Sequence[str], size: int | None, percent: float | None) -> List[List[str]]:
+    """``ids`` in consecutive batches of ``size``, or of ``percent`` of them (rounded up); one batch
+    when neither is given."""
+    if size is not None and percent is not None:
+        raise InvalidRequest("give batch_size or batch_percent, not both")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise InvalidRequest(f"batch_size must be a whole number >= 1, got {size!r}")
+    if percent is not None and (
+        isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 < percent <= 100
+    ):
+        raise InvalidRequest(f"batch_percent must be in (0, 100], got {percent!r}")
+    step = size if size is not None else math.ceil(len(ids) * float(percent or 100) / 100)
+    step = max(1, step)
+    return [list(ids[n : n + step]) for n in range(0, len(ids), step)]
 
 
 @dataclass(frozen=True)

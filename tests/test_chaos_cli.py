@@ -25,6 +25,7 @@ def test_discover_lists_every_activity_with_its_doc_and_typed_arguments(tmp_path
         "recovery_seconds",
         "recovered_within",
         "recover_instances",
+        "ready_for_nmi",
     }
     for activity in activities.values():
         assert activity["doc"], activity["name"]
