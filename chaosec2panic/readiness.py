@@ -80,7 +80,15 @@ def readiness(
             "permission": permission(ec2, i, retry),
         }
         name = next((t["Value"] for t in inst.get("Tags", []) if t["Key"] == "Name"), "")
-        rows.append({"instance_id": i, "name": name, "ready": not any(checks.values()), "checks": checks})
+        rows.append(
+            {
+                "instance_id": i,
+                "name": name,
+                "ready": not any(checks.values()),
+                "checks": checks,
+                "kdump": verdict.to_dict(),
+            }
+        )
     return rows
 
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Sequence
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoCredentialsError
 from chaoslib.types import Configuration
 
 from .aws import error_code, paginate
@@ -33,6 +33,9 @@ __all__ = [
     "resolve",
 ]
 
+AUTH_ERRORS = frozenset(
+    {"AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "ExpiredToken", "SignatureDoesNotMatch"}
+)
 INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 
 
@@ -199,8 +202,15 @@ def describe(ec2: Any, request: Request) -> List[Dict[str, Any]]:
             for r in paginate(ec2, "describe_instances", "Reservations", **request.describe_params())
             for inst in r.get("Instances", [])
         ]
+    except NoCredentialsError as exc:
+        raise InvalidRequest(
+            "no AWS credentials: give the aws secrets, a profile (aws_profile_name) or the usual "
+            "environment variables. Nothing was sent."
+        ) from exc
     except ClientError as exc:
         code = error_code(exc)
+        if code in AUTH_ERRORS:
+            raise InvalidRequest(f"{code}: the credentials were refused ({exc}). Nothing was sent.") from exc
         if code.startswith("InvalidInstanceID"):
             raise InvalidRequest(
                 f"{code}: {exc.response['Error'].get('Message', '')}. "

@@ -2,6 +2,7 @@
 
 import json
 
+import boto3
 import pytest
 from conftest import ROOT, chaos, failed_probes, opted_in, run_experiment, variant, vary
 
@@ -106,3 +107,37 @@ def test_hang_deviates_and_the_rollback_brings_it_back(make_lab, tmp_path):
         "reboot",
         "recovered",
     ]
+
+
+def test_fleet_game_day_rolls_out_in_batches_under_its_alarms(make_lab, tmp_path):
+    lab = make_lab(
+        [opted_in("web", count=4, tags={"role": "game-day"}), {"name": "db", "tags": {"role": "db"}}]
+    )
+    boto3.client("cloudwatch").put_metric_alarm(
+        AlarmName="checkout-5xx",
+        MetricName="5xx",
+        Namespace="app",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanThreshold",
+        Tags=[{"Key": "chaos-stop", "Value": "true"}],
+    )
+    journal = run_experiment(lab, ROOT / "experiments" / "fleet-game-day.yaml", tmp_path / "journal.json")
+    assert journal["status"] == "completed" and journal["deviated"] is False, failed_probes(journal)
+    rollout = journal["run"][0]["output"]
+    assert [len(b) for b in rollout["batches"]] == [2, 2] and rollout["halted"] is None
+    assert sorted(lab.nmi_names()) == ["web-1", "web-2", "web-3", "web-4"]
+
+
+def test_preflight_experiment_passes_on_a_ready_fleet_and_fails_on_an_unarmed_one(make_lab, tmp_path):
+    lab = make_lab(
+        [opted_in("ok", tags={"role": "crash-capture"}), opted_in("bare", kdump=False, tags={"role": "x"})]
+    )
+    experiment = ROOT / "experiments" / "preflight-readiness.yaml"
+    green = run_experiment(lab, experiment, tmp_path / "green.json")
+    assert green["status"] == "completed" and green["deviated"] is False
+    red = run_experiment(lab, experiment, tmp_path / "red.json", CHAOSEC2PANIC_TARGET_ROLE="x")
+    assert red["steady_states"]["before"]["steady_state_met"] is False and red["run"] == []
+    assert lab.nmi_names() == []

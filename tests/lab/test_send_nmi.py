@@ -1,6 +1,9 @@
 """send_nmi against the lab over HTTP: what reaches an instance, and what never does."""
 
+import os
 import re
+import subprocess
+import sys
 
 import boto3
 import pytest
@@ -215,3 +218,24 @@ def test_throttling_within_the_budget_sends_once(make_lab):
     result = send_nmi(instance_ids=[lab.id("web")], configuration=lab.configuration())
     assert result["injections"][0]["outcome"] == "sent"
     assert lab.nmi_names() == ["web"]
+
+
+def test_missing_credentials_are_named_and_nothing_is_sent(make_lab, tmp_path):
+    lab = make_lab([opted_in("web")])
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AWS_") or k in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+    }
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+        CHAOSEC2PANIC_LEDGER=str(lab.ledger),
+    )
+    script = f"from chaosec2panic.actions import send_nmi; send_nmi(instance_ids=['{lab.id('web')}'])"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert done.returncode != 0 and "no AWS credentials" in done.stderr
+    assert lab.nmi_names() == []
