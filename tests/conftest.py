@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
+import boto3
 import pytest
 import yaml
 
@@ -86,6 +87,24 @@ def sim_guest(root: Path, **spec: Any) -> SimGuest:
     return SimGuest(
         "i-0123456789abcdef0", GuestSpec(name="g", **spec), root, FAST, clock=time.time, emit=lambda *a: None
     )
+
+
+def make_alarm(name: str, state: str = "OK", tags: Dict[str, str] | None = None) -> str:
+    """A CloudWatch alarm in the lab, put in ``state``; returns its ARN."""
+    cw = boto3.client("cloudwatch")
+    cw.put_metric_alarm(
+        AlarmName=name,
+        MetricName="5xx",
+        Namespace="app",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanThreshold",
+        Tags=[{"Key": k, "Value": v} for k, v in (tags or {}).items()],
+    )
+    cw.set_alarm_state(AlarmName=name, StateValue=state, StateReason=f"set to {state} by the test")
+    return cw.describe_alarms(AlarmNames=[name])["MetricAlarms"][0]["AlarmArn"]
 
 
 def opted_in(name: str, **settings: Any) -> Dict[str, Any]:

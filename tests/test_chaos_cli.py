@@ -2,9 +2,8 @@
 
 import json
 
-import boto3
 import pytest
-from conftest import ROOT, chaos, failed_probes, opted_in, run_experiment, variant, vary
+from conftest import ROOT, chaos, failed_probes, make_alarm, opted_in, run_experiment, variant, vary
 
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
 
@@ -113,17 +112,7 @@ def test_fleet_game_day_rolls_out_in_batches_under_its_alarms(make_lab, tmp_path
     lab = make_lab(
         [opted_in("web", count=4, tags={"role": "game-day"}), {"name": "db", "tags": {"role": "db"}}]
     )
-    boto3.client("cloudwatch").put_metric_alarm(
-        AlarmName="checkout-5xx",
-        MetricName="5xx",
-        Namespace="app",
-        Statistic="Sum",
-        Period=60,
-        EvaluationPeriods=1,
-        Threshold=1,
-        ComparisonOperator="GreaterThanThreshold",
-        Tags=[{"Key": "chaos-stop", "Value": "true"}],
-    )
+    make_alarm("checkout-5xx", tags={"chaos-stop": "true"})
     journal = run_experiment(lab, ROOT / "experiments" / "fleet-game-day.yaml", tmp_path / "journal.json")
     assert journal["status"] == "completed" and journal["deviated"] is False, failed_probes(journal)
     rollout = journal["run"][0]["output"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from test_inspect import KEYS
 
 from chaosec2panic.lab.fleet import FleetError, load_fleet, parse_fleet
 
@@ -195,18 +196,7 @@ def test_inspect_command_exit_codes_and_json(tmp_path):
     )
     assert ok.returncode == 0
     [found] = json.loads(ok.stdout)
-    assert set(found) == {
-        "path",
-        "kind",
-        "format",
-        "complete",
-        "kernel_release",
-        "machine",
-        "crash_time",
-        "nmi_panic",
-        "panic_message",
-        "problems",
-    }
+    assert list(found) == KEYS
     assert (found["kind"], found["nmi_panic"], found["panic_message"]) == (
         "dmesg",
         True,

@@ -6,8 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-import boto3
-from conftest import opted_in
+from conftest import make_alarm, opted_in
 
 from chaosec2panic import actions, probes, rollbacks
 from chaosec2panic.controls import alarms
@@ -31,17 +30,7 @@ def test_every_activity_calls_only_what_it_declares_and_the_policy_covers_them_a
     lab = make_lab([opted_in("web"), opted_in("stuck", kdump=False, panic_timeout=0, acpi_reboot=False)])
     conf = lab.configuration()
     web, stuck = [lab.id("web")], [lab.id("stuck")]
-    boto3.client("cloudwatch").put_metric_alarm(
-        AlarmName="errors",
-        MetricName="5xx",
-        Namespace="app",
-        Statistic="Sum",
-        Period=60,
-        EvaluationPeriods=1,
-        Threshold=1,
-        ComparisonOperator="GreaterThanThreshold",
-        Tags=[{"Key": "chaos-stop", "Value": "yes"}],
-    )
+    make_alarm("errors", tags={"chaos-stop": "yes"})
     guarded = {**conf, "chaosec2panic_stop_alarms": {"names": ["errors"]}}
     runs = {
         "instance_healthy": lambda: probes.instance_healthy(instance_ids=web, configuration=conf),

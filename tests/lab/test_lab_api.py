@@ -3,7 +3,7 @@
 import boto3
 import pytest
 from botocore.exceptions import ClientError, WaiterError
-from conftest import opted_in
+from conftest import make_alarm, opted_in
 
 
 @pytest.fixture
@@ -14,16 +14,7 @@ def lab(make_lab):
 def test_sts_and_cloudwatch_pass_through_to_moto(lab):
     assert boto3.client("sts").get_caller_identity()["Account"].isdigit()
     cw = boto3.client("cloudwatch")
-    cw.put_metric_alarm(
-        AlarmName="cpu",
-        MetricName="CPUUtilization",
-        Namespace="AWS/EC2",
-        Statistic="Average",
-        Period=60,
-        EvaluationPeriods=1,
-        Threshold=90,
-        ComparisonOperator="GreaterThanThreshold",
-    )
+    make_alarm("cpu")
     cw.set_alarm_state(AlarmName="cpu", StateValue="ALARM", StateReason="test")
     assert cw.describe_alarms(AlarmNames=["cpu"])["MetricAlarms"][0]["StateValue"] == "ALARM"
 

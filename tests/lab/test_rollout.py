@@ -5,7 +5,7 @@ import time
 
 import boto3
 import pytest
-from conftest import opted_in
+from conftest import make_alarm, opted_in
 
 from chaosec2panic.actions import send_nmi
 from chaosec2panic.errors import InvalidRequest
@@ -80,17 +80,7 @@ def test_a_batch_that_misses_its_slo_halts_the_rollout_and_the_rest_are_never_hi
 def test_a_stop_alarm_between_batches_halts_the_rollout(make_lab):
     lab = make_lab([opted_in("web", count=3, tags={"role": "web"})])
     cw = boto3.client("cloudwatch")
-    cw.put_metric_alarm(
-        AlarmName="errors",
-        MetricName="5xx",
-        Namespace="app",
-        Statistic="Sum",
-        Period=60,
-        EvaluationPeriods=1,
-        Threshold=1,
-        ComparisonOperator="GreaterThanThreshold",
-    )
-    cw.set_alarm_state(AlarmName="errors", StateValue="OK", StateReason="quiet")
+    make_alarm("errors")
 
     def fire_after_the_first_nmi() -> None:
         while not lab.events("nmi"):

@@ -7,28 +7,11 @@ import time
 import boto3
 import pytest
 import yaml
-from conftest import ROOT, opted_in, run_experiment
+from conftest import ROOT, make_alarm, opted_in, run_experiment
 
 from chaosec2panic.actions import send_nmi
 from chaosec2panic.errors import InvalidRequest, StopConditionMet
 from chaosec2panic.ledger import Ledger
-
-
-def alarm(name: str, state: str = "OK", tags: dict | None = None) -> str:
-    cw = boto3.client("cloudwatch")
-    cw.put_metric_alarm(
-        AlarmName=name,
-        MetricName="5xx",
-        Namespace="app",
-        Statistic="Sum",
-        Period=60,
-        EvaluationPeriods=1,
-        Threshold=1,
-        ComparisonOperator="GreaterThanThreshold",
-        Tags=[{"Key": k, "Value": v} for k, v in (tags or {}).items()],
-    )
-    cw.set_alarm_state(AlarmName=name, StateValue=state, StateReason=f"set to {state} by the test")
-    return cw.describe_alarms(AlarmNames=[name])["MetricAlarms"][0]["AlarmArn"]
 
 
 def nmi(lab, stop: dict) -> dict:
@@ -39,8 +22,8 @@ def nmi(lab, stop: dict) -> dict:
 
 def test_quiet_alarms_let_the_nmi_through(make_lab):
     lab = make_lab([opted_in("web")])
-    arn = alarm("checkout-5xx")
-    alarm("queue-depth", tags={"chaos-stop": "yes"})
+    arn = make_alarm("checkout-5xx")
+    make_alarm("queue-depth", tags={"chaos-stop": "yes"})
     nmi(lab, {"names": ["checkout-5xx"], "arns": [arn], "tags": {"chaos-stop": "yes"}})
     assert lab.nmi_names() == ["web"]
 
@@ -61,7 +44,7 @@ def test_quiet_alarms_let_the_nmi_through(make_lab):
 def test_a_firing_or_missing_alarm_stops_the_nmi(make_lab, setup, stop, needle):
     lab = make_lab([opted_in("web")])
     for name, state in setup.items():
-        alarm(name, state, tags={"chaos-stop": "yes"} if name == "tagged" else None)
+        make_alarm(name, state, tags={"chaos-stop": "yes"} if name == "tagged" else None)
     with pytest.raises(StopConditionMet, match=needle):
         nmi(lab, stop)
     assert lab.nmi_names() == []
@@ -70,7 +53,7 @@ def test_a_firing_or_missing_alarm_stops_the_nmi(make_lab, setup, stop, needle):
 
 def test_an_alarm_arn_is_checked_by_its_name(make_lab):
     lab = make_lab([opted_in("web")])
-    arn = alarm("by-arn", "ALARM")
+    arn = make_alarm("by-arn", "ALARM")
     with pytest.raises(StopConditionMet, match="alarm by-arn is in ALARM"):
         nmi(lab, {"arns": [arn]})
     with pytest.raises(InvalidRequest, match="not CloudWatch alarm ARNs"):
@@ -93,7 +76,7 @@ def experiment_with_control(tmp_path, **arguments) -> str:
 
 def test_an_alarm_already_firing_keeps_the_run_from_injecting(make_lab, tmp_path):
     lab = make_lab([opted_in("web", tags={"role": "crash-capture"})])
-    alarm("checkout-5xx", "ALARM")
+    make_alarm("checkout-5xx", "ALARM")
     journal = run_experiment(
         lab, experiment_with_control(tmp_path, names=["checkout-5xx"]), tmp_path / "journal.json"
     )
@@ -103,7 +86,7 @@ def test_an_alarm_already_firing_keeps_the_run_from_injecting(make_lab, tmp_path
 
 def test_an_alarm_firing_during_the_run_interrupts_it_and_the_rollbacks_still_run(make_lab, tmp_path):
     lab = make_lab([opted_in("hang", kdump=False, panic_timeout=0, tags={"role": "crash-capture"})])
-    alarm("checkout-5xx", "OK")
+    make_alarm("checkout-5xx", "OK")
     data = yaml.safe_load(experiment_with_control(tmp_path, names=["checkout-5xx"], interval=0.5).read_text())
     data["steady-state-hypothesis"]["probes"] = [
         p for p in data["steady-state-hypothesis"]["probes"] if p["name"] != "kdump-armed-on-targets"
