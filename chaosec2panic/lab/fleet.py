@@ -6,7 +6,18 @@ from typing import Any, Dict, List, Mapping
 
 import yaml
 
-__all__ = ["OS_FAMILIES", "Fleet", "FleetError", "GuestSpec", "OsFamily", "load_fleet", "parse_fleet"]
+__all__ = [
+    "CRASH_DUMP_TYPES",
+    "FAMILIES",
+    "OS_FAMILIES",
+    "WINDOWS_FAMILIES",
+    "Fleet",
+    "FleetError",
+    "GuestSpec",
+    "OsFamily",
+    "load_fleet",
+    "parse_fleet",
+]
 
 
 class FleetError(ValueError):
@@ -15,7 +26,11 @@ class FleetError(ValueError):
 
 @dataclass(frozen=True)
 class OsFamily:
-    """How a distribution looks from inside: os-release, kdump tool, dump layout, SSM platform."""
+    """How a distribution looks from inside: os-release, kdump tool, dump layout, SSM platform.
+
+    For Windows: ``version`` and ``kernel_release`` are what Win32_OperatingSystem.Version
+    says, ``pretty`` its caption (SSM's PlatformName), ``kdump_tool`` the CrashControl key.
+    """
 
     os_id: str
     version: str
@@ -26,6 +41,7 @@ class OsFamily:
     platform: str = "Linux"
 
 
+# The Linux families: their guest scripts run for real under sh in the simulated guest.
 OS_FAMILIES: Dict[str, OsFamily] = {
     "amazon-linux-2": OsFamily(
         "amzn", "2", "Amazon Linux 2", "kdumpctl", "rhel", "5.10.228-219.884.amzn2.x86_64"
@@ -54,6 +70,33 @@ OS_FAMILIES: Dict[str, OsFamily] = {
 OS_FAMILIES["crashlab"] = OsFamily(
     "crashlab", "1", "chaosec2panic crash lab", "kdumpctl", "rhel", "(the kit's)"
 )
+# The Windows Server families: the simulated guest answers their PowerShell guest scripts with
+# an interpretation (simguest.interpret_windows_script), since PowerShell does not run here.
+WINDOWS_FAMILIES: Dict[str, OsFamily] = {
+    "windows-2019": OsFamily(
+        "windows",
+        "10.0.17763",
+        "Microsoft Windows Server 2019 Datacenter",
+        "crashcontrol",
+        "windows",
+        "10.0.17763",
+        "Windows",
+    ),
+    "windows-2022": OsFamily(
+        "windows",
+        "10.0.20348",
+        "Microsoft Windows Server 2022 Datacenter",
+        "crashcontrol",
+        "windows",
+        "10.0.20348",
+        "Windows",
+    ),
+}
+FAMILIES: Dict[str, OsFamily] = {**OS_FAMILIES, **WINDOWS_FAMILIES}
+# HKLM\SYSTEM\CurrentControlSet\Control\CrashControl\CrashDumpEnabled, by fleet name.
+CRASH_DUMP_TYPES = {"none": 0, "complete": 1, "kernel": 2, "automatic": 7}
+LINUX_SETTINGS = ("kdump", "crashkernel_mib", "unknown_nmi_panic", "panic_timeout")
+WINDOWS_SETTINGS = ("crash_dump_enabled", "nmi_crash_dump", "auto_reboot")
 KINDS = ("simulated", "qemu")
 QEMU_DEFAULTS = {"os": "crashlab", "memory_mib": 384, "crashkernel_mib": 128}
 QEMU_MEMORY_MIB = (320, 512)
@@ -61,7 +104,12 @@ QEMU_MEMORY_MIB = (320, 512)
 
 @dataclass(frozen=True)
 class GuestSpec:
-    """One simulated instance: its EC2 face and the state of its kernel and agent."""
+    """One simulated instance: its EC2 face and the state of its kernel and agent.
+
+    Linux guests use ``kdump`` .. ``panic_timeout``; Windows guests the CrashControl settings
+    ``crash_dump_enabled`` (complete, kernel, automatic or none), ``nmi_crash_dump`` and
+    ``auto_reboot``.
+    """
 
     name: str
     kind: str = "simulated"
@@ -72,6 +120,9 @@ class GuestSpec:
     crashkernel_mib: int = 256
     unknown_nmi_panic: int = 1
     panic_timeout: int = 10
+    crash_dump_enabled: str = "automatic"
+    nmi_crash_dump: bool = True
+    auto_reboot: bool = True
     agent: bool = True
     acpi_reboot: bool = True
     disk_free_gib: float = 40.0
@@ -80,11 +131,18 @@ class GuestSpec:
 
     @property
     def family(self) -> OsFamily:
-        return OS_FAMILIES[self.os]
+        return FAMILIES[self.os]
+
+    @property
+    def windows(self) -> bool:
+        return self.family.platform == "Windows"
 
     @property
     def armed(self) -> bool:
-        """Whether a crash kernel is loaded: kdump on and memory reserved for it."""
+        """Whether an NMI leaves a dump. Linux: a crash kernel is loaded (kdump on and memory
+        reserved for it). Windows: NMICrashDump on and a dump type other than none."""
+        if self.windows:
+            return self.nmi_crash_dump and self.crash_dump_enabled != "none"
         return self.kdump and self.crashkernel_mib > 0
 
 
@@ -132,8 +190,9 @@ def _guest(entry: Any, where: str) -> List[GuestSpec]:
             )
     elif settings.get("os") == "crashlab":
         raise FleetError(f"{where}: os crashlab is the qemu guests' system; set kind: qemu")
-    if settings.get("os", "amazon-linux-2023") not in OS_FAMILIES:
-        raise FleetError(f"{where}: unknown os {settings['os']!r}; valid: {sorted(OS_FAMILIES)}")
+    if settings.get("os", "amazon-linux-2023") not in FAMILIES:
+        raise FleetError(f"{where}: unknown os {settings['os']!r}; valid: {sorted(FAMILIES)}")
+    _platform_settings(settings, where)
     if settings.get("state", "running") not in ("running", "stopped"):
         raise FleetError(f"{where}: state must be running or stopped")
     if not isinstance(count, int) or count < 1:
@@ -151,6 +210,24 @@ def _guest(entry: Any, where: str) -> List[GuestSpec]:
         return [GuestSpec(name=n, **settings) for n in names]
     except TypeError as exc:
         raise FleetError(f"{where}: {exc}") from exc
+
+
+def _platform_settings(settings: Mapping[str, Any], where: str) -> None:
+    """Linux kernel settings only on Linux guests, CrashControl settings only on Windows ones."""
+    os_name = settings.get("os", "amazon-linux-2023")
+    windows = FAMILIES[os_name].platform == "Windows"
+    own, other = (WINDOWS_SETTINGS, LINUX_SETTINGS) if windows else (LINUX_SETTINGS, WINDOWS_SETTINGS)
+    misplaced = [k for k in other if k in settings]
+    if misplaced:
+        kind = "Windows" if windows else "Linux"
+        raise FleetError(
+            f"{where}: {misplaced} do not apply to os {os_name} ({kind}); its crash settings are {list(own)}"
+        )
+    dump_type = settings.get("crash_dump_enabled", "automatic")
+    if not isinstance(dump_type, str) or dump_type not in CRASH_DUMP_TYPES:
+        raise FleetError(
+            f"{where}: crash_dump_enabled must be one of {list(CRASH_DUMP_TYPES)}, got {dump_type!r}"
+        )
 
 
 def parse_fleet(data: Any) -> Fleet:

@@ -7,9 +7,10 @@ from typing import Any, Dict, List, Mapping
 from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
-__all__ = ["ApiError", "Request", "ec2_error", "ec2_xml", "json_error", "list_param", "xml"]
+__all__ = ["ApiError", "Request", "cbor_error", "ec2_error", "ec2_xml", "json_error", "list_param", "xml"]
 
 EC2_XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+RPC_V2_PATH = re.compile(r"/service/[^/]+/operation/(\w+)$")  # smithy-rpc-v2-cbor (CloudWatch)
 SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
 
 
@@ -37,7 +38,9 @@ class Request:
             self.form = parse_qs(body.decode(), keep_blank_values=True)
             self.operation = self.param("Action")
         else:
-            self.operation = ""
+            rpc = RPC_V2_PATH.search(environ.get("PATH_INFO", ""))
+            self.operation = rpc.group(1) if rpc else ""
+        self.cbor = "cbor" in environ.get("CONTENT_TYPE", "")
 
     def param(self, name: str, default: str = "") -> str:
         return self.form.get(name, [default])[0]
@@ -86,3 +89,23 @@ def ec2_error(error: ApiError) -> bytes:
 
 def json_error(error: ApiError) -> bytes:
     return json.dumps({"__type": error.code, "message": error.message}).encode()
+
+
+def _cbor_text(text: str) -> bytes:
+    data = text.encode()
+    if len(data) < 24:
+        return bytes([0x60 | len(data)]) + data
+    if len(data) < 256:
+        return bytes([0x78, len(data)]) + data
+    return bytes([0x79]) + len(data).to_bytes(2, "big") + data[:65535]
+
+
+def cbor_error(error: ApiError) -> bytes:
+    """An rpc-v2-cbor error body: a CBOR map of __type and message (text strings only)."""
+    return (
+        bytes([0xA2])
+        + _cbor_text("__type")
+        + _cbor_text(error.code)
+        + _cbor_text("message")
+        + _cbor_text(error.message)
+    )

@@ -30,15 +30,18 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from ..targets import INSTANCE_ID, nmi_support
 from .fleet import Fleet
 from .kit import Kit, KitError, ensure_kit
-from .protocol import ApiError, Request, ec2_error, ec2_xml, json_error, list_param
+from .protocol import ApiError, Request, cbor_error, ec2_error, ec2_xml, json_error, list_param
 from .qemuguest import QemuGuest, choose_accel
-from .simguest import SimGuest
+from .simguest import SimGuest, WindowsSimGuest
 
 __all__ = ["LAB_CREDENTIALS", "Guest", "Lab", "LabError", "LabServer"]
 
 LAB_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": "lab"}
 STATE_CODES = {"running": 16, "stopped": 80}
 DOCUMENTS = {"AWS-RunShellScript": "Linux", "AWS-RunPowerShellScript": "Windows"}
+PLUGINS = {"AWS-RunShellScript": "aws:runShellScript", "AWS-RunPowerShellScript": "aws:runPowerShellScript"}
+# Moto's bundled AMIs by SSM platform: a Windows AMI makes DescribeInstances say Platform=windows.
+AMI_PREFERENCE = {"Windows": "Windows_Server-2016-English-Full-Base"}
 PLUGIN_OUTPUT_LIMIT = 2500
 GUEST_ACTIONS = {
     "RebootInstances": "reboot",
@@ -56,6 +59,19 @@ Guest = SimGuest | QemuGuest
 
 class LabError(RuntimeError):
     """The lab cannot start; the message says why and what to do."""
+
+
+def _ami(platform: str) -> str:
+    """An x86_64 AMI of moto's catalogue for ``platform`` (Linux or Windows), the preferred name first."""
+    amis = [
+        i
+        for i in load_resource("ec2/resources/amis.json")
+        if (i.get("platform") == "windows") == (platform == "Windows") and i.get("architecture") == "x86_64"
+    ]
+    if not amis:
+        raise LabError(f"moto's AMI catalogue has no x86_64 {platform} image")
+    preferred = AMI_PREFERENCE.get(platform, "")
+    return next((i for i in amis if preferred in i.get("name", "")), amis[0])["ami_id"]
 
 
 def _iso(at: float) -> str:
@@ -88,11 +104,7 @@ class Lab:
             aws_access_key_id="lab",
             aws_secret_access_key="lab",
         )
-        linux = next(
-            i["ami_id"]
-            for i in load_resource("ec2/resources/amis.json")
-            if i.get("platform") != "windows" and i.get("architecture") == "x86_64"
-        )
+        amis = {platform: _ami(platform) for platform in DOCUMENTS.values()}
         kit, accel = None, "tcg"
         for spec in self.fleet.guests:
             if spec.instance_type not in INSTANCE_TYPES:
@@ -101,7 +113,7 @@ class Lab:
                 {"Key": k, "Value": v} for k, v in spec.tags.items()
             ]
             inst = ec2.run_instances(
-                ImageId=linux,
+                ImageId=amis[spec.family.platform],
                 MinCount=1,
                 MaxCount=1,
                 InstanceType=spec.instance_type,
@@ -116,7 +128,8 @@ class Lab:
                     kit, accel = self._real_guests_kit()
                 guest: Guest = QemuGuest(instance_id, spec, root, kit, accel, self.clock, self._emit)
             else:
-                guest = SimGuest(instance_id, spec, root, self.fleet.time_scale, self.clock, self._emit)
+                kind = WindowsSimGuest if spec.windows else SimGuest
+                guest = kind(instance_id, spec, root, self.fleet.time_scale, self.clock, self._emit)
             self.guests[instance_id] = guest
             self.names[spec.name] = instance_id
         for guest in self.guests.values():
@@ -207,11 +220,15 @@ class Lab:
     def _answer(
         self, start_response: StartResponse, status: int, request: Request, result: Any
     ) -> List[bytes]:
+        headers = []
         if request.service == "ec2":
             payload = (
                 ec2_error(result) if isinstance(result, ApiError) else ec2_xml(request.operation, result)
             )
             ctype = "text/xml"
+        elif request.cbor:  # the lab itself answers rpc-v2-cbor only with injected errors
+            payload, ctype = cbor_error(result), "application/cbor"
+            headers = [("smithy-protocol", "rpc-v2-cbor")]
         else:
             payload = json_error(result) if isinstance(result, ApiError) else json.dumps(result).encode()
             ctype = "application/x-amz-json-1.1"
@@ -221,6 +238,7 @@ class Lab:
                 ("Content-Type", ctype),
                 ("Content-Length", str(len(payload))),
                 ("x-amzn-RequestId", str(uuid.uuid4())),
+                *headers,
             ],
         )
         return [payload]
@@ -361,12 +379,14 @@ class Lab:
             if now > command["requested"] + command["timeout"]:
                 inv.update(Status="TimedOut", StatusDetails="DeliveryTimedOut")
             elif guest.agent_online():
-                if DOCUMENTS[command["document"]] != "Linux":
+                platform = guest.spec.family.platform
+                if DOCUMENTS[command["document"]] != platform:
                     inv.update(
                         Status="Failed",
                         StatusDetails="Failed",
                         ResponseCode=1,
-                        stderr="document not supported on this platform",
+                        stderr=f"{PLUGINS[command['document']]} does not run on {platform}: "
+                        f"send {next(d for d, p in DOCUMENTS.items() if p == platform)}",
                     )
                     continue
                 inv.update(Status="InProgress", StatusDetails="InProgress")
@@ -453,7 +473,7 @@ class Lab:
             if request.json.get("Details"):
                 item["CommandPlugins"] = [
                     {
-                        "Name": "aws:runShellScript",
+                        "Name": PLUGINS[command["document"]],
                         "Status": inv["Status"],
                         "ResponseCode": inv.get("ResponseCode", -1),
                         "Output": inv.get("stdout", "")[:PLUGIN_OUTPUT_LIMIT],

@@ -4,8 +4,13 @@ Transitions are scheduled (in model seconds times the lab's time scale) and appl
 whenever the guest is looked at, with their scheduled times, so events carry exact times.
 The guest's file system is a real directory; SSM commands run the extension's real guest
 scripts under ``sh`` against it, with only the tools a minimal system has on the PATH.
+
+A Windows Server guest (:class:`WindowsSimGuest`) follows its CrashControl settings instead
+of a kernel's, and since PowerShell cannot run here it answers the extension's PowerShell
+guest scripts with :func:`interpret_windows_script`, an interpretation of them in Python.
 """
 
+import re
 import shutil
 import subprocess
 import threading
@@ -15,10 +20,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from .dumpwriter import kdump_header, write_flattened, write_kdump_compressed
-from .fleet import GuestSpec
+from ..guest import SCRIPTS
+from .dumpwriter import (
+    kdump_header,
+    windows_dump_header,
+    write_flattened,
+    write_kdump_compressed,
+    write_windows_dump,
+)
+from .fleet import CRASH_DUMP_TYPES, GuestSpec
 
-__all__ = ["MODEL_SECONDS", "CommandOutcome", "SimGuest"]
+__all__ = [
+    "MODEL_SECONDS",
+    "CommandOutcome",
+    "SimGuest",
+    "WindowsFacts",
+    "WindowsFile",
+    "WindowsSimGuest",
+    "interpret_windows_script",
+    "windows_script_name",
+]
 
 MODEL_SECONDS = {
     "capture_boot": 8.0,  # capture kernel boots after the panic
@@ -27,6 +48,7 @@ MODEL_SECONDS = {
     "boot": 20.0,  # firmware to userspace
     "agent": 5.0,  # userspace to SSM agent online
     "shutdown": 3.0,  # clean shutdown on RebootInstances
+    "bluescreen": 2.0,  # Windows: the blue screen before a restart when no dump is written
 }
 MIN_CAPTURE_MIB = 128
 STDOUT_LIMIT = 24000
@@ -87,8 +109,8 @@ class SimGuest:
         self._lock = threading.RLock()
         now = clock()
         self.phase = "up" if spec.state == "running" else "stopped"
-        self.boot_id = str(uuid.uuid4())
         self.booted_at = now - 3600.0
+        self.boot_id = self._new_boot_id()
         self.agent_at = self.booted_at
         self.last_online = now
         self.after_nmi = False
@@ -101,6 +123,10 @@ class SimGuest:
 
     def close(self) -> None:
         """Nothing to end: a simulated guest is only state."""
+
+    def _new_boot_id(self) -> str:
+        """What /proc/sys/kernel/random/boot_id holds in this boot: a new random UUID."""
+        return str(uuid.uuid4())
 
     # time and events ------------------------------------------------------------------
     def _later(self, now: float, *keys: str) -> float:
@@ -203,7 +229,7 @@ class SimGuest:
             now = self.clock()
             if self.phase == "stopped":
                 return
-            if self.phase in ("hung", "panicked", "capturing") and not self.spec.acpi_reboot:
+            if self.phase in ("hung", "panicked", "capturing", "bugcheck") and not self.spec.acpi_reboot:
                 self._event(now, "reboot-ignored", f"phase {self.phase}: the kernel does not answer ACPI")
                 return
             self._event(now, "reboot", f"from phase {self.phase}")
@@ -307,8 +333,8 @@ class SimGuest:
 
     def _step_booted(self, at: float) -> None:
         self.phase = "up"
-        self.boot_id = str(uuid.uuid4())
         self.booted_at = at - MODEL_SECONDS["boot"] * self.scale * 0.5
+        self.boot_id = self._new_boot_id()
         self.agent_at = self._later(at, "agent")
         self._boot_messages(at)
         self._event(at, "boot", self.boot_id)
@@ -414,4 +440,279 @@ class SimGuest:
             self._event(ended, "command", f"exit {code}")
             return CommandOutcome(
                 "Success" if code == 0 else "Failed", code, out[:STDOUT_LIMIT], err[:8000], started, ended
+            )
+
+
+# Windows Server ----------------------------------------------------------------------------------
+SCRIPT_SCHEMA = re.compile(r'^\s*Write-Output "schema=(\w+)/\d+"\s*$', re.M)
+SYSTEM_ROOT = "C:\\Windows"
+DUMP_FILE = "%SystemRoot%\\MEMORY.DMP"  # CrashControl\DumpFile as Windows sets it
+NMI_HARDWARE_FAILURE = 0x80
+NMI_PARAMETERS = (0x4F4454, 0, 0, 0)  # what Windows puts in BugCheckParameter1..4 for a 0x80
+HEAD_BYTES, TAIL_BYTES = 512, 16
+RESERVED_KIB = 65536  # memory firmware and hardware keep: not in TotalVisibleMemorySize
+KERNEL_DUMP_SHARE = 0.12  # a kernel or automatic dump holds about this share of memory
+
+
+@dataclass(frozen=True)
+class WindowsFile:
+    """A file as Get-Item and a FileStream see it: full name, length, last write, first and last bytes."""
+
+    full_name: str
+    length: int
+    last_write: float
+    head: bytes
+    tail: bytes
+
+
+@dataclass(frozen=True)
+class WindowsFacts:
+    """What the PowerShell guest scripts read on a Windows instance: Win32_OperatingSystem,
+    CrashControl, the dump file's disk, the dump file and the last BugCheck event (1001)."""
+
+    now: float
+    last_boot: float  # Win32_OperatingSystem.LastBootUpTime
+    version: str  # Win32_OperatingSystem.Version
+    total_visible_kb: int  # Win32_OperatingSystem.TotalVisibleMemorySize
+    crash_dump_enabled: int
+    nmi_crash_dump: int
+    auto_reboot: int
+    dump_file: str  # CrashControl\DumpFile, unexpanded
+    system_root: str
+    free_bytes: int  # Win32_LogicalDisk.FreeSpace of the dump file's drive
+    dump: WindowsFile | None = None
+    bugcheck_event: float | None = None
+
+
+def windows_script_name(text: str) -> str | None:
+    """Which guest script ``text`` is (``kdump_status``, ``identity``, ``crash_dumps``), by the
+    ``schema=`` line it writes; None for any other PowerShell."""
+    found = SCRIPT_SCHEMA.search(text)
+    return found.group(1) if found and found.group(1) in SCRIPTS else None
+
+
+def _expand(value: str, system_root: str) -> str:
+    return re.sub("%SystemRoot%", lambda _: system_root, value, flags=re.I)
+
+
+def _parent(path: str) -> str:
+    """Split-Path -Parent: ``C:\\Windows\\MEMORY.DMP`` -> ``C:\\Windows``, ``C:\\x`` -> ``C:\\``."""
+    head = path.rsplit("\\", 1)[0] if "\\" in path else ""
+    return head + "\\" if head.endswith(":") else head
+
+
+def _epoch(at: float) -> int:
+    """[DateTimeOffset]::ToUnixTimeSeconds(): whole seconds, rounded down."""
+    return int(at // 1)
+
+
+def interpret_windows_script(name: str, facts: WindowsFacts) -> str:
+    """What guest script ``name`` prints on a Windows instance with ``facts``.
+
+    This is an interpretation, in Python, of ``chaosec2panic/guest/windows/<name>.ps1`` (which
+    cannot run here: no PowerShell), not the script itself: the same ``key=value`` lines in
+    the same order, each value as its ``Write-Output`` line formats it (LastBootUpTime as
+    ``yyyyMMddTHHmmssZ``, ``[int]`` and ``[int64]`` rounding half to even, hex of the first 512
+    and last 16 bytes of the dump file). tests/lab/test_windows.py holds it to the .ps1 text
+    key by key.
+    """
+    dump_file = _expand(facts.dump_file, facts.system_root)
+    boot_id = datetime.fromtimestamp(facts.last_boot, UTC).strftime("%Y%m%dT%H%M%SZ")
+    uptime = round(facts.now - facts.last_boot)
+    if name == "kdump_status":
+        lines = [
+            "schema=kdump_status/1",
+            f"boot_id={boot_id}",
+            f"uptime={uptime}",
+            f"kernel_release={facts.version}",
+            "machine=x86_64",
+            "os_id=windows",
+            f"os_version={facts.version}",
+            f"mem_total_kb={facts.total_visible_kb}",
+            f"crash_dump_enabled={facts.crash_dump_enabled}",
+            f"nmi_crash_dump={facts.nmi_crash_dump}",
+            f"auto_reboot={facts.auto_reboot}",
+            f"dump_file={dump_file}",
+            f"dump_dir={_parent(dump_file)}",
+            f"dump_dir_free_kb={round(facts.free_bytes / 1024)}",
+        ]
+    elif name == "identity":
+        lines = ["schema=identity/1", f"boot_id={boot_id}", f"uptime={uptime}", f"now={_epoch(facts.now)}"]
+    elif name == "crash_dumps":
+        lines = [
+            "schema=crash_dumps/1",
+            f"boot_id={boot_id}",
+            f"kernel_release={facts.version}",
+            f"dump_dir={_parent(dump_file)}",
+        ]
+        f = facts.dump
+        if f is not None:
+            head = f.head[:HEAD_BYTES].ljust(HEAD_BYTES, b"\0")  # a 512-byte buffer, read into
+            tail = f.tail[-min(TAIL_BYTES, f.length) :] if f.length else b""
+            lines.append(f"dump={f.full_name}|{f.length}|{_epoch(f.last_write)}|{head.hex()}|{tail.hex()}")
+        if facts.bugcheck_event is not None:
+            lines.append(f"bugcheck_event={_epoch(facts.bugcheck_event)}")
+    else:
+        raise ValueError(f"unknown guest script {name!r}; valid: {', '.join(SCRIPTS)}")
+    return "\r\n".join([*lines, "end=ok"]) + "\r\n"
+
+
+class WindowsSimGuest(SimGuest):
+    """A simulated Windows Server instance, as CrashControl makes it behave on an NMI.
+
+    NMICrashDump=1: bugcheck 0x80 (NMI_HARDWARE_FAILURE) and a blue screen while the dump
+    (CrashDumpEnabled: complete, kernel, automatic; none writes nothing) goes to the page file;
+    then AutoReboot=1 restarts, AutoReboot=0 stays on the blue screen until rebooted. The next
+    boot turns the saved dump into C:\\Windows\\MEMORY.DMP (``Windows/MEMORY.DMP`` under the
+    guest's root) and logs event 1001. NMICrashDump=0: nothing happens. The boot id is
+    LastBootUpTime as the guest scripts format it. SSM commands get
+    :func:`interpret_windows_script`'s answer.
+    """
+
+    def __init__(
+        self,
+        instance_id: str,
+        spec: GuestSpec,
+        root: Path,
+        scale: float,
+        clock: Callable[[], float],
+        emit: Callable[[float, str, str, str], None],
+    ):
+        self.bugchecked_at: float | None = None  # the blue screen the next boot will report
+        self.dump_saved = False  # the dump of that bugcheck is in the page file
+        self.bugcheck_events: List[float] = []
+        super().__init__(instance_id, spec, root, scale, clock, emit)
+
+    def _new_boot_id(self) -> str:
+        return datetime.fromtimestamp(self.booted_at, UTC).strftime("%Y%m%dT%H%M%SZ")
+
+    def _say(self, at: float, *lines: str) -> None:
+        """EC2Launch's lines on the serial console (Windows prints no kernel messages there)."""
+        stamp = f"{datetime.fromtimestamp(at, UTC):%Y/%m/%d %H:%M:%S}Z"
+        self.console.extend(f"{stamp}: {line}" for line in lines)
+
+    def _boot_messages(self, at: float) -> None:
+        family = self.spec.family
+        self._say(
+            at,
+            "Message: Waiting for meta-data accessibility...",
+            "Message: Meta-data is now available.",
+            f"OS: Microsoft Windows NT {family.version}",
+            f"OsProductName: {family.pretty.removeprefix('Microsoft ')}",
+            f"Instance-ID: {self.instance_id}",
+            f"Instance Type: {self.spec.instance_type}",
+            "Message: Windows is Ready to use",
+        )
+
+    def _prepare_root(self) -> None:
+        (self.root / "Windows").mkdir(parents=True, exist_ok=True)
+
+    def _host_path(self, windows_path: str) -> Path:
+        """Where ``C:\\dir\\file`` lives under the guest's root."""
+        return self.root.joinpath(*windows_path.split(":", 1)[-1].strip("\\").split("\\"))
+
+    # the NMI and what follows --------------------------------------------------------------------
+    def nmi(self) -> None:
+        with self._lock:
+            self.advance()
+            now = self.clock()
+            self._event(now, "nmi")
+            if self.phase != "up":
+                self._event(now, "nmi-ignored", f"phase {self.phase}")
+                return
+            self.after_nmi = True
+            if not self.spec.nmi_crash_dump:
+                self._event(now, "nmi-no-bugcheck", "NMICrashDump=0: Windows carries on")
+                return
+            self._event(now, "bugcheck", f"0x{NMI_HARDWARE_FAILURE:08x} NMI_HARDWARE_FAILURE")
+            self._agent_gone(now)
+            self.phase = "bugcheck"
+            self.bugchecked_at, self.dump_saved = now, False
+            if self.spec.crash_dump_enabled == "none":
+                self._schedule((self._later(now, "bluescreen"), "bluescreen_done"))
+            else:
+                self._schedule((self._later(now, "capture_base"), "bluescreen_done"))
+
+    def _step_bluescreen_done(self, at: float) -> None:
+        if self.spec.crash_dump_enabled != "none":
+            self.dump_saved = True
+            self._event(at, "dump-saved", f"{self.spec.crash_dump_enabled} dump in the page file")
+        if self.spec.auto_reboot:
+            self._step_reset(at)
+        else:
+            self.phase = "hung"
+            self._event(at, "hung", "AutoReboot=0: the blue screen stays until a reboot")
+
+    def _step_booted(self, at: float) -> None:
+        super()._step_booted(at)
+        if self.bugchecked_at is None:
+            return
+        if self.dump_saved:
+            path = self._write_memory_dmp(self.bugchecked_at, at)
+            self._event(at, "dump-written", path)
+        self.bugcheck_events.append(at)
+        self.bugchecked_at, self.dump_saved = None, False
+
+    def _write_memory_dmp(self, crashed_at: float, at: float) -> str:
+        """MEMORY.DMP from the page file, as the boot after the bugcheck writes it."""
+        kind = "complete" if self.spec.crash_dump_enabled == "complete" else "kernel"
+        pages = self.spec.memory_mib * 256
+        present = pages if kind == "complete" else int(pages * KERNEL_DUMP_SHARE)
+        build = int(self.spec.family.version.rsplit(".", 1)[-1])
+        header = windows_dump_header(
+            kind, build, 2, NMI_HARDWARE_FAILURE, NMI_PARAMETERS, crashed_at, pages, present
+        )
+        windows_path = _expand(DUMP_FILE, SYSTEM_ROOT)
+        target = self._host_path(windows_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_windows_dump(target, header, at)
+        return windows_path
+
+    # what the guest scripts read -------------------------------------------------------------------
+    def facts(self) -> WindowsFacts:
+        """The facts the guest scripts would read on this instance now."""
+        spec = self.spec
+        dump_file = _expand(DUMP_FILE, SYSTEM_ROOT)
+        path = self._host_path(dump_file)
+        listing = None
+        if path.is_file():
+            with open(path, "rb") as f:
+                head = f.read(HEAD_BYTES)
+                size = f.seek(0, 2)
+                f.seek(max(0, size - TAIL_BYTES))
+                tail = f.read(TAIL_BYTES)
+            listing = WindowsFile(dump_file, size, path.stat().st_mtime, head, tail)
+        return WindowsFacts(
+            now=self.clock(),
+            last_boot=self.booted_at,
+            version=spec.family.version,
+            total_visible_kb=spec.memory_mib * 1024 - RESERVED_KIB,
+            crash_dump_enabled=CRASH_DUMP_TYPES[spec.crash_dump_enabled],
+            nmi_crash_dump=int(spec.nmi_crash_dump),
+            auto_reboot=int(spec.auto_reboot),
+            dump_file=DUMP_FILE,
+            system_root=SYSTEM_ROOT,
+            free_bytes=int(spec.disk_free_gib * 2**30),
+            dump=listing,
+            bugcheck_event=self.bugcheck_events[-1] if self.bugcheck_events else None,
+        )
+
+    def run_command(self, script: str, timeout: float = 30.0) -> CommandOutcome:
+        """Answer a PowerShell command as the SSM agent would, if it is one of the guest scripts."""
+        with self._lock:
+            self.advance()
+            started = self.clock()
+            name = windows_script_name(script)
+            if name is None:
+                code, out = 1, ""
+                err = (
+                    "the lab's Windows guests cannot run PowerShell: they answer only the "
+                    f"extension's guest scripts ({', '.join(SCRIPTS)}), by their schema= line"
+                )
+            else:
+                code, out, err = 0, interpret_windows_script(name, self.facts()), ""
+            ended = self.clock()
+            self._event(ended, "command", f"exit {code}")
+            return CommandOutcome(
+                "Success" if code == 0 else "Failed", code, out[:STDOUT_LIMIT], err, started, ended
             )

@@ -1,6 +1,7 @@
 """Stop conditions: CloudWatch alarms checked before every injection and while the run goes on."""
 
 import json
+import re
 import threading
 import time
 
@@ -116,3 +117,20 @@ def test_an_alarm_firing_during_the_run_interrupts_it_and_the_rollbacks_still_ru
     [rollback] = journal["rollbacks"]
     assert rollback["output"]["instances"][lab.id("hang")] == {"actions": ["reboot"], "recovered": True}
     assert json.dumps(journal)  # the journal stays JSON
+
+
+def test_an_alarm_that_cannot_be_read_stops_the_nmi(make_lab):
+    lab = make_lab([opted_in("web")])
+    make_alarm("checkout-5xx")
+    lab.lab.faults.append(
+        {
+            "operation": "DescribeAlarms",
+            "code": "AccessDenied",
+            "status": 403,
+            "count": 5,
+            "message": "not authorized to perform cloudwatch:DescribeAlarms",
+        }
+    )
+    with pytest.raises(StopConditionMet, match=re.escape("stop alarms cannot be read (AccessDenied")):
+        nmi(lab, {"names": ["checkout-5xx"]})
+    assert lab.nmi_names() == []
