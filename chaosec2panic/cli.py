@@ -32,7 +32,7 @@ def _fleet(path: str) -> Any:
 
 def _start_lab(args: argparse.Namespace) -> Any:
     try:
-        from .lab.server import LabServer
+        from .lab.server import LabError, LabServer
     except ImportError as exc:
         raise SystemExit(
             f"chaosec2panic: the lab needs its extra: pip install 'chaosec2panic[lab]' ({exc})"
@@ -40,7 +40,10 @@ def _start_lab(args: argparse.Namespace) -> Any:
     fleet = _fleet(args.fleet)
     if args.time_scale:
         fleet = type(fleet)(fleet.region, args.time_scale, fleet.guests)
-    return LabServer(fleet, port=args.port).start()
+    try:
+        return LabServer(fleet, port=args.port).start()
+    except LabError as exc:
+        raise SystemExit(f"chaosec2panic: the lab cannot start: {exc}") from exc
 
 
 def _fleet_table(lab: Any) -> List[str]:

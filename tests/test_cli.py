@@ -214,3 +214,22 @@ def test_inspect_command_exit_codes_and_json(tmp_path):
     assert bad.returncode == 1 and "missing" in bad.stdout
     usage = subprocess.run([CLI, "inspect"], capture_output=True, text=True, timeout=60, check=False)
     assert usage.returncode == 2
+
+
+def test_a_lab_of_real_guests_without_qemu_says_what_to_install(tmp_path):
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("instances:\n  - {name: r, kind: qemu}\n")
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    done = subprocess.run(
+        [CLI, "lab", "up", "--fleet", str(fleet), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert (
+        "the lab cannot start: qemu-system-x86_64 is missing (as root: apt-get install qemu-system-x86"
+        in (done.stderr)
+    )

@@ -31,7 +31,7 @@ from ..targets import INSTANCE_ID, nmi_support
 from .fleet import Fleet
 from .kit import Kit, KitError, ensure_kit
 from .protocol import ApiError, Request, cbor_error, ec2_error, ec2_xml, json_error, list_param
-from .qemuguest import QemuGuest, choose_accel
+from .qemuguest import QemuError, QemuGuest, choose_accel
 from .simguest import SimGuest, WindowsSimGuest
 
 __all__ = ["LAB_CREDENTIALS", "Guest", "Lab", "LabError", "LabServer"]
@@ -126,14 +126,21 @@ class Lab:
             if spec.kind == "qemu":
                 if kit is None:
                     kit, accel = self._real_guests_kit()
-                guest: Guest = QemuGuest(instance_id, spec, root, kit, accel, self.clock, self._emit)
+                try:
+                    guest: Guest = QemuGuest(instance_id, spec, root, kit, accel, self.clock, self._emit)
+                except QemuError as exc:
+                    raise LabError(f"{spec.name}: {exc}") from exc
             else:
                 kind = WindowsSimGuest if spec.windows else SimGuest
                 guest = kind(instance_id, spec, root, self.fleet.time_scale, self.clock, self._emit)
             self.guests[instance_id] = guest
             self.names[spec.name] = instance_id
         for guest in self.guests.values():
-            if isinstance(guest, QemuGuest) and not guest.wait_ready(BOOT_TIMEOUT):
+            try:
+                ready = not isinstance(guest, QemuGuest) or guest.wait_ready(BOOT_TIMEOUT)
+            except QemuError as exc:
+                raise LabError(str(exc)) from exc
+            if not ready:
                 raise LabError(
                     f"{guest.spec.name} did not boot within {BOOT_TIMEOUT}s (accel {accel}); "
                     f"see {guest.console_path}"
@@ -575,7 +582,11 @@ class LabServer:
         urllib.request.urlopen(
             urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=30
         )
-        self.lab.populate(self.url)
+        try:
+            self.lab.populate(self.url)
+        except BaseException:
+            self.stop()  # no half-started lab: its guests end with it
+            raise
         return self
 
     def stop(self) -> None:

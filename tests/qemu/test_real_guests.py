@@ -4,6 +4,9 @@ Each class shares one lab of real guests (booting one costs seconds of TCG time)
 need root and the Debian packages that scripts/setup.sh installs.
 """
 
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -19,6 +22,7 @@ from chaosec2panic.probes import instance_healthy, kdump_armed
 from chaosec2panic.ssm import run_script
 
 LINUX = guest.PLATFORMS["linux"]
+CLI = str(Path(sys.executable).with_name("chaosec2panic"))
 
 
 def real(name: str, role: str, **settings) -> dict:
@@ -166,3 +170,55 @@ class TestFailingRealGuests:
         ]
         assert kinds == ["nmi", "panic", "reboot", "recovered"]
         assert instance_healthy(instance_ids=[lab.id("hang")]) is True
+
+
+class TestRealGuestLifecycle:
+    FLEET: ClassVar = [real("life", "life")]
+
+    def test_stop_and_start_through_ec2_boot_the_vm_again(self, lab):
+        ec2 = boto3.client("ec2")
+        before = kdump_armed(instance_ids=[lab.id("life")])["instances"][lab.id("life")]["boot_id"]
+        ec2.stop_instances(InstanceIds=[lab.id("life")])
+        status = ec2.describe_instance_status(InstanceIds=[lab.id("life")], IncludeAllInstances=True)
+        [stopped] = status["InstanceStatuses"]
+        assert stopped["InstanceState"]["Name"] == "stopped"
+        assert stopped["InstanceStatus"]["Status"] == "not-applicable"
+        ec2.start_instances(InstanceIds=[lab.id("life")])
+        deadline = time.monotonic() + 120
+        while not instance_healthy(instance_ids=[lab.id("life")]) and time.monotonic() < deadline:
+            time.sleep(1)
+        after = kdump_armed(instance_ids=[lab.id("life")])["instances"][lab.id("life")]
+        assert after["verdict"] == "armed" and after["boot_id"] != before
+        kinds = [e["kind"] for e in lab.events(name="life") if e["kind"] in ("stop", "start", "boot")]
+        assert kinds == ["boot", "stop", "start", "boot"]
+
+
+def test_a_killed_lab_leaves_no_qemu_behind(tmp_path):
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("instances:\n  - {name: orphan-check, kind: qemu}\n")
+    proc = subprocess.Popen(
+        [CLI, "lab", "up", "--fleet", str(fleet), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("export ") or len(lines) > 50:
+            break
+    instance_id = re.search(r"orphan-check\s+(i-\w+)", "".join(lines)).group(1)
+    assert qemu_of(instance_id), "".join(lines)
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while qemu_of(instance_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert qemu_of(instance_id) == []
+
+
+def qemu_of(instance_id: str) -> list:
+    found = subprocess.run(
+        ["pgrep", "-f", f"process=chaosec2panic-{instance_id}"], capture_output=True, text=True, check=False
+    )
+    return found.stdout.split()
