@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 from chaoslib.types import Configuration, Secrets
 
 from .aws import client
-from .dumps import console_findings, identify_dump
+from .dumps import NMI_BUGCHECK, DumpHeader, console_findings, identify_dump
 from .errors import Ec2PanicError, InvalidRequest
 from .guest import platform_of
 from .guest.parsers import dump_files, parse_report
@@ -159,15 +159,32 @@ def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
         }
     newest = max(newer, key=lambda f: f.mtime)
     header = identify_dump(newest.head, newest.tail, newest.path)
+    running = report.get("kernel_release")
     return {
         "verdict": "complete-dump" if header.complete else "incomplete-dump",
         "path": newest.path,
         "size": newest.size,
         "written_at": iso(datetime.fromtimestamp(newest.mtime, UTC)),
         **header.to_dict(),
+        **_cause(header, newest.dmesg_panic),
         "problems": problems + header.problems,
-        "running_kernel": report.get("kernel_release"),
+        "running_kernel": running,
+        "same_kernel": header.kernel_release == running if header.kernel_release and running else None,
     }
+
+
+def _cause(header: DumpHeader, dmesg_panic: str | None) -> Dict[str, Any]:
+    """Whether the dump's crash was the NMI: bugcheck 0x80 on Windows, the saved dmesg on Linux
+    (None when nothing says)."""
+    if header.bugcheck is not None:
+        return {
+            "nmi_panic": header.bugcheck == NMI_BUGCHECK,
+            "panic_message": f"bugcheck 0x{header.bugcheck:x}",
+        }
+    if dmesg_panic is None:
+        return {"nmi_panic": None, "panic_message": ""}
+    found = console_findings(dmesg_panic)
+    return {"nmi_panic": found.nmi_panic, "panic_message": found.panic_message}
 
 
 @requires(*RESOLVE, *RUN_SCRIPT)
@@ -180,9 +197,12 @@ def crash_dumps(
     """Look for the crash dump of the last NMI on each hit instance (this run's, or the named
     instances' latest in the ledger).
 
-    Reads only the dump directory listing and the first and last bytes of each dump. Per
-    instance: ``no-dump``, ``only-older-dumps``, ``incomplete-dump`` or ``complete-dump``
-    (with path, size, format and kernel release), or ``unknown`` when it cannot be read.
+    Reads only the dump directory listing, the first and last bytes of each dump and the
+    panic lines of the dmesg saved beside it (on Windows: MEMORY.DMP). Per instance:
+    ``no-dump``, ``only-older-dumps``, ``incomplete-dump`` or ``complete-dump``, with path,
+    size, format, kernel release (and whether it is the running kernel's), and whether the
+    crash was the NMI (``nmi_panic``); or ``unknown`` when it cannot be read. ``dump_dir`` is
+    where Linux kdump writes (Windows reads its CrashControl DumpFile).
     """
     ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
     hits = _hits(configuration, instance_ids)
@@ -208,13 +228,22 @@ def crash_dump_present(
     configuration: Configuration = None,
     secrets: Secrets = None,
 ) -> bool:
-    """True when every hit instance holds a complete crash dump written after its last NMI
-    (true at once before any NMI of this run)."""
+    """True when every hit instance holds a complete crash dump written after its last NMI, of
+    a crash the NMI caused (the dmesg saved beside it shows the NMI panic; on Windows, bugcheck
+    0x80). True at once before any NMI of this run."""
     found = crash_dumps(instance_ids, dump_dir, configuration, secrets)["instances"]
-    for i, v in found.items():
-        if v["verdict"] != "complete-dump":
-            logger.warning("%s: %s %s", i, v["verdict"], "; ".join(v.get("problems", [])))
-    return all(v["verdict"] == "complete-dump" for v in found.values())
+    proven = {i: v["verdict"] == "complete-dump" and v.get("nmi_panic") is True for i, v in found.items()}
+    for i, ok in proven.items():
+        if not ok:
+            v = found[i]
+            logger.warning(
+                "%s: %s, NMI panic %s %s",
+                i,
+                v["verdict"],
+                v.get("nmi_panic"),
+                "; ".join(v.get("problems", [])),
+            )
+    return all(proven.values())
 
 
 @requires("ec2:GetConsoleOutput")

@@ -162,13 +162,15 @@ def kdump_verdict(report: GuestReport, min_dump_space_ratio: float) -> KdumpVerd
 
 @dataclass(frozen=True)
 class DumpFile:
-    """A dump file as listed by ``crash_dumps``: where, how big, when, and its first/last bytes."""
+    """A dump file as listed by ``crash_dumps``: where, how big, when, its first/last bytes, and
+    the panic lines of the dmesg saved beside it (None when there is no such file)."""
 
     path: str
     size: int
     mtime: int
     head: bytes
     tail: bytes
+    dmesg_panic: str | None = None
 
 
 def dump_files(report: GuestReport) -> tuple[List[DumpFile], List[str]]:
@@ -178,8 +180,13 @@ def dump_files(report: GuestReport) -> tuple[List[DumpFile], List[str]]:
     for line in report.repeated.get("dump", []):
         parts = line.split("|")
         try:
-            path, size, mtime, head, tail = parts
-            dumps.append(DumpFile(path, int(size), int(mtime), bytes.fromhex(head), bytes.fromhex(tail)))
+            path, size, mtime, head, tail, *dmesg = parts
+            panic = (
+                bytes.fromhex(dmesg[0]).decode(errors="replace").strip("\0") if dmesg and dmesg[0] else None
+            )
+            dumps.append(
+                DumpFile(path, int(size), int(mtime), bytes.fromhex(head), bytes.fromhex(tail), panic)
+            )
         except ValueError:
             problems.append(f"dump: unreadable line {line[:80]!r}")
     return dumps, problems

@@ -90,8 +90,9 @@ def test_armed_instance_crashes_dumps_and_comes_back(make_lab, os_name, fmt, dir
     dump = crash_dumps(configuration=conf)["instances"][lab.id("web")]
     assert dump["verdict"] == "complete-dump" and dump["format"] == fmt and dirname in dump["path"]
     assert dump["path"] == lab.events("dump-written", "web")[0]["detail"]
+    assert (dump["nmi_panic"], dump["panic_message"]) == (True, "NMI: Not continuing")
     if fmt == "kdump-compressed":
-        assert dump["kernel_release"] == dump["running_kernel"]
+        assert dump["kernel_release"] == dump["running_kernel"] and dump["same_kernel"] is True
     assert crash_dump_present(configuration=conf) is True
     assert panic_on_console(configuration=conf) is True
     assert Ledger(lab.ledger).unrecovered() == {}
@@ -194,3 +195,18 @@ def test_an_instance_that_survived_its_nmi_is_left_alone_and_may_be_hit_again(ma
     assert lab.events("reboot") == []
     hit(lab, "calm", allow_unarmed=True)
     assert lab.nmi_names() == ["calm", "calm"]
+
+
+def test_a_dump_of_another_crash_does_not_prove_the_nmi(make_lab):
+    lab = make_lab([opted_in("web")])
+    hit(lab, "web")
+    assert recovered_within(30, configuration=lab.configuration()) is True
+    dmesg = next((lab.lab.guests[lab.id("web")].root / "var" / "crash").glob("*/vmcore-dmesg.txt"))
+    dmesg.write_text(
+        "[  12.0] BUG: kernel NULL pointer dereference\n"
+        "[  12.1] Kernel panic - not syncing: Fatal exception\n"
+    )
+    dump = crash_dumps(configuration=lab.configuration())["instances"][lab.id("web")]
+    assert dump["verdict"] == "complete-dump"
+    assert (dump["nmi_panic"], dump["panic_message"]) == (False, "Fatal exception")
+    assert crash_dump_present(configuration=lab.configuration()) is False

@@ -103,6 +103,10 @@ class TestArmedRealGuests:
         hit = lab.lab.guests[injection["instance_id"]]
         dump = outputs["crash-dumps"]["instances"][hit.instance_id]
         assert dump["verdict"] == "complete-dump" and dump["format"] == "kdump-compressed"
+        assert (dump["nmi_panic"], dump["panic_message"]) == (
+            True,
+            "NMI: Not continuing",
+        )  # real vmcore-dmesg
         assert dump["kernel_release"] == dump["running_kernel"] == hit.kit.kernel_release
         assert dump["path"].startswith("/var/crash/127.0.0.1-") and dump["path"].endswith("/vmcore")
         assert dump["size"] > 10_000_000

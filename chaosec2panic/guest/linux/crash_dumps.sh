@@ -1,5 +1,6 @@
-# chaosec2panic: list crash dumps with their sizes, times and first/last bytes.
-# Reads only directory listings and a few hundred bytes per dump. Always exits 0.
+# chaosec2panic: list crash dumps with their sizes, times, first/last bytes and the panic
+# lines of the dmesg saved beside each. Reads only directory listings, a few hundred bytes
+# per dump and a few lines of text. Always exits 0.
 # Arguments (set before this text by the caller): DUMP_DIR, MAX_DUMPS.
 R="${CHAOSEC2PANIC_ROOT:-}"
 DUMP_DIR="${DUMP_DIR:-/var/crash}"
@@ -18,7 +19,15 @@ for f in $(ls -1t "$R$DUMP_DIR"/*/vmcore "$R$DUMP_DIR"/*/vmcore-incomplete "$R$D
   mtime=$(stat -c %Y "$f" 2>/dev/null)
   tail_bytes=16
   [ "${size:-0}" -ge 16 ] || tail_bytes=${size:-0}
-  echo "dump=${f#"$R"}|$size|$mtime|$(head -c 512 "$f" | hex)|$(tail -c "$tail_bytes" "$f" | hex)"
+  panic=""
+  for m in "$(dirname "$f")"/vmcore-dmesg.txt "$(dirname "$f")"/dmesg.[0-9]* "$(dirname "$f")"/dmesg; do
+    [ -f "$m" ] || continue
+    panic=$(grep -E "NMI received for unknown reason|Kernel panic - not syncing|Dazed and confused" "$m" \
+      2>/dev/null | head -n 4 | hex)
+    [ -n "$panic" ] || panic=00
+    break
+  done
+  echo "dump=${f#"$R"}|$size|$mtime|$(head -c 512 "$f" | hex)|$(tail -c "$tail_bytes" "$f" | hex)|$panic"
 done
 echo "end=ok"
 exit 0
