@@ -50,9 +50,6 @@ class Observation:
     uptime: float | None = None
     detail: str = ""
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dict(self.__dict__)
-
 
 def is_up(seen: Observation) -> bool:
     """Whether the instance serves now: status checks ok, agent online, and its kernel answered."""
