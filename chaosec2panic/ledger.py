@@ -28,8 +28,8 @@ RUN_ID = uuid.uuid4().hex
 class Injection:
     """One NMI request to one instance and what is known of its aftermath.
 
-    A refused request is recorded too (``outcome`` refused, no instance), so the probes of
-    the run know an injection was wanted and cannot pass vacuously.
+    A refused request is recorded too (``outcome`` refused, no instance), and so is an NMI that
+    failed, so the probes of the run know an injection was wanted and cannot pass vacuously.
     """
 
     instance_id: str
@@ -106,9 +106,9 @@ class Ledger:
                 found[e.instance_id] = e
         return found
 
-    def refusals(self, run_id: str) -> List[Injection]:
-        """The refused NMI requests of one run."""
-        return [e for e in self.entries() if e.run_id == run_id and e.outcome == "refused"]
+    def misses(self, run_id: str) -> List[Injection]:
+        """The NMI requests of one run that hit nothing: refused, or failed on every instance."""
+        return [e for e in self.entries() if e.run_id == run_id and not e.hit]
 
     def unrecovered(self) -> Dict[str, Injection]:
         """Instances whose latest hit has no recovery recorded, across all runs."""

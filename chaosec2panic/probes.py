@@ -48,7 +48,8 @@ def _targets(
 def _hits(configuration: Configuration, instance_ids: List[str] | None) -> Dict[str, Injection]:
     """The injections a probe judges: the named instances' latest, else this run's.
 
-    A run whose NMI was refused has nothing to verify: that is an error, never a vacuous pass.
+    A run whose NMI was refused, or failed everywhere, has nothing to verify: that is an
+    error, never a vacuous pass.
     """
     ledger = Ledger.of(configuration)
     if instance_ids:
@@ -58,10 +59,10 @@ def _hits(configuration: Configuration, instance_ids: List[str] | None) -> Dict[
             raise InvalidRequest(f"no NMI recorded for {missing} in the ledger {ledger.path}")
         return {i: latest[i] for i in instance_ids}
     hits = ledger.latest(RUN_ID)
-    refused = ledger.refusals(RUN_ID)
-    if not hits and refused:
+    missed = ledger.misses(RUN_ID)
+    if not hits and missed:
         raise Ec2PanicError(
-            f"this run's NMI was refused, so there is nothing to verify:\n{refused[-1].error}"
+            f"this run's NMI was refused or not sent, so there is nothing to verify:\n{missed[-1].error}"
         )
     return hits
 

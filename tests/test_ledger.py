@@ -40,8 +40,14 @@ def test_a_second_process_reads_what_the_first_wrote(tmp_path):
     assert list(Ledger(tmp_path / "l.json").unrecovered()) == ["i-9"]
 
 
-def test_refusals_are_kept_per_run(tmp_path):
+def test_misses_are_kept_per_run(tmp_path):
     ledger = Ledger(tmp_path / "l.json")
-    ledger.record([Injection("", "2026-01-01T00:00:00.000Z", "refused", error="no")])
-    assert [e.error for e in ledger.refusals(RUN_ID)] == ["no"]
+    ledger.record(
+        [
+            Injection("", "2026-01-01T00:00:00.000Z", "refused", error="no"),
+            Injection("i-1", "2026-01-01T00:00:01.000Z", "failed", error="Throttling"),
+            Injection("i-2", "2026-01-01T00:00:01.000Z", "failed", run_id="other"),
+        ]
+    )
+    assert [e.error for e in ledger.misses(RUN_ID)] == ["no", "Throttling"]
     assert ledger.latest() == {}

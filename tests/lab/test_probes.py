@@ -69,7 +69,7 @@ def test_a_refused_nmi_leaves_nothing_to_verify_and_the_probes_say_so(make_lab):
         hit(lab, "bare")
     for probe in (recovered_within, crash_dump_present, panic_on_console):
         args = (1,) if probe is recovered_within else ()
-        with pytest.raises(Ec2PanicError, match="refused, so there is nothing to verify"):
+        with pytest.raises(Ec2PanicError, match="refused or not sent, so there is nothing to verify"):
             probe(*args, configuration=lab.configuration())
 
 
@@ -210,3 +210,22 @@ def test_a_dump_of_another_crash_does_not_prove_the_nmi(make_lab):
     assert dump["verdict"] == "complete-dump"
     assert (dump["nmi_panic"], dump["panic_message"]) == (False, "Fatal exception")
     assert crash_dump_present(configuration=lab.configuration()) is False
+
+
+def test_an_nmi_that_failed_everywhere_leaves_nothing_to_verify(make_lab):
+    lab = make_lab([opted_in("web")])
+    lab.lab.faults.append(
+        {
+            "operation": "SendDiagnosticInterrupt",
+            "dry_run": False,
+            "code": "RequestLimitExceeded",
+            "status": 503,
+            "count": 10,
+        }
+    )
+    with pytest.raises(Ec2PanicError, match="no NMI was sent"):
+        send_nmi(
+            instance_ids=[lab.id("web")], configuration=lab.configuration(chaosec2panic_retry_attempts=2)
+        )
+    with pytest.raises(Ec2PanicError, match=r"refused or not sent[\s\S]*RequestLimitExceeded"):
+        crash_dump_present(configuration=lab.configuration())
