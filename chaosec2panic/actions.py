@@ -1,27 +1,43 @@
-"""Actions: send the diagnostic interrupt (NMI), guarded."""
+"""Actions: send the diagnostic interrupt (NMI), guarded; arm kdump so that it leaves a dump."""
 
+import fcntl
+import json
 import logging
+import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping
 
 from botocore.exceptions import BotoCoreError, ClientError
 from chaoslib.types import Configuration, Secrets
 
 from .aws import THROTTLING_CODES, RetryPolicy, client, error_code, without_sdk_retries
 from .errors import Ec2PanicError, InvalidRequest, Refused, StopConditionMet
-from .guest import platform_of
+from .guest import Platform, platform_of
+from .guest.parsers import (
+    DEFAULT_CRASHKERNEL,
+    KdumpVerdict,
+    SettingsChange,
+    kdump_verdict,
+    parse_report,
+    settings_change,
+)
 from .health import observe, wait_for_recovery
-from .iam import OBSERVE, RESOLVE_GUARDED, STOP_ALARMS, requires
+from .iam import OBSERVE, RESOLVE_GUARDED, RUN_SCRIPT, STOP_ALARMS, requires
 from .ledger import Injection, Ledger
+from .polling import Poll, poll
 from .readiness import kdump_verdicts, permission
 from .recovery import is_back, is_up, now_iso
 from .settings import settings
+from .ssm import run_script
 from .stopconditions import check_stop, stop_alarms
 from .targets import Request, batches, guardrails, resolve
 
-__all__ = ["send_nmi"]
+__all__ = ["arm_kdump", "send_nmi"]
 
 logger = logging.getLogger("chaostoolkit")
 CONSOLE_ANCHOR_CHARS = 512
@@ -274,3 +290,263 @@ def _between_batches(
     )
     late = sorted(i for i, s in back.items() if s is None or s > rollout.slo)
     return f"not back within the batch SLO of {rollout.slo:g}s: {', '.join(late)}" if late else ""
+
+
+# arm_kdump ---------------------------------------------------------------------------------------
+WINDOWS_DUMP_TYPE_VALUES = {"complete": "1", "kernel": "2", "automatic": "7"}
+CRASHKERNEL_VALUE = re.compile(r"^[0-9A-Za-z:,@.\-]+$")
+SETTINGS_SCRIPT_TIMEOUT = 900  # installing packages and regenerating grub.cfg can take minutes
+
+
+class ArmedSettings:
+    """What arm_kdump changed on each instance, with the values before, so that
+    restore_kdump_settings (in this process or a later one) undoes exactly that.
+
+    A JSON file next to the ledger (``<ledger stem>-kdump-settings.json``), rewritten atomically
+    under a lock. The first recorded before-value of a setting is kept until it is restored.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def of(cls, configuration: Configuration | None) -> "ArmedSettings":
+        ledger = settings(configuration).ledger_path
+        return cls(ledger.with_name(f"{ledger.stem}-kdump-settings.json"))
+
+    def instances(self) -> Dict[str, Dict[str, Any]]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise OSError(
+                f"the kdump settings record {self.path} cannot be read ({exc}); "
+                "it holds what arm_kdump changed and restore_kdump_settings undoes"
+            ) from exc
+        return dict(raw.get("instances", {}))
+
+    @contextmanager
+    def _locked(self) -> Iterator[Dict[str, Dict[str, Any]]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = self.instances()
+            yield found
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"instances": found}, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+    def remember(self, instance_id: str, change: SettingsChange) -> None:
+        """Add the settings ``change`` changed; a setting already recorded keeps its first before."""
+        if not change.changed:
+            return
+        with self._locked() as found:
+            entry = found.setdefault(instance_id, {"platform": change.platform, "settings": {}})
+            for name in change.changed:
+                values = change.settings[name]
+                kept = entry["settings"].get(name, {"before": values["before"]})
+                entry["settings"][name] = {"before": kept["before"], "armed": values["after"]}
+            entry["recorded_at"] = now_iso()
+
+    def forget(self, instance_id: str) -> None:
+        with self._locked() as found:
+            found.pop(instance_id, None)
+
+
+def _settings_run(
+    ssm: Any, platforms: Mapping[str, Platform], variables: Dict[str, str]
+) -> Dict[str, SettingsChange]:
+    """Run kdump_settings with ``variables`` on each instance; one not run says why in its error."""
+    answers = run_script(ssm, platforms, "kdump_settings", variables, timeout=SETTINGS_SCRIPT_TIMEOUT)
+    found = {}
+    for i, r in answers.items():
+        change = settings_change(parse_report(r.stdout, "kdump_settings"))
+        if not r.ok:
+            change = SettingsChange(
+                platforms[i].name, change.settings, f"not run: {r.status} {r.error}".rstrip(), "", "", None
+            )
+        found[i] = change
+    return found
+
+
+def _kdump_now(ssm: Any, platforms: Mapping[str, Platform]) -> Dict[str, tuple[KdumpVerdict, float | None]]:
+    """Each instance's kdump verdict and uptime (None when it did not answer)."""
+    answers = run_script(ssm, platforms, "kdump_status", timeout=60)
+    found: Dict[str, tuple[KdumpVerdict, float | None]] = {}
+    for i, r in answers.items():
+        if not r.ok:
+            found[i] = (
+                KdumpVerdict("unknown", reasons=[f"not checked: {r.status} {r.error}".rstrip()]),
+                None,
+            )
+            continue
+        report = parse_report(r.stdout, "kdump_status")
+        try:
+            uptime: float | None = float(report.get("uptime"))
+        except ValueError:
+            uptime = None
+        found[i] = (kdump_verdict(report, 0.0), uptime)
+    return found
+
+
+def wait_settled(
+    ssm: Any,
+    platforms: Mapping[str, Platform],
+    rebooted: Mapping[str, tuple[str, float]],
+    want_armed: bool,
+    timeout: float,
+    interval: float,
+) -> Dict[str, KdumpVerdict]:
+    """Wait until each rebooted instance answers from a new boot (a new boot id, or an uptime
+    shorter than the time since the reboot was asked: ``rebooted`` holds both) and, with
+    ``want_armed``, has kdump armed; the others are looked at once. Returns the last verdicts;
+    an instance not back says so in its reasons."""
+
+    def settled(seen: Dict[str, tuple[KdumpVerdict, float | None]]) -> bool:
+        # Instances not rebooted are looked at once: nothing they wait for is coming.
+        return all(
+            i not in rebooted or (_back(i, v, up) and (not want_armed or v.verdict == "armed"))
+            for i, (v, up) in seen.items()
+        )
+
+    def _back(i: str, verdict: KdumpVerdict, uptime: float | None) -> bool:
+        if i not in rebooted:
+            return True
+        boot_id, asked = rebooted[i]
+        if uptime is None:
+            return False
+        return verdict.facts.get("boot_id", "") != boot_id or uptime < time.time() - asked
+
+    outcome = poll(Poll(lambda: _kdump_now(ssm, platforms), settled, timeout=timeout, interval=interval))
+    verdicts = {}
+    for i, (verdict, uptime) in outcome.last.items():
+        if not _back(i, verdict, uptime):
+            verdict = KdumpVerdict(
+                "unknown", reasons=[f"not back from the reboot within {timeout:g}s", *verdict.reasons]
+            )
+        verdicts[i] = verdict
+    return verdicts
+
+
+def reboot_and_wait(
+    ec2: Any,
+    ssm: Any,
+    platforms: Mapping[str, Platform],
+    changes: Mapping[str, SettingsChange],
+    reboot: bool,
+    want_armed: bool,
+    timeout: float,
+    configuration: Configuration,
+) -> tuple[List[str], Dict[str, KdumpVerdict]]:
+    """Reboot (EC2 RebootInstances) the instances whose changes need it, then wait; returns the
+    rebooted ids and the verdicts after."""
+    found = settings(configuration)
+    need = sorted(i for i, c in changes.items() if c.reboot and not c.error)
+    rebooted: Dict[str, tuple[str, float]] = {}
+    if reboot and need:
+        asked = time.time()
+        found.retry().call(ec2.reboot_instances, InstanceIds=need)
+        rebooted = {i: (changes[i].boot_id, asked) for i in need}
+        for i in need:
+            logger.info("rebooting %s: %s", i, changes[i].reboot)
+    verdicts = wait_settled(ssm, platforms, rebooted, want_armed, timeout, found.poll_interval)
+    return sorted(rebooted), verdicts
+
+
+@requires(*RESOLVE_GUARDED, *RUN_SCRIPT, "ec2:RebootInstances")
+def arm_kdump(
+    instance_ids: List[str] = None,
+    filters: List[Dict[str, Any]] = None,
+    tags: Dict[str, str] = None,
+    crashkernel: str = None,
+    windows_dump_type: str = "automatic",
+    max_instances: int = 1,
+    reboot: bool = True,
+    timeout: float = 600,
+    configuration: Configuration = None,
+    secrets: Secrets = None,
+) -> Dict[str, Any]:
+    """Arm the selected instances so that an NMI leaves a crash dump, through SSM.
+
+    Linux: installs what is missing (kexec-tools or kdump-utils with dnf/yum, kdump-tools with
+    apt-get, kdump with zypper), reserves crash memory (``crashkernel``, through grubby or
+    /etc/default/grub; without it an existing reservation is kept, else the kernel picks by
+    memory size as RHEL does: 1G-4G:192M,4G-64G:256M,64G-:512M), sets kernel.unknown_nmi_panic=1
+    now and in /etc/sysctl.d, enables and starts the kdump service. Windows: CrashControl
+    CrashDumpEnabled (``windows_dump_type``: complete, kernel or automatic), NMICrashDump=1,
+    AutoReboot=1. Targets as for send_nmi; every matched instance must carry the opt-in tag and
+    run, and the selection stay within ``max_instances``. Instances whose new settings need a
+    reboot (crash memory the running kernel lacks, new CrashControl) are rebooted unless
+    ``reboot`` is false; then it waits (up to ``timeout`` seconds) until each is back and kdump
+    is armed. What was there before is recorded next to the ledger, so restore_kdump_settings
+    undoes exactly what this changed. Running it again changes nothing and says so. Returns, per
+    instance, each setting's before, after and changed, the reboot and the kdump verdict; fails
+    when an instance could not be armed.
+    """
+    if crashkernel is not None and (
+        not isinstance(crashkernel, str) or not CRASHKERNEL_VALUE.match(crashkernel)
+    ):
+        raise InvalidRequest(
+            f"crashkernel must be a crashkernel= value such as 256M or {DEFAULT_CRASHKERNEL}, "
+            f"got {crashkernel!r}"
+        )
+    if windows_dump_type not in WINDOWS_DUMP_TYPE_VALUES:
+        raise InvalidRequest(
+            f"unknown windows_dump_type {windows_dump_type!r}; valid: {', '.join(WINDOWS_DUMP_TYPE_VALUES)}"
+        )
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+        raise InvalidRequest(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+    guard = guardrails(configuration, max_instances)
+    ec2 = client("ec2", configuration, secrets)
+    ssm = client("ssm", configuration, secrets)
+    resolution = resolve(ec2, Request(instance_ids or (), filters or (), tags or {}), guard)
+    platforms = {inst["InstanceId"]: platform_of(inst) for inst in resolution.chosen}
+    variables = {
+        "ACTION": "arm",
+        "CRASHKERNEL": crashkernel or DEFAULT_CRASHKERNEL,
+        "CRASHKERNEL_FORCE": "1" if crashkernel else "0",
+        "CRASH_DUMP_ENABLED": WINDOWS_DUMP_TYPE_VALUES[windows_dump_type],
+    }
+    changes = _settings_run(ssm, platforms, variables)
+    record = ArmedSettings.of(configuration)
+    for i, change in changes.items():
+        record.remember(i, change)
+        logger.info("arm_kdump %s: changed %s %s", i, change.changed or "nothing", change.error)
+    answering = {i: p for i, p in platforms.items() if changes[i].boot_id or not changes[i].error}
+    rebooted, verdicts = reboot_and_wait(
+        ec2, ssm, answering, {i: changes[i] for i in answering}, reboot, True, float(timeout), configuration
+    )
+    instances = {}
+    for i, change in changes.items():
+        verdict = verdicts.get(i, KdumpVerdict("unknown", reasons=[change.error]))
+        pending = bool(change.reboot) and i not in rebooted and not change.error
+        instances[i] = {
+            "platform": change.platform,
+            "changed": bool(change.changed),
+            "settings": change.settings,
+            "error": change.error,
+            "reboot": change.reboot,
+            "rebooted": i in rebooted,
+            "pending_reboot": pending,
+            "armed": verdict.verdict == "armed",
+            "kdump": verdict.to_dict(),
+        }
+    failed = {
+        i: r["error"] or f"kdump {r['kdump']['verdict']}: {'; '.join(r['kdump']['reasons'])}"
+        for i, r in instances.items()
+        if not r["armed"] and not r["pending_reboot"]
+    }
+    if failed:
+        raise Ec2PanicError(
+            "kdump could not be armed on every instance (what was changed is recorded in "
+            f"{record.path} for restore_kdump_settings):\n"
+            + "\n".join(f"  {i}: {why}" for i, why in sorted(failed.items()))
+        )
+    return {
+        "selection": resolution.to_dict(),
+        "changed": any(r["changed"] for r in instances.values()),
+        "armed": all(r["armed"] for r in instances.values()),
+        "instances": instances,
+        "record": str(record.path),
+    }

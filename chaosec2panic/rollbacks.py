@@ -1,21 +1,23 @@
-"""Rollbacks: bring back instances that an NMI left down."""
+"""Rollbacks: bring back instances that an NMI left down; undo what arm_kdump changed."""
 
 import logging
 from typing import Any, Dict, List
 
 from chaoslib.types import Configuration, Secrets
 
+from .actions import ArmedSettings, _settings_run, reboot_and_wait
 from .aws import client, paginate
-from .errors import InvalidRequest
+from .errors import Ec2PanicError, InvalidRequest
 from .guest import platform_of
+from .guest.parsers import LINUX_SETTINGS, WINDOWS_SETTINGS
 from .health import observe
-from .iam import OBSERVE, RESOLVE, requires
+from .iam import OBSERVE, RESOLVE, RUN_SCRIPT, requires
 from .ledger import Injection, Ledger
 from .polling import Poll, poll
 from .recovery import is_back, is_up
 from .settings import settings
 
-__all__ = ["recover_instances"]
+__all__ = ["recover_instances", "restore_kdump_settings"]
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -108,3 +110,85 @@ def recover_instances(
     for i in pending:
         logger.warning("%s is still not back after %s", i, ", ".join(done[i]))
     return {"instances": {i: {"actions": done[i], "recovered": i not in pending} for i in hits}}
+
+
+def _restore_variables(entry: Dict[str, Any]) -> Dict[str, str]:
+    """kdump_settings' variables to put back the recorded settings, in the order they are undone
+    (the service before its files). Packages stay installed: removing them could take others."""
+    order = WINDOWS_SETTINGS if entry.get("platform") == "windows" else LINUX_SETTINGS
+    names = [n for n in order if n in entry["settings"] and n != "packages"]
+    return {
+        "ACTION": "restore",
+        "RESTORE": " ".join(names),
+        **{f"BEFORE_{n}": str(entry["settings"][n]["before"]) for n in names},
+    }
+
+
+@requires(*RESOLVE, *RUN_SCRIPT, "ec2:RebootInstances")
+def restore_kdump_settings(
+    instance_ids: List[str] = None,
+    reboot: bool = True,
+    timeout: float = 600,
+    configuration: Configuration = None,
+    secrets: Secrets = None,
+) -> Dict[str, Any]:
+    """Undo exactly what arm_kdump changed, through SSM: the crashkernel= reservation, the
+    kernel.unknown_nmi_panic value and its sysctl file, USE_KDUMP, the kdump service's enabled and
+    running state (Windows: the CrashControl values, removed when they were absent). Packages
+    arm_kdump installed stay installed (removing them could take other packages with them; with
+    the service off they do nothing). Acts on the named instances, or on every instance arm_kdump
+    recorded (in this run or an earlier one). An instance whose reservation changed is rebooted
+    (unless ``reboot`` is false) and waited for up to ``timeout`` seconds. Safe to run twice: what
+    was restored is forgotten. Returns, per instance, each setting's before, after and changed,
+    the packages left installed and the reboot.
+    """
+    record = ArmedSettings.of(configuration)
+    recorded = record.instances()
+    wanted = sorted(recorded) if not instance_ids else sorted(set(instance_ids))
+    todo = {i: recorded[i] for i in wanted if i in recorded}
+    result: Dict[str, Any] = {
+        i: {"changed": False, "settings": {}, "error": "", "note": "nothing recorded by arm_kdump"}
+        for i in wanted
+        if i not in recorded
+    }
+    if not todo:
+        return {"instances": result, "record": str(record.path)}
+    ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
+    platforms = {i: platform_of(inst) for i, inst in _describe(ec2, sorted(todo)).items()}
+    missing = sorted(set(todo) - set(platforms))
+    for i in missing:
+        result[i] = {"changed": False, "settings": {}, "error": "instance not found; its record is kept"}
+    groups: Dict[tuple, Dict[str, Any]] = {}
+    for i in platforms:
+        variables = _restore_variables(todo[i])
+        groups.setdefault(tuple(sorted(variables.items())), {})[i] = platforms[i]
+    changes = {}
+    for key, members in groups.items():
+        changes.update(_settings_run(ssm, members, dict(key)))
+    for i, change in changes.items():
+        if not change.error:
+            record.forget(i)
+    answering = {i: platforms[i] for i, c in changes.items() if not c.error}
+    rebooted, verdicts = reboot_and_wait(
+        ec2, ssm, answering, {i: changes[i] for i in answering}, reboot, False, float(timeout), configuration
+    )
+    for i, change in changes.items():
+        packages = todo[i]["settings"].get("packages") or {"before": "", "armed": ""}
+        added = sorted(set(packages["armed"].split()) - set(packages["before"].split()))
+        reasons = verdicts[i].reasons if i in verdicts else []
+        result[i] = {
+            "changed": bool(change.changed),
+            "settings": change.settings,
+            "error": change.error,
+            "packages_left_installed": added,
+            "reboot": change.reboot,
+            "rebooted": i in rebooted,
+            "back": not any(r.startswith("not back from the reboot") for r in reasons),
+        }
+    failed = {i: r["error"] for i, r in result.items() if r["error"]}
+    if failed:
+        raise Ec2PanicError(
+            f"kdump settings could not be restored everywhere (kept in {record.path} to retry):\n"
+            + "\n".join(f"  {i}: {why}" for i, why in sorted(failed.items()))
+        )
+    return {"instances": result, "record": str(record.path)}

@@ -26,6 +26,8 @@ def test_discover_lists_every_activity_with_its_doc_and_typed_arguments(tmp_path
         "recovered_within",
         "recover_instances",
         "ready_for_nmi",
+        "arm_kdump",
+        "restore_kdump_settings",
     }
     for activity in activities.values():
         assert activity["doc"], activity["name"]

@@ -10,9 +10,15 @@ import pytest
 from conftest import sim_guest
 
 from chaosec2panic import guest
-from chaosec2panic.guest.parsers import dump_files, kdump_verdict, parse_report
+from chaosec2panic.guest.parsers import (
+    LINUX_SETTINGS,
+    dump_files,
+    kdump_verdict,
+    parse_report,
+    settings_change,
+)
 from chaosec2panic.lab.fleet import OS_FAMILIES
-from chaosec2panic.lab.simguest import SimGuest
+from chaosec2panic.lab.simguest import SimGuest, crashkernel_reservation
 
 LINUX = guest.PLATFORMS["linux"]
 
@@ -147,3 +153,75 @@ def test_windows_script_prints_every_key_the_parser_reads():
 def test_unknown_script_names_the_valid_ones():
     with pytest.raises(ValueError, match="kdump_status"):
         guest.script(LINUX, "nope")
+
+
+# kdump_settings: arm and restore, run for real against the guest's files ---------------------------
+@pytest.mark.parametrize(
+    "os_name", ["amazon-linux-2023", "amazon-linux-2", "rhel", "fedora", "ubuntu", "debian", "suse"]
+)
+def test_arming_changes_the_files_and_the_next_boot_is_armed(tmp_path, os_name):
+    g = make_guest(tmp_path, os=os_name, kdump=False, crashkernel_mib=0, unknown_nmi_panic=0)
+    change = settings_change(run(g, "kdump_settings", ACTION="arm"))
+    assert change.error == "" and change.reboot.startswith("crashkernel=1G-4G:192M")
+    assert set(change.changed) >= {
+        "packages",
+        "crashkernel",
+        "unknown_nmi_panic",
+        "nmi_sysctl_file",
+        "kdump_enabled",
+    }
+    assert (g.root / "etc/sysctl.d/99-chaosec2panic.conf").read_text() == "kernel.unknown_nmi_panic = 1\n"
+    assert kdump_verdict(run(g, "kdump_status"), 1.0).verdict == "not-armed"  # no crash memory yet
+    g._boot_from_files()  # what the next boot reads
+    assert (g.crashkernel_mib, g.crash_loaded, g.unknown_nmi_panic) == (256, True, 1)
+    assert kdump_verdict(run(g, "kdump_status"), 1.0).verdict == "armed"
+    assert settings_change(run(g, "kdump_settings", ACTION="arm")).changed == []
+
+
+def test_restoring_puts_back_the_values_before(tmp_path):
+    g = make_guest(tmp_path, os="debian", kdump=False, crashkernel_mib=0, unknown_nmi_panic=0)
+    armed = settings_change(run(g, "kdump_settings", ACTION="arm"))
+    assert armed.settings["use_kdump"] == {"before": "", "after": "1", "changed": True}
+    names = [n for n in LINUX_SETTINGS if n in armed.changed and n != "packages"]
+    before = {f"BEFORE_{n}": armed.settings[n]["before"] for n in names}
+    restored = settings_change(run(g, "kdump_settings", ACTION="restore", RESTORE=" ".join(names), **before))
+    assert restored.error == ""
+    assert {n: restored.settings[n]["after"] for n in names} == {
+        **{n: armed.settings[n]["before"] for n in names},
+        "use_kdump": "1",  # the package's file stays, and nothing was there to put back
+        "kdump_enabled": "disabled",  # the unit stays with its package, disabled
+    }
+    assert "crashkernel" not in (g.root / "boot/grub/grub.cfg").read_text()
+    assert not (g.root / "etc/sysctl.d/99-chaosec2panic.conf").exists()
+
+
+def test_a_size_or_ranges_reserve_what_the_kernel_would():
+    assert crashkernel_reservation("256M", 8192) == 256
+    assert crashkernel_reservation("1G-4G:192M,4G-64G:256M,64G-:512M", 2048) == 192
+    assert crashkernel_reservation("1G-4G:192M,4G-64G:256M,64G-:512M", 8192) == 256
+    assert crashkernel_reservation("1G-4G:192M,4G-64G:256M,64G-:512M", 512) == 0
+    assert crashkernel_reservation("512M,high", 8192) == 512 and crashkernel_reservation("", 8192) == 0
+
+
+def test_an_unknown_action_changes_nothing(tmp_path):
+    g = make_guest(tmp_path, kdump=False)
+    change = settings_change(run(g, "kdump_settings", ACTION="wipe"))
+    assert change.changed == [] and change.error == "unknown ACTION wipe (arm, restore or report)"
+
+
+def test_a_small_windows_dump_is_not_armed_and_says_where_it_goes():
+    small = WINDOWS_ARMED.replace("crash_dump_enabled=1", "crash_dump_enabled=3")
+    check = kdump_verdict(parse_report(small, "kdump_status"), 1.0).checks["crash_dump_enabled"]
+    assert check.status == "fail" and "Minidump" in check.found
+    assert check.expected == "complete, kernel or automatic"
+
+
+@pytest.mark.parametrize(
+    ("version", "status"),
+    [("10.0.20348", "pass"), ("6.2.9200", "pass"), ("6.1.7601", "unknown"), ("", "unknown")],
+)
+def test_an_absent_nmi_crash_dump_passes_from_windows_server_2012(version, status):
+    text = WINDOWS_ARMED.replace("nmi_crash_dump=1", "nmi_crash_dump=").replace(
+        "os_id=windows", f"os_id=windows\nos_version={version}"
+    )
+    assert kdump_verdict(parse_report(text, "kdump_status"), 1.0).checks["nmi_crash_dump"].status == status

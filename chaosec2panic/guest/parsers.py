@@ -4,17 +4,41 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
 __all__ = [
+    "DEFAULT_CRASHKERNEL",
+    "LINUX_SETTINGS",
+    "WINDOWS_DUMP_TYPES",
+    "WINDOWS_SETTINGS",
     "Check",
     "DumpFile",
     "GuestReport",
     "KdumpVerdict",
+    "SettingsChange",
     "dump_files",
     "kdump_verdict",
     "parse_report",
+    "settings_change",
 ]
 
 REPEATED_KEYS = frozenset({"dump"})
-WINDOWS_DUMP_TYPES = {"1": "complete", "2": "kernel", "3": "small", "7": "automatic"}
+# CrashControl\CrashDumpEnabled values that write the DumpFile (MEMORY.DMP). 3 (small) writes a
+# minidump to %SystemRoot%\Minidump instead: not a dump this extension can find or judge.
+WINDOWS_DUMP_TYPES = {"1": "complete", "2": "kernel", "7": "automatic"}
+WINDOWS_SMALL_DUMP = "3"
+# Windows 8 / Server 2012 (NT 6.2) and later always bugcheck 0x80 on an NMI (KB 2750146).
+NMI_ALWAYS_BUGCHECKS = (6, 2)
+# What kdump_settings reports, in the order it is best undone (the service before its files).
+LINUX_SETTINGS = (
+    "kdump_active",
+    "kdump_enabled",
+    "unknown_nmi_panic",
+    "nmi_sysctl_file",
+    "use_kdump",
+    "crashkernel",
+    "packages",
+)
+WINDOWS_SETTINGS = ("crash_dump_enabled", "nmi_crash_dump", "auto_reboot")
+# RHEL 9's kdump default (kdumpctl get-default-crashkernel): the kernel picks by memory size.
+DEFAULT_CRASHKERNEL = "1G-4G:192M,4G-64G:256M,64G-:512M"
 
 
 @dataclass(frozen=True)
@@ -129,15 +153,35 @@ def _linux_checks(report: GuestReport) -> Dict[str, Check]:
     }
 
 
+def _windows_version(text: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in text.split(".")[:2])
+    except ValueError:
+        return None
+
+
+def _nmi_crash_dump(report: GuestReport) -> Check:
+    found, expected = report.get("nmi_crash_dump"), "1"
+    version = _windows_version(report.get("os_version"))
+    if not found and version is not None and version >= NMI_ALWAYS_BUGCHECKS:
+        return Check("pass", "absent (Windows 8 / Server 2012 and later bugcheck on an NMI)", expected)
+    return _equals(found, expected)
+
+
 def _windows_checks(report: GuestReport) -> Dict[str, Check]:
     dump_type = report.get("crash_dump_enabled")
-    return {
-        "crash_dump_enabled": Check(
+    expected = "complete, kernel or automatic"
+    if dump_type == WINDOWS_SMALL_DUMP:
+        dump = Check("fail", "small (a minidump in %SystemRoot%\\Minidump, not the DumpFile)", expected)
+    else:
+        dump = Check(
             "unknown" if not dump_type else ("pass" if dump_type in WINDOWS_DUMP_TYPES else "fail"),
             WINDOWS_DUMP_TYPES.get(dump_type, dump_type),
-            "complete, kernel, small or automatic",
-        ),
-        "nmi_crash_dump": _equals(report.get("nmi_crash_dump"), "1"),
+            expected,
+        )
+    return {
+        "crash_dump_enabled": dump,
+        "nmi_crash_dump": _nmi_crash_dump(report),
         "auto_reboot": _equals(report.get("auto_reboot"), "1"),
     }
 
@@ -190,3 +234,66 @@ def dump_files(report: GuestReport) -> tuple[List[DumpFile], List[str]]:
         except ValueError:
             problems.append(f"dump: unreadable line {line[:80]!r}")
     return dumps, problems
+
+
+@dataclass(frozen=True)
+class SettingsChange:
+    """What one ``kdump_settings`` run found and did: each setting before and after, the error
+    that stopped it, and why the instance must reboot for the result to hold (empty: it need not)."""
+
+    platform: str
+    settings: Dict[str, Dict[str, Any]]
+    error: str
+    reboot: str
+    boot_id: str
+    uptime: float | None
+
+    @property
+    def changed(self) -> List[str]:
+        return [name for name, s in self.settings.items() if s["changed"]]
+
+
+def _reboot_reason(report: GuestReport, windows: bool, changed: Dict[str, Dict[str, Any]]) -> str:
+    if windows:
+        names = [n for n in WINDOWS_SETTINGS if changed[n]["changed"]]
+        return f"CrashControl changed ({', '.join(names)}): it takes effect at the next boot" if names else ""
+    configured = changed["crashkernel"]["after"]
+    running = report.get("running_crashkernel")
+    size = _int(report.get("crash_size"))
+    if changed["crashkernel"]["changed"] and configured != running:
+        return (
+            f"crashkernel={configured or '(none)'} is configured, the running kernel booted with "
+            f"crashkernel={running or '(none)'}"
+        )
+    if report.get("action") == "arm" and configured and not size:
+        return f"no crash memory reserved in the running kernel; crashkernel={configured} applies at boot"
+    return ""
+
+
+def settings_change(report: GuestReport) -> SettingsChange:
+    """Read a ``kdump_settings`` report: each setting's before, after and changed, the error, and
+    the reboot it needs (a crashkernel= the running kernel does not have, or new CrashControl)."""
+    windows = report.get("os_id") == "windows"
+    names = WINDOWS_SETTINGS if windows else LINUX_SETTINGS
+    settings = {
+        n: {
+            "before": report.get(f"{n}_before"),
+            "after": report.get(f"{n}_after"),
+            "changed": report.get(f"{n}_before") != report.get(f"{n}_after"),
+        }
+        for n in names
+    }
+    error = report.get("error") or "; ".join(report.problems)
+    uptime = report.get("uptime")
+    try:
+        seconds: float | None = float(uptime)
+    except ValueError:
+        seconds = None
+    return SettingsChange(
+        "windows" if windows else "linux",
+        settings,
+        error,
+        _reboot_reason(report, windows, settings),
+        report.get("boot_id"),
+        seconds,
+    )

@@ -10,15 +10,17 @@ of a kernel's, and since PowerShell cannot run here it answers the extension's P
 guest scripts with :func:`interpret_windows_script`, an interpretation of them in Python.
 """
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Mapping, Tuple
 
 from ..guest import SCRIPTS
 from .dumpwriter import (
@@ -37,6 +39,8 @@ __all__ = [
     "WindowsFacts",
     "WindowsFile",
     "WindowsSimGuest",
+    "crash_control_after",
+    "crashkernel_reservation",
     "interpret_windows_script",
     "windows_script_name",
 ]
@@ -75,7 +79,40 @@ TOOLS = (
     "true",
     "false",
     "sh",
+    "mkdir",
+    "rm",
 )
+# What each distribution's kdump comes in: the package, the packages it pulls, its systemd unit,
+# its tool and its configuration file (by OsFamily.kdump_tool).
+KDUMP_PACKAGES = {
+    "kdumpctl": ("kexec-tools", (), "kdump", "etc/kdump.conf"),
+    "kdump-config": (
+        "kdump-tools",
+        ("kexec-tools", "makedumpfile"),
+        "kdump-tools",
+        "etc/default/kdump-tools",
+    ),
+    "systemctl": ("kdump", ("kexec-tools", "makedumpfile"), "kdump", "etc/sysconfig/kdump"),
+}
+KDUMP_CONFIG = {
+    "kdumpctl": "path /var/crash\ncore_collector makedumpfile -l --message-level 7 -d 31\n",
+    "kdump-config": 'USE_KDUMP={use}\nKDUMP_COREDIR="/var/crash"\n',
+    "systemctl": 'KDUMP_SAVEDIR="file:///var/crash"\n',
+}
+# The package manager and boot loader tools on each distribution's PATH (simulated in sim-bin).
+OS_TOOLS = {
+    "amazon-linux-2": ("yum", "rpm", "grubby"),
+    "amazon-linux-2023": ("dnf", "yum", "rpm", "grubby"),
+    "rhel": ("dnf", "yum", "rpm", "grubby"),
+    "fedora": ("dnf", "yum", "rpm", "grubby"),
+    "ubuntu": ("apt-get", "dpkg-query", "update-grub", "grub-mkconfig"),
+    "debian": ("apt-get", "dpkg-query", "update-grub", "grub-mkconfig"),
+    "suse": ("zypper", "rpm", "grub2-mkconfig"),
+    "crashlab": (),
+}
+PACKAGE_DB = "var/lib/chaosec2panic-lab/packages"  # the simulated package database: a name a line
+SYSCTL_FILES = ("etc/sysctl.d", "etc/sysctl.conf")
+BASE_CMDLINE = "console=ttyS0,115200n8"
 
 
 @dataclass(frozen=True)
@@ -118,6 +155,12 @@ class SimGuest:
         self.console: List[str] = []
         self.capture_started = 0.0
         self.agent_outage = False  # set by the lab to cut the agent off on demand
+        # The running kernel's state: its crashkernel= argument, the memory reserved for it, the
+        # crash kernel loaded, unknown_nmi_panic. Set at each boot from the guest's files.
+        self.crashkernel = f"{spec.crashkernel_mib}M" if spec.crashkernel_mib else ""
+        self.crashkernel_mib = spec.crashkernel_mib
+        self.crash_loaded = spec.armed
+        self.unknown_nmi_panic = spec.unknown_nmi_panic
         self._prepare_root()
         self._boot_messages(self.booted_at)
 
@@ -198,7 +241,7 @@ class SimGuest:
                 "Uhhuh. NMI received for unknown reason 3d on CPU 0.",
                 "Do you have a strange power saving mode enabled?",
             )
-            if self.spec.unknown_nmi_panic != 1:
+            if self.unknown_nmi_panic != 1:
                 self._say(now, "Dazed and confused, but trying to continue")
                 self._event(now, "dazed", "unknown_nmi_panic=0: no panic")
                 return
@@ -210,7 +253,7 @@ class SimGuest:
             )
             self._event(now, "panic", "NMI: Not continuing")
             self._agent_gone(now)
-            if self.spec.armed:
+            if self.crash_loaded:
                 self.phase = "capturing"
                 self._say(now, "Starting crashdump kernel...", "Bye!")
                 self._schedule((self._later(now, "capture_boot"), "capture_start"))
@@ -303,7 +346,7 @@ class SimGuest:
         self._event(at, "capture-start")
         self.capture_started = at
         self._write_dump(at, at, complete=False)
-        if self.spec.crashkernel_mib < MIN_CAPTURE_MIB:
+        if self.crashkernel_mib < MIN_CAPTURE_MIB:
             self._schedule((at + MODEL_SECONDS["capture_base"] * self.scale, "capture_oom"))
         else:
             self._schedule((self._later(at, "capture_base"), "capture_done"))
@@ -315,7 +358,7 @@ class SimGuest:
             "kdump: saving vmcore failed",
             "kdump: Rebooting.",
         )
-        self._event(at, "capture-failed", f"crashkernel={self.spec.crashkernel_mib}M is too small")
+        self._event(at, "capture-failed", f"crashkernel={self.crashkernel} is too small")
         self._step_reset(at)
 
     def _step_capture_done(self, at: float) -> None:
@@ -334,6 +377,7 @@ class SimGuest:
     def _step_booted(self, at: float) -> None:
         self.phase = "up"
         self.booted_at = at - MODEL_SECONDS["boot"] * self.scale * 0.5
+        self._boot_from_files()
         self.boot_id = self._new_boot_id()
         self.agent_at = self._later(at, "agent")
         self._boot_messages(at)
@@ -349,7 +393,7 @@ class SimGuest:
 
     def _boot_messages(self, at: float) -> None:
         release = self.spec.family.kernel_release
-        crash = f" crashkernel={self.spec.crashkernel_mib}M" if self.spec.crashkernel_mib else ""
+        crash = f" crashkernel={self.crashkernel}" if self.crashkernel else ""
         self._say(
             at,
             f"Linux version {release} (builder@lab) #1 SMP",
@@ -360,7 +404,13 @@ class SimGuest:
         )
 
     # the guest's file system and commands -------------------------------------------------------
+    def _kdump_package(self) -> tuple[str, tuple[str, ...], str, str]:
+        return KDUMP_PACKAGES[self.spec.family.kdump_tool]
+
     def _prepare_root(self) -> None:
+        """The files a distribution keeps across boots, as the fleet entry describes them, and the
+        tools: a minimal system's, and the lab's stand-ins for its package manager, boot loader
+        tools, systemctl and sysctl (sim-bin, all one program: :data:`SIM_TOOL`)."""
         (self.root / "var" / "crash").mkdir(parents=True, exist_ok=True)
         tools = self.root / "bin"
         tools.mkdir(exist_ok=True)
@@ -368,45 +418,171 @@ class SimGuest:
             found = shutil.which(tool)
             if found and not (tools / tool).exists():
                 (tools / tool).symlink_to(found)
+        spec, family = self.spec, self.spec.family
+        package, pulled, unit, _ = self._kdump_package()
+        sim = self.root / "sim-bin"
+        sim.mkdir(exist_ok=True)
+        (sim / "simtool").write_text(f"#!{sys.executable} -IS\n{SIM_TOOL}")
+        (sim / "simtool").chmod(0o755)
+        (sim / "simtool.json").write_text(
+            json.dumps(
+                {
+                    "os": spec.os,
+                    "pretty": family.pretty,
+                    "release": family.kernel_release,
+                    "kdump_tool": family.kdump_tool,
+                    "package": package,
+                    "pulled": list(pulled),
+                    "unit": unit,
+                    "config": KDUMP_CONFIG[family.kdump_tool].replace(
+                        "{use}", "0" if spec.os == "debian" else "1"
+                    ),
+                    "config_path": self._kdump_package()[3],
+                }
+            )
+        )
+        for tool in ("systemctl", "sysctl", *OS_TOOLS.get(spec.os, ())):
+            if not (sim / tool).exists():
+                (sim / tool).symlink_to("simtool")
+        if (self.root / PACKAGE_DB).exists():
+            return
+        db = self.root / PACKAGE_DB
+        db.parent.mkdir(parents=True, exist_ok=True)
+        db.write_text("")
+        if spec.kdump:
+            self._sim_tool("install", package)
+            self._sim_tool("systemctl", "enable", unit)
+        crash = f" crashkernel={self.crashkernel}" if self.crashkernel else ""
+        self._write("etc/default/grub", f'GRUB_TIMEOUT=0\nGRUB_CMDLINE_LINUX="{BASE_CMDLINE}{crash}"\n')
+        if "grubby" in OS_TOOLS.get(spec.os, ()):
+            self._write(
+                f"boot/loader/entries/lab-{family.kernel_release}.conf",
+                f"title {family.pretty} ({family.kernel_release})\nversion {family.kernel_release}\n"
+                f"linux /boot/vmlinuz-{family.kernel_release}\n"
+                f"options root=/dev/nvme0n1p1 ro {BASE_CMDLINE}{crash}\n",
+            )
+        else:
+            self._sim_tool("grub-mkconfig", "-o", self._grub_cfg())
+
+    def _grub_cfg(self) -> str:
+        return "/boot/grub2/grub.cfg" if self.spec.family.layout == "suse" else "/boot/grub/grub.cfg"
+
+    def _write(self, rel: str, text: str) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def _sim_tool(self, *args: str) -> None:
+        """Run one of the lab's stand-in tools (to lay out the files as the tool would)."""
+        subprocess.run(
+            [str(self.root / "sim-bin" / "simtool"), *args],
+            env={"CHAOSEC2PANIC_ROOT": str(self.root), "SIMTOOL": args[0], "LC_ALL": "C"},
+            capture_output=True,
+            check=True,
+        )
+
+    def _installed(self) -> List[str]:
+        try:
+            return (self.root / PACKAGE_DB).read_text().split()
+        except FileNotFoundError:
+            return []
+
+    def _next_cmdline(self) -> str:
+        """The kernel command line the boot loader gives the next boot: the default BLS entry's
+        options (grubby's distributions), else the first ``linux`` line of grub.cfg."""
+        entries = sorted((self.root / "boot" / "loader" / "entries").glob("*.conf"))
+        for entry in entries[:1]:
+            for line in entry.read_text().splitlines():
+                if line.startswith("options "):
+                    return line[len("options ") :]
+        cfg = self.root / self._grub_cfg().lstrip("/")
+        if cfg.is_file():
+            for line in cfg.read_text().splitlines():
+                words = line.split()
+                if words[:1] == ["linux"]:
+                    return " ".join(words[2:])
+        return ""
+
+    def _boot_sysctl(self) -> int:
+        """kernel.unknown_nmi_panic after systemd-sysctl: the image's value, then the files."""
+        value = self.spec.unknown_nmi_panic
+        sysctl_d = self.root / SYSCTL_FILES[0]
+        files = sorted(sysctl_d.glob("*.conf")) if sysctl_d.is_dir() else []
+        for path in [*files, self.root / SYSCTL_FILES[1]]:
+            if not path.is_file():
+                continue
+            for line in path.read_text().splitlines():
+                key, sep, found = line.partition("=")
+                if sep and key.strip() == "kernel.unknown_nmi_panic" and found.strip().isdigit():
+                    value = int(found.strip())
+        return value
+
+    def _boot_from_files(self) -> None:
+        """A new boot takes its crashkernel= from the boot loader's files, its sysctl values from
+        /etc/sysctl.d, and loads the crash kernel when the kdump service is installed, enabled
+        (and, for kdump-tools, USE_KDUMP=1) and memory was reserved."""
+        crash = ""
+        for word in self._next_cmdline().split():
+            if word.startswith("crashkernel="):
+                crash = word[len("crashkernel=") :]
+        self.crashkernel = crash
+        self.crashkernel_mib = crashkernel_reservation(crash, self.spec.memory_mib)
+        self.unknown_nmi_panic = self._boot_sysctl()
+        package, _, unit, config = self._kdump_package()
+        wants = self.root / "etc" / "systemd" / "system" / "multi-user.target.wants" / f"{unit}.service"
+        enabled = package in self._installed() and (wants.exists() or wants.is_symlink())
+        if self.spec.family.kdump_tool == "kdump-config":
+            text = (self.root / config).read_text() if (self.root / config).is_file() else ""
+            enabled = enabled and "USE_KDUMP=1" in text.split()
+        self.crash_loaded = enabled and self.crashkernel_mib > 0
 
     def _files(self) -> Dict[str, str]:
+        """The files the running kernel shows (/proc, /sys) and the tools whose answers follow it."""
         spec, family = self.spec, self.spec.family
-        armed = self.phase == "up" and spec.armed
-        crash = f" crashkernel={spec.crashkernel_mib}M" if spec.crashkernel_mib else ""
+        loaded = self.phase == "up" and self.crash_loaded
+        crash = f" crashkernel={self.crashkernel}" if self.crashkernel else ""
         uptime = max(0.0, self.clock() - self.booted_at)
         free_kb = int(spec.disk_free_gib * 1024 * 1024)
         files = {
             "proc/sys/kernel/random/boot_id": self.boot_id,
             "proc/uptime": f"{uptime:.2f} {uptime * 0.9:.2f}",
             "proc/sys/kernel/osrelease": family.kernel_release,
-            "proc/cmdline": f"BOOT_IMAGE=/boot/vmlinuz-{family.kernel_release} root=/dev/nvme0n1p1 ro{crash}",
+            "proc/cmdline": f"BOOT_IMAGE=/boot/vmlinuz-{family.kernel_release} root=/dev/nvme0n1p1 ro"
+            f" {BASE_CMDLINE}{crash}",
             "proc/meminfo": f"MemTotal:       {spec.memory_mib * 1024 - 180000} kB\n",
-            "proc/sys/kernel/unknown_nmi_panic": str(spec.unknown_nmi_panic),
+            "proc/sys/kernel/unknown_nmi_panic": str(self.unknown_nmi_panic),
             "proc/sys/kernel/panic": str(spec.panic_timeout),
-            "sys/kernel/kexec_crash_loaded": "1" if armed else "0",
-            "sys/kernel/kexec_crash_size": str(spec.crashkernel_mib * 1024 * 1024),
+            "sys/kernel/kexec_crash_loaded": "1" if loaded else "0",
+            "sys/kernel/kexec_crash_size": str(self.crashkernel_mib * 1024 * 1024),
             "etc/os-release": f'ID="{family.os_id}"\nVERSION_ID="{family.version}"\n'
             f'PRETTY_NAME="{family.pretty}"\n',
             "sim-bin/df": "#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
             f"echo '/dev/nvme0n1p1 {free_kb * 2} {free_kb} {free_kb} 50% /'\n",
         }
-        ready = "0" if armed else "3"
+        if self._kdump_package()[0] not in self._installed():
+            return files
+        loaded_now = '[ "$(cat "$CHAOSEC2PANIC_ROOT/sys/kernel/kexec_crash_loaded" 2>/dev/null)" = 1 ]'
         if family.kdump_tool == "kdumpctl":
-            files["etc/kdump.conf"] = (
-                "path /var/crash\ncore_collector makedumpfile -l --message-level 7 -d 31\n"
-            )
             files["sim-bin/kdumpctl"] = (
-                f'#!/bin/sh\n[ {ready} = 0 ] && echo "Kdump is operational" >&2 '
-                f'|| echo "Kdump is not operational" >&2\nexit {ready}\n'
+                f'#!/bin/sh\nif {loaded_now}; then echo "Kdump is operational" >&2; exit 0; fi\n'
+                'echo "Kdump is not operational" >&2\nexit 3\n'
             )
         elif family.kdump_tool == "kdump-config":
-            files["etc/default/kdump-tools"] = 'USE_KDUMP=1\nKDUMP_COREDIR="/var/crash"\n'
-            state = "ready to kdump" if armed else "Not ready to kdump"
-            files["sim-bin/kdump-config"] = f'#!/bin/sh\necho "current state   : {state}"\nexit 0\n'
-        else:
-            files["etc/sysconfig/kdump"] = 'KDUMP_SAVEDIR="file:///var/crash"\n'
-            files["sim-bin/systemctl"] = f"#!/bin/sh\nexit {ready}\n"
+            files["sim-bin/kdump-config"] = (
+                f'#!/bin/sh\nif {loaded_now}; then echo "current state   : ready to kdump"; '
+                'else echo "current state   : Not ready to kdump"; fi\nexit 0\n'
+            )
         return files
+
+    def _read_back(self) -> None:
+        """What a command changed in the running kernel: sysctl -w, the crash kernel (un)loaded."""
+        if self.phase != "up":
+            return
+        nmi = (self.root / "proc/sys/kernel/unknown_nmi_panic").read_text().strip()
+        if nmi.isdigit():
+            self.unknown_nmi_panic = int(nmi)
+        loaded = (self.root / "sys/kernel/kexec_crash_loaded").read_text().strip()
+        self.crash_loaded = loaded == "1" and self.crashkernel_mib > 0
 
     def run_command(self, script: str, timeout: float = 30.0) -> CommandOutcome:
         """Run ``script`` under sh against the guest's file system, as the SSM agent would."""
@@ -436,11 +612,253 @@ class SimGuest:
                 code, out, err = done.returncode, done.stdout, done.stderr
             except subprocess.TimeoutExpired:
                 code, out, err = 124, "", f"timed out after {timeout}s"
+            self._read_back()
             ended = self.clock()
             self._event(ended, "command", f"exit {code}")
             return CommandOutcome(
                 "Success" if code == 0 else "Failed", code, out[:STDOUT_LIMIT], err[:8000], started, ended
             )
+
+
+SIZE = re.compile(r"^(\d+)([KMGT]?)$", re.I)
+UNITS_MIB = {"": 1 / 2**20, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def _mib(text: str) -> float | None:
+    found = SIZE.match(text.strip())
+    return int(found.group(1)) * UNITS_MIB[found.group(2).upper()] if found else None
+
+
+def crashkernel_reservation(value: str, memory_mib: int) -> int:
+    """MiB the kernel reserves for ``crashkernel=value`` on a machine with ``memory_mib``: a size
+    (``256M``, ``256M@16M``, ``512M,high``) or ranges (``1G-4G:192M,4G-64G:256M,64G-:512M``, the
+    range holding the memory wins); 0 when nothing fits or the value is not understood."""
+    value = value.split("@", 1)[0].removesuffix(",high").removesuffix(",low")
+    if ":" not in value:
+        return int(_mib(value) or 0)
+    for part in value.split(","):
+        span, _, size = part.partition(":")
+        start, _, end = span.partition("-")
+        low, high = _mib(start), _mib(end) if end else float("inf")
+        amount = _mib(size)
+        if low is None or high is None or amount is None:
+            return 0
+        if low <= memory_mib < high:
+            return int(amount)
+    return 0
+
+
+# The lab's stand-ins for the tools arm_kdump's script calls: one program, by the name it is
+# run as (or $SIMTOOL). It changes the guest's files as the real tool would change the system;
+# the guest reads them back after the command (sysctl, the crash kernel) and at boot.
+SIM_TOOL = r"""
+import json, os, re, sys
+from pathlib import Path
+
+R = Path(os.environ["CHAOSEC2PANIC_ROOT"])
+HERE = Path(__file__).resolve().parent
+CONF = json.loads((HERE / "simtool.json").read_text())
+DB = R / "var/lib/chaosec2panic-lab/packages"
+REPO = {CONF["package"], *CONF["pulled"]}
+
+
+def err(text, code=1):
+    print(text, file=sys.stderr)
+    sys.exit(code)
+
+
+def installed():
+    return DB.read_text().split() if DB.exists() else []
+
+
+def install(names):
+    unknown = [n for n in names if n not in REPO]
+    if unknown:
+        err(f"No match for argument: {' '.join(unknown)}")
+    have = installed()
+    for name in names:
+        for n in ([name, *CONF["pulled"]] if name == CONF["package"] else [name]):
+            if n not in have:
+                have.append(n)
+        print(f"Installing {name}")
+        if name == CONF["package"]:
+            unit = R / f"usr/lib/systemd/system/{CONF['unit']}.service"
+            unit.parent.mkdir(parents=True, exist_ok=True)
+            unit.write_text("[Unit]\nDescription=kdump\n[Install]\nWantedBy=multi-user.target\n")
+            config = R / CONF["config_path"]
+            if not config.exists():
+                config.parent.mkdir(parents=True, exist_ok=True)
+                config.write_text(CONF["config"])
+    DB.write_text("".join(n + "\n" for n in have))
+
+
+def package_manager(args):
+    words = [a for a in args if not a.startswith("-")]
+    if words[:1] == ["update"] or words[:1] == ["makecache"]:
+        return
+    if words[:1] not in (["install"], ["in"]):
+        err(f"unsupported: {' '.join(args)}")
+    install(words[1:])
+
+
+def rpm(args):
+    if args[:1] != ["-q"]:
+        err("unsupported")
+    missing = 0
+    for name in args[1:]:
+        if name in installed():
+            print(f"{name}-1.0-1.x86_64")
+        else:
+            print(f"package {name} is not installed")
+            missing += 1
+    sys.exit(missing)
+
+
+def dpkg_query(args):
+    fmt = next((a[3:] for a in args if a.startswith("-f=")), "${Package}\t${Version}\n")
+    names = [a for a in args if not a.startswith("-")]
+    for name in names:
+        if name not in installed():
+            err(f"dpkg-query: no packages found matching {name}")
+        sys.stdout.write(fmt.replace("${Status}", "install ok installed").replace("${Package}", name)
+                         .replace("${Version}", "1.0").replace("\\n", "\n"))
+
+
+def grub_default():
+    path = R / "etc/default/grub"
+    return path, (path.read_text() if path.exists() else "")
+
+
+def cmdline_of(text, key="GRUB_CMDLINE_LINUX"):
+    found = re.findall(rf'^{key}=["\']?(.*?)["\']?$', text, re.M)
+    return found[-1] if found else ""
+
+
+def edit_args(words, add, remove):
+    keys = {a.split("=", 1)[0] for a in add} | set(remove)
+    return [w for w in words if w.split("=", 1)[0] not in keys] + list(add)
+
+
+def grubby(args):
+    entries = sorted((R / "boot/loader/entries").glob("*.conf"))
+    if not entries:
+        err("grubby: no boot entries")
+    opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    if "info" in opts:
+        lines = entries[0].read_text().splitlines()
+        options = next((l[8:] for l in lines if l.startswith("options ")), "").split()
+        root = next((w[5:] for w in options if w.startswith("root=")), "")
+        kernel = next((l[6:] for l in lines if l.startswith("linux ")), "")
+        args = " ".join(w for w in options if not w.startswith("root="))
+        print(f'index=0\nkernel="{kernel}"\nargs="{args}"')
+        print(f'root="{root}"')
+        return
+    if "update-kernel" not in opts:
+        err("grubby: unsupported")
+    add, remove = opts.get("args", "").split(), opts.get("remove-args", "").split()
+    for entry in entries:
+        lines = entry.read_text().splitlines()
+        lines = [("options " + " ".join(edit_args(l[8:].split(), add, remove))) if l.startswith("options ")
+                 else l for l in lines]
+        entry.write_text("\n".join(lines) + "\n")
+    path, text = grub_default()
+    if text:
+        new = " ".join(edit_args(cmdline_of(text).split(), add, remove))
+        path.write_text(re.sub(r'^GRUB_CMDLINE_LINUX=.*$', f'GRUB_CMDLINE_LINUX="{new}"', text, flags=re.M))
+
+
+def mkconfig(args):
+    out = args[args.index("-o") + 1] if "-o" in args else "/boot/grub/grub.cfg"
+    _, text = grub_default()
+    line = " ".join(x for x in (cmdline_of(text), cmdline_of(text, "GRUB_CMDLINE_LINUX_DEFAULT")) if x)
+    target = R / out.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(f"menuentry '{CONF['pretty']}' {{\n\tlinux /boot/vmlinuz-{CONF['release']} "
+                      f"root=/dev/nvme0n1p1 ro {line}\n}}\n")
+    print("Generating grub configuration file ... done", file=sys.stderr)
+
+
+def systemctl(args):
+    words = [a for a in args if not a.startswith("-")]
+    quiet = "--quiet" in args or "-q" in args
+    if len(words) != 2:
+        err("systemctl: unsupported")
+    verb, unit = words[0], words[1].removesuffix(".service")
+    unit_file = R / f"usr/lib/systemd/system/{unit}.service"
+    wants = R / f"etc/systemd/system/multi-user.target.wants/{unit}.service"
+    loaded = R / "sys/kernel/kexec_crash_loaded"
+    kdump = unit == CONF["unit"] and unit_file.exists()
+    if verb == "is-active":
+        active = kdump and loaded.read_text().strip() == "1"
+        if not quiet:
+            print("active" if active else "inactive")
+        sys.exit(0 if active else 3)
+    if not unit_file.exists():
+        err(f"Failed to {verb} unit: Unit file {unit}.service does not exist.")
+    if verb == "is-enabled":
+        on = wants.exists() or wants.is_symlink()
+        if not quiet:
+            print("enabled" if on else "disabled")
+        sys.exit(0 if on else 1)
+    if verb == "enable":
+        wants.parent.mkdir(parents=True, exist_ok=True)
+        if not wants.is_symlink():
+            wants.symlink_to(f"/usr/lib/systemd/system/{unit}.service")
+        return
+    if verb == "disable":
+        if wants.is_symlink() or wants.exists():
+            wants.unlink()
+        return
+    if verb in ("start", "restart"):
+        size = (R / "sys/kernel/kexec_crash_size").read_text().strip()
+        config = R / CONF["config_path"]
+        if CONF["kdump_tool"] == "kdump-config" and "USE_KDUMP=1" not in config.read_text().split():
+            err(f"Job for {unit}.service failed: kdump-tools: not configured to use kdump (USE_KDUMP)")
+        if not size.isdigit() or int(size) == 0:
+            err(f"Job for {unit}.service failed: no memory reserved for the crash kernel (crashkernel=)")
+        loaded.write_text("1\n")
+        return
+    if verb == "stop":
+        loaded.write_text("0\n")
+        return
+    err(f"systemctl: unsupported verb {verb}")
+
+
+def sysctl(args):
+    if args[:1] == ["-n"] and len(args) == 2:
+        print((R / "proc/sys" / args[1].replace(".", "/")).read_text().strip())
+        return
+    if args[:1] != ["-w"] or len(args) != 2 or "=" not in args[1]:
+        err("sysctl: unsupported")
+    key, value = args[1].split("=", 1)
+    path = R / "proc/sys" / key.strip().replace(".", "/")
+    if not path.exists():
+        err(f"sysctl: cannot stat /proc/sys/{key.replace('.', '/')}: No such file or directory", 255)
+    path.write_text(value.strip() + "\n")
+    print(f"{key.strip()} = {value.strip()}")
+
+
+name = os.environ.get("SIMTOOL") or Path(sys.argv[0]).name
+args = sys.argv[1:] if not os.environ.get("SIMTOOL") else sys.argv[2:]
+if name == "install":
+    install(args)
+elif name in ("dnf", "yum", "apt-get", "zypper"):
+    package_manager(args)
+elif name == "rpm":
+    rpm(args)
+elif name == "dpkg-query":
+    dpkg_query(args)
+elif name == "grubby":
+    grubby(args)
+elif name in ("update-grub", "grub-mkconfig", "grub2-mkconfig"):
+    mkconfig(args)
+elif name == "systemctl":
+    systemctl(args)
+elif name == "sysctl":
+    sysctl(args)
+else:
+    err(f"{name}: not simulated")
+"""
 
 
 # Windows Server ----------------------------------------------------------------------------------
@@ -474,9 +892,9 @@ class WindowsFacts:
     last_boot: float  # Win32_OperatingSystem.LastBootUpTime
     version: str  # Win32_OperatingSystem.Version
     total_visible_kb: int  # Win32_OperatingSystem.TotalVisibleMemorySize
-    crash_dump_enabled: int
-    nmi_crash_dump: int
-    auto_reboot: int
+    crash_dump_enabled: int | None  # the CrashControl values; None when absent
+    nmi_crash_dump: int | None
+    auto_reboot: int | None
     dump_file: str  # CrashControl\DumpFile, unexpanded
     system_root: str
     free_bytes: int  # Win32_LogicalDisk.FreeSpace of the dump file's drive
@@ -485,10 +903,59 @@ class WindowsFacts:
 
 
 def windows_script_name(text: str) -> str | None:
-    """Which guest script ``text`` is (``kdump_status``, ``identity``, ``crash_dumps``), by the
-    ``schema=`` line it writes; None for any other PowerShell."""
+    """Which guest script ``text`` is (``kdump_status``, ``identity``, ``crash_dumps``,
+    ``kdump_settings``), by the ``schema=`` line it writes; None for any other PowerShell."""
     found = SCRIPT_SCHEMA.search(text)
     return found.group(1) if found and found.group(1) in SCRIPTS else None
+
+
+PRELUDE = re.compile(r"^\$env:(\w+) = '((?:[^']|'')*)'$", re.M)
+CRASH_CONTROL = {
+    "crash_dump_enabled": "CrashDumpEnabled",
+    "nmi_crash_dump": "NMICrashDump",
+    "auto_reboot": "AutoReboot",
+}
+
+
+def script_variables(text: str) -> Dict[str, str]:
+    """The ``$env:NAME = 'value'`` lines that :func:`chaosec2panic.guest.script` puts before a script."""
+    return {k: v.replace("''", "'") for k, v in PRELUDE.findall(text)}
+
+
+def _text(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def crash_control_after(
+    facts: "WindowsFacts", variables: Mapping[str, str] | None
+) -> Tuple[str, Dict[str, int | None], str]:
+    """What kdump_settings.ps1 does to CrashControl: the action, the values after (by setting
+    name, None when absent) and the error it reports (changes before an error stay, as in the
+    script's try block)."""
+    variables = variables or {}
+    action = variables.get("ACTION") or "report"
+    values: Dict[str, int | None] = {
+        "crash_dump_enabled": facts.crash_dump_enabled,
+        "nmi_crash_dump": facts.nmi_crash_dump,
+        "auto_reboot": facts.auto_reboot,
+    }
+    if action == "arm":
+        wanted = variables.get("CRASH_DUMP_ENABLED", "")
+        if wanted not in ("1", "2", "7"):
+            return action, values, f"CRASH_DUMP_ENABLED must be 1, 2 or 7, got '{wanted}'"
+        values.update(crash_dump_enabled=int(wanted), nmi_crash_dump=1, auto_reboot=1)
+    elif action == "restore":
+        for name in variables.get("RESTORE", "").split():
+            if name not in CRASH_CONTROL:
+                return action, values, f"unknown setting {name} (known: {' '.join(CRASH_CONTROL)})"
+            before = variables.get(f"BEFORE_{name}", "")
+            try:
+                values[name] = int(before) if before else None
+            except ValueError:
+                return action, values, f'Cannot convert value "{before}" to type "System.Int32".'
+    elif action != "report":
+        return action, values, f"unknown ACTION {action} (arm, restore or report)"
+    return action, values, ""
 
 
 def _expand(value: str, system_root: str) -> str:
@@ -506,8 +973,11 @@ def _epoch(at: float) -> int:
     return int(at // 1)
 
 
-def interpret_windows_script(name: str, facts: WindowsFacts) -> str:
-    """What guest script ``name`` prints on a Windows instance with ``facts``.
+def interpret_windows_script(
+    name: str, facts: WindowsFacts, variables: Mapping[str, str] | None = None
+) -> str:
+    """What guest script ``name`` prints on a Windows instance with ``facts`` (and the
+    ``variables`` set before it: kdump_settings' ACTION and its values).
 
     This is an interpretation, in Python, of ``chaosec2panic/guest/windows/<name>.ps1`` (which
     cannot run here: no PowerShell), not the script itself: the same ``key=value`` lines in
@@ -529,9 +999,9 @@ def interpret_windows_script(name: str, facts: WindowsFacts) -> str:
             "os_id=windows",
             f"os_version={facts.version}",
             f"mem_total_kb={facts.total_visible_kb}",
-            f"crash_dump_enabled={facts.crash_dump_enabled}",
-            f"nmi_crash_dump={facts.nmi_crash_dump}",
-            f"auto_reboot={facts.auto_reboot}",
+            f"crash_dump_enabled={_text(facts.crash_dump_enabled)}",
+            f"nmi_crash_dump={_text(facts.nmi_crash_dump)}",
+            f"auto_reboot={_text(facts.auto_reboot)}",
             f"dump_file={dump_file}",
             f"dump_dir={_parent(dump_file)}",
             f"dump_dir_free_kb={round(facts.free_bytes / 1024)}",
@@ -552,6 +1022,21 @@ def interpret_windows_script(name: str, facts: WindowsFacts) -> str:
             lines.append(f"dump={f.full_name}|{f.length}|{_epoch(f.last_write)}|{head.hex()}|{tail.hex()}")
         if facts.bugcheck_event is not None:
             lines.append(f"bugcheck_event={_epoch(facts.bugcheck_event)}")
+    elif name == "kdump_settings":
+        action, after, error = crash_control_after(facts, variables)
+        before = {
+            "crash_dump_enabled": facts.crash_dump_enabled,
+            "nmi_crash_dump": facts.nmi_crash_dump,
+            "auto_reboot": facts.auto_reboot,
+        }
+        lines = ["schema=kdump_settings/1", f"action={action}", f"boot_id={boot_id}", f"uptime={uptime}"]
+        lines.append("os_id=windows")
+        for setting in CRASH_CONTROL:
+            lines += [
+                f"{setting}_before={_text(before[setting])}",
+                f"{setting}_after={_text(after[setting])}",
+            ]
+        lines.append(f"error={error}")
     else:
         raise ValueError(f"unknown guest script {name!r}; valid: {', '.join(SCRIPTS)}")
     return "\r\n".join([*lines, "end=ok"]) + "\r\n"
@@ -581,7 +1066,25 @@ class WindowsSimGuest(SimGuest):
         self.bugchecked_at: float | None = None  # the blue screen the next boot will report
         self.dump_saved = False  # the dump of that bugcheck is in the page file
         self.bugcheck_events: List[float] = []
+        # CrashControl as the registry holds it (None: the value is absent), and as the running
+        # system took it at boot: changes take effect at the next boot.
+        self.crash_control: Dict[str, int | None] = {
+            "crash_dump_enabled": CRASH_DUMP_TYPES[spec.crash_dump_enabled],
+            "nmi_crash_dump": int(spec.nmi_crash_dump),
+            "auto_reboot": int(spec.auto_reboot),
+        }
+        self.effective = dict(self.crash_control)
         super().__init__(instance_id, spec, root, scale, clock, emit)
+
+    def _boot_from_files(self) -> None:
+        self.effective = dict(self.crash_control)
+
+    def _dump_type(self) -> str:
+        """What the running system writes on a bugcheck: complete, kernel, automatic, small
+        (to %SystemRoot%\\Minidump: no MEMORY.DMP) or none."""
+        names = {v: k for k, v in CRASH_DUMP_TYPES.items()}
+        value = self.effective["crash_dump_enabled"]
+        return "small" if value == 3 else names.get(value if value is not None else 0, "none")
 
     def _new_boot_id(self) -> str:
         return datetime.fromtimestamp(self.booted_at, UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -621,23 +1124,25 @@ class WindowsSimGuest(SimGuest):
                 self._event(now, "nmi-ignored", f"phase {self.phase}")
                 return
             self.after_nmi = True
-            if not self.spec.nmi_crash_dump:
+            # The lab's model: NMICrashDump=0 ignores the NMI; absent, Windows Server 2012 and later
+            # bugcheck (KB 2750146).
+            if self.effective["nmi_crash_dump"] == 0:
                 self._event(now, "nmi-no-bugcheck", "NMICrashDump=0: Windows carries on")
                 return
             self._event(now, "bugcheck", f"0x{NMI_HARDWARE_FAILURE:08x} NMI_HARDWARE_FAILURE")
             self._agent_gone(now)
             self.phase = "bugcheck"
             self.bugchecked_at, self.dump_saved = now, False
-            if self.spec.crash_dump_enabled == "none":
+            if self._dump_type() in ("none", "small"):
                 self._schedule((self._later(now, "bluescreen"), "bluescreen_done"))
             else:
                 self._schedule((self._later(now, "capture_base"), "bluescreen_done"))
 
     def _step_bluescreen_done(self, at: float) -> None:
-        if self.spec.crash_dump_enabled != "none":
+        if self._dump_type() not in ("none", "small"):
             self.dump_saved = True
-            self._event(at, "dump-saved", f"{self.spec.crash_dump_enabled} dump in the page file")
-        if self.spec.auto_reboot:
+            self._event(at, "dump-saved", f"{self._dump_type()} dump in the page file")
+        if self.effective["auto_reboot"] != 0:
             self._step_reset(at)
         else:
             self.phase = "hung"
@@ -655,7 +1160,7 @@ class WindowsSimGuest(SimGuest):
 
     def _write_memory_dmp(self, crashed_at: float, at: float) -> str:
         """MEMORY.DMP from the page file, as the boot after the bugcheck writes it."""
-        kind = "complete" if self.spec.crash_dump_enabled == "complete" else "kernel"
+        kind = "complete" if self._dump_type() == "complete" else "kernel"
         pages = self.spec.memory_mib * 256
         present = pages if kind == "complete" else int(pages * KERNEL_DUMP_SHARE)
         build = int(self.spec.family.version.rsplit(".", 1)[-1])
@@ -687,9 +1192,9 @@ class WindowsSimGuest(SimGuest):
             last_boot=self.booted_at,
             version=spec.family.version,
             total_visible_kb=spec.memory_mib * 1024 - RESERVED_KIB,
-            crash_dump_enabled=CRASH_DUMP_TYPES[spec.crash_dump_enabled],
-            nmi_crash_dump=int(spec.nmi_crash_dump),
-            auto_reboot=int(spec.auto_reboot),
+            crash_dump_enabled=self.crash_control["crash_dump_enabled"],
+            nmi_crash_dump=self.crash_control["nmi_crash_dump"],
+            auto_reboot=self.crash_control["auto_reboot"],
             dump_file=DUMP_FILE,
             system_root=SYSTEM_ROOT,
             free_bytes=int(spec.disk_free_gib * 2**30),
@@ -710,7 +1215,10 @@ class WindowsSimGuest(SimGuest):
                     f"extension's guest scripts ({', '.join(SCRIPTS)}), by their schema= line"
                 )
             else:
-                code, out, err = 0, interpret_windows_script(name, self.facts()), ""
+                facts, variables = self.facts(), script_variables(script)
+                code, out, err = 0, interpret_windows_script(name, facts, variables), ""
+                if name == "kdump_settings":
+                    self.crash_control = crash_control_after(facts, variables)[1]
             ended = self.clock()
             self._event(ended, "command", f"exit {code}")
             return CommandOutcome(

@@ -27,9 +27,15 @@ def calls_of(lab, run) -> set:
 
 
 def test_every_activity_calls_only_what_it_declares_and_the_policy_covers_them_all(make_lab):
-    lab = make_lab([opted_in("web"), opted_in("stuck", kdump=False, panic_timeout=0, acpi_reboot=False)])
+    lab = make_lab(
+        [
+            opted_in("web"),
+            opted_in("stuck", kdump=False, panic_timeout=0, acpi_reboot=False),
+            opted_in("bare", kdump=False, crashkernel_mib=0),
+        ]
+    )
     conf = lab.configuration()
-    web, stuck = [lab.id("web")], [lab.id("stuck")]
+    web, stuck, bare = [lab.id("web")], [lab.id("stuck")], [lab.id("bare")]
     make_alarm("errors", tags={"chaos-stop": "yes"})
     guarded = {**conf, "chaosec2panic_stop_alarms": {"names": ["errors"]}}
     runs = {
@@ -45,6 +51,10 @@ def test_every_activity_calls_only_what_it_declares_and_the_policy_covers_them_a
         "panic_on_console": lambda: probes.panic_on_console(configuration=conf),
         "crash_dump_present": lambda: probes.crash_dump_present(configuration=conf),
         "crash_dumps": lambda: probes.crash_dumps(configuration=conf),
+        "arm_kdump": lambda: actions.arm_kdump(instance_ids=bare, timeout=60, configuration=conf),
+        "restore_kdump_settings": lambda: rollbacks.restore_kdump_settings(
+            instance_ids=bare, timeout=60, configuration=conf
+        ),
     }
     observed = {}
     for name, run in runs.items():

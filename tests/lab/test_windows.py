@@ -23,7 +23,9 @@ from chaosec2panic.lab.fleet import FleetError, parse_fleet
 from chaosec2panic.lab.simguest import (
     WindowsFacts,
     WindowsFile,
+    crash_control_after,
     interpret_windows_script,
+    script_variables,
     windows_script_name,
 )
 from chaosec2panic.probes import (
@@ -220,7 +222,7 @@ def test_kdump_armed_reads_crashcontrol_on_windows(make_lab):
     assert found["no-nmi"]["reasons"] == ["nmi_crash_dump: found 0, expected 1"]
     assert found["no-reboot"]["reasons"] == ["auto_reboot: found 0, expected 1"]
     assert found["no-dump"]["reasons"] == [
-        "crash_dump_enabled: found 0, expected complete, kernel, small or automatic"
+        "crash_dump_enabled: found 0, expected complete, kernel or automatic"
     ]
 
 
@@ -300,3 +302,67 @@ def test_the_crash_capture_experiment_runs_end_to_end_against_windows(make_lab, 
     assert len(lab.events("bugcheck")) == 1 and len(lab.events("dump-written")) == 1
     # Everything holds on Windows but the console probe, which reads Linux kernel messages only.
     assert failed_probes(journal) == {"nmi-panic-on-console"}
+
+
+# kdump_settings.ps1: arm and restore CrashControl --------------------------------------------------
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"ACTION": "arm", "CRASH_DUMP_ENABLED": "2"},
+        {"ACTION": "restore", "RESTORE": "crash_dump_enabled auto_reboot", "BEFORE_crash_dump_enabled": "0"},
+        {"ACTION": "arm", "CRASH_DUMP_ENABLED": "3"},
+        None,
+    ],
+)
+def test_the_settings_interpretation_prints_every_key_of_its_ps1_in_order(variables):
+    expected = ps1_lines("kdump_settings")
+    text = interpret_windows_script("kdump_settings", facts(), variables)
+    printed = [line.partition("=")[::2] for line in text.splitlines()]
+    assert [k for k, _ in printed] == [k for k, _ in expected]
+    for (key, value), (_, literal) in zip(printed, expected, strict=True):
+        if literal is not None:
+            assert value == literal, key
+    script = guest.script(WINDOWS, "kdump_settings", variables)
+    assert windows_script_name(script) == "kdump_settings"
+    assert script_variables(script) == (variables or {})
+
+
+def test_the_settings_interpretation_follows_the_ps1():
+    ps1 = guest.script(WINDOWS, "kdump_settings")
+    assert "'1', '2', '7'" in ps1 and "NMICrashDump = 1; AutoReboot = 1" in ps1
+    action, after, error = crash_control_after(
+        facts(crash_dump_enabled=0, auto_reboot=0), {"ACTION": "arm", "CRASH_DUMP_ENABLED": "7"}
+    )
+    assert (action, error, after) == (
+        "arm",
+        "",
+        {"crash_dump_enabled": 7, "nmi_crash_dump": 1, "auto_reboot": 1},
+    )
+    _, after, error = crash_control_after(facts(), {"ACTION": "arm", "CRASH_DUMP_ENABLED": "3"})
+    assert error == "CRASH_DUMP_ENABLED must be 1, 2 or 7, got '3'" and after["crash_dump_enabled"] == 7
+    _, after, error = crash_control_after(
+        facts(nmi_crash_dump=1),
+        {"ACTION": "restore", "RESTORE": "nmi_crash_dump", "BEFORE_nmi_crash_dump": ""},
+    )
+    assert error == "" and after["nmi_crash_dump"] is None  # absent before: removed
+    report = parse_report(
+        interpret_windows_script("kdump_settings", facts(nmi_crash_dump=None), {"ACTION": "report"}),
+        "kdump_settings",
+    )
+    assert report.complete and report.get("nmi_crash_dump_before") == "" and report.get("error") == ""
+
+
+def test_a_small_dump_is_not_armed_and_an_absent_nmi_crash_dump_is(make_lab):
+    lab = make_lab([windows("small"), windows("absent")])
+    lab.lab.guests[lab.id("small")].crash_control["crash_dump_enabled"] = 3
+    lab.lab.guests[lab.id("absent")].crash_control["nmi_crash_dump"] = None
+    result = kdump_armed(tags={"chaos:nmi": "allowed"}, configuration=lab.configuration())
+    small = result["instances"][lab.id("small")]
+    assert small["verdict"] == "not-armed"
+    assert small["checks"]["crash_dump_enabled"] == {
+        "status": "fail",
+        "found": "small (a minidump in %SystemRoot%\\Minidump, not the DumpFile)",
+        "expected": "complete, kernel or automatic",
+    }
+    absent = result["instances"][lab.id("absent")]
+    assert absent["verdict"] == "armed" and absent["checks"]["nmi_crash_dump"]["found"].startswith("absent")

@@ -1,0 +1,246 @@
+# chaosec2panic: arm kdump on this Linux instance, or put back what arming changed.
+# ACTION=arm: install what is missing (kexec-tools, kdump-utils, kdump-tools or kdump), reserve
+#   crash memory (CRASHKERNEL, only when no crashkernel= is configured or CRASHKERNEL_FORCE=1),
+#   set kernel.unknown_nmi_panic=1 now and in /etc/sysctl.d/99-chaosec2panic.conf, enable and
+#   start the kdump service. Nothing already as wanted is touched.
+# ACTION=restore: put each setting named in RESTORE back to BEFORE_<setting>. Packages stay.
+# Any other ACTION only reports. A system this script does not know is refused (error=) before
+# anything is changed. Prints every setting before and after as key=value lines and always exits
+# 0: the verdict is in the output, never in the exit code (194 would ask the SSM agent to reboot).
+R="${CHAOSEC2PANIC_ROOT:-}"
+ACTION="${ACTION:-report}"
+CRASHKERNEL="${CRASHKERNEL:-1G-4G:192M,4G-64G:256M,64G-:512M}"
+CRASHKERNEL_FORCE="${CRASHKERNEL_FORCE:-0}"
+RESTORE="${RESTORE:-}"
+SYSCTL_FILE=/etc/sysctl.d/99-chaosec2panic.conf
+SETTINGS="packages crashkernel nmi_sysctl_file unknown_nmi_panic use_kdump kdump_enabled kdump_active"
+ERR=""
+
+fail() { [ -n "$ERR" ] || ERR=$(printf '%s' "$*" | tr '\n' ' '); return 1; }
+val() { [ -r "$R$1" ] && head -n 1 "$R$1" 2>/dev/null; }
+has() { command -v "$1" >/dev/null 2>&1; }
+last() { echo "$1" | grep -v '^[[:space:]]*$' | tail -n 1; }
+
+os_id=""; os_like=""; os_version=""
+if [ -r "$R/etc/os-release" ]; then
+  os_id=$(. "$R/etc/os-release" && echo "$ID")
+  os_like=$(. "$R/etc/os-release" && echo "${ID_LIKE:-}")
+  os_version=$(. "$R/etc/os-release" && echo "${VERSION_ID:-}")
+fi
+major=${os_version%%.*}
+family=""; packages=""; pm=""; service=""
+case " $os_id $os_like " in
+  *" amzn "* | *" rhel "* | *" fedora "* | *" centos "*) family=rhel ;;
+  *" ubuntu "* | *" debian "*) family=debian ;;
+  *" sles "* | *" suse "* | *" opensuse "*) family=suse ;;
+esac
+case "$family" in
+  rhel)
+    packages=kexec-tools
+    # Fedora 41 and RHEL 10 moved kdumpctl and the kdump service out of kexec-tools.
+    case "$os_id" in
+      amzn) ;;
+      fedora) [ "${major:-0}" -ge 41 ] 2>/dev/null && packages="kexec-tools kdump-utils" ;;
+      *) [ "${major:-0}" -ge 10 ] 2>/dev/null && packages="kexec-tools kdump-utils" ;;
+    esac
+    if has dnf; then pm=dnf; elif has yum; then pm=yum; fi
+    service=kdump ;;
+  debian) packages=kdump-tools; has apt-get && pm=apt-get; service=kdump-tools ;;
+  suse) packages=kdump; has zypper && pm=zypper; service=kdump ;;
+esac
+
+installed() {
+  found=""
+  for p in $packages; do
+    if [ "$family" = debian ]; then
+      dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q ' installed$' && found="$found $p"
+    else
+      rpm -q "$p" >/dev/null 2>&1 && found="$found $p"
+    fi
+  done
+  echo "${found# }"
+}
+
+configured_crashkernel() {
+  if has grubby; then
+    args=$(grubby --info=DEFAULT 2>/dev/null | grep '^args=' | head -n 1)
+    args=${args#args=}
+  else
+    args=$(grep '^GRUB_CMDLINE_LINUX=' "$R/etc/default/grub" 2>/dev/null | tail -n 1)
+    args=${args#GRUB_CMDLINE_LINUX=}
+  fi
+  for word in $(echo "$args" | tr -d "\"'"); do
+    case "$word" in crashkernel=*) echo "${word#crashkernel=}"; return ;; esac
+  done
+}
+
+running_crashkernel() {
+  for word in $(val /proc/cmdline); do
+    case "$word" in crashkernel=*) echo "${word#crashkernel=}"; return ;; esac
+  done
+}
+
+sysctl_file() {
+  if [ -f "$R$SYSCTL_FILE" ]; then
+    v=$(grep -E '^[[:space:]]*kernel\.unknown_nmi_panic[[:space:]]*=' "$R$SYSCTL_FILE" | tail -n 1)
+    v=$(echo "${v#*=}" | tr -d ' \t')
+    echo "${v:-none}"
+  else
+    echo absent
+  fi
+}
+
+use_kdump() {
+  [ "$family" = debian ] && [ -r "$R/etc/default/kdump-tools" ] || return 0
+  grep -E '^USE_KDUMP=' "$R/etc/default/kdump-tools" | tail -n 1 | cut -d = -f 2 | tr -d '"'
+}
+
+service_state() {
+  [ -n "$service" ] && has systemctl || return 0
+  s=$(systemctl "$1" "$service" 2>/dev/null | head -n 1)
+  echo "${s:-absent}"
+}
+
+snapshot() {
+  eval "$1_packages=\$(installed)"
+  eval "$1_crashkernel=\$(configured_crashkernel)"
+  eval "$1_nmi_sysctl_file=\$(sysctl_file)"
+  eval "$1_unknown_nmi_panic=\$(val /proc/sys/kernel/unknown_nmi_panic)"
+  eval "$1_use_kdump=\$(use_kdump)"
+  eval "$1_kdump_enabled=\$(service_state is-enabled)"
+  eval "$1_kdump_active=\$(service_state is-active)"
+}
+
+set_crashkernel() {
+  if has grubby; then
+    if [ -n "$1" ]; then
+      out=$(grubby --update-kernel=ALL --args="crashkernel=$1" 2>&1) || fail "grubby: $(last "$out")"
+    else
+      out=$(grubby --update-kernel=ALL --remove-args=crashkernel 2>&1) || fail "grubby: $(last "$out")"
+    fi
+    return
+  fi
+  f="$R/etc/default/grub"
+  [ -w "$f" ] || { fail "no grubby and no writable /etc/default/grub: cannot set crashkernel"; return; }
+  grep -q '^GRUB_CMDLINE_LINUX=' "$f" || echo 'GRUB_CMDLINE_LINUX=""' >>"$f"
+  sed -i -e '/^GRUB_CMDLINE_LINUX=/ s/[[:space:]]*crashkernel=[^[:space:]"]*//g' "$f" || fail "cannot edit $f"
+  if [ -n "$1" ]; then
+    sed -i -e "/^GRUB_CMDLINE_LINUX=/ s|\"\$| crashkernel=$1\"|" -e '/^GRUB_CMDLINE_LINUX=/ s/=" /="/' "$f"
+  fi
+  if has update-grub; then
+    out=$(update-grub 2>&1) || fail "update-grub: $(last "$out")"
+  elif has grub2-mkconfig; then
+    out=$(grub2-mkconfig -o /boot/grub2/grub.cfg 2>&1) || fail "grub2-mkconfig: $(last "$out")"
+  elif has grub-mkconfig; then
+    out=$(grub-mkconfig -o /boot/grub/grub.cfg 2>&1) || fail "grub-mkconfig: $(last "$out")"
+  else
+    fail "no update-grub or grub2-mkconfig: crashkernel is in /etc/default/grub but not in the boot menu"
+  fi
+}
+
+set_sysctl_file() {
+  f="$R$SYSCTL_FILE"
+  if [ "$1" = absent ]; then
+    rm -f "$f" || fail "cannot remove $SYSCTL_FILE"
+  elif [ "$1" = none ]; then
+    sed -i '/^[[:space:]]*kernel\.unknown_nmi_panic[[:space:]]*=/d' "$f" || fail "cannot edit $SYSCTL_FILE"
+  elif [ -f "$f" ] && grep -q '^[[:space:]]*kernel\.unknown_nmi_panic[[:space:]]*=' "$f"; then
+    sed -i "s/^[[:space:]]*kernel\.unknown_nmi_panic[[:space:]]*=.*/kernel.unknown_nmi_panic = $1/" "$f" ||
+      fail "cannot edit $SYSCTL_FILE"
+  else
+    { mkdir -p "${f%/*}" && echo "kernel.unknown_nmi_panic = $1" >>"$f"; } || fail "cannot write $SYSCTL_FILE"
+  fi
+}
+
+service_do() {
+  out=$(systemctl "$1" "$service" 2>&1) || fail "systemctl $1 $service: $(last "$out")"
+}
+
+arm() {
+  [ -n "$family" ] || {
+    fail "unsupported system ${os_id:-without /etc/os-release}: arm kdump by hand" \
+      "(known: Amazon Linux, RHEL, Fedora, Ubuntu, Debian, SUSE); nothing was changed"
+    return
+  }
+  missing=""
+  for p in $packages; do
+    case " $before_packages " in *" $p "*) ;; *) missing="$missing $p" ;; esac
+  done
+  missing=${missing# }
+  if [ -n "$missing" ]; then
+    [ -n "$pm" ] || { fail "no package manager (dnf, yum, apt-get, zypper) to install $missing; nothing was changed"; return; }
+    case "$pm" in
+      dnf | yum) out=$("$pm" -y install $missing 2>&1) ;;
+      apt-get)
+        out=$(DEBIAN_FRONTEND=noninteractive apt-get -y install $missing 2>&1) ||
+          out=$(apt-get update 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get -y install $missing 2>&1) ;;
+      zypper) out=$(zypper --non-interactive install $missing 2>&1) ;;
+    esac || { fail "$pm could not install $missing: $(last "$out")"; return; }
+  fi
+  has systemctl || { fail "no systemctl: cannot enable the $service service"; return; }
+  if [ "$family" = debian ] && [ "$(use_kdump)" = 0 ]; then
+    sed -i 's/^USE_KDUMP=.*/USE_KDUMP=1/' "$R/etc/default/kdump-tools" || fail "cannot set USE_KDUMP=1"
+  fi
+  if [ -z "$before_crashkernel" ] || { [ "$CRASHKERNEL_FORCE" = 1 ] && [ "$before_crashkernel" != "$CRASHKERNEL" ]; }; then
+    set_crashkernel "$CRASHKERNEL" || return
+  fi
+  [ "$(sysctl_file)" = 1 ] || set_sysctl_file 1 || return
+  if [ "$before_unknown_nmi_panic" != 1 ]; then
+    out=$(sysctl -w kernel.unknown_nmi_panic=1 2>&1) || { fail "sysctl: $(last "$out")"; return; }
+  fi
+  [ "$(service_state is-enabled)" = enabled ] || service_do enable || return
+  # Without crash memory in the running kernel the service cannot load the crash kernel: the
+  # reboot that reserves it starts the service.
+  if [ "$(service_state is-active)" != active ] && [ "$(val /sys/kernel/kexec_crash_size)" -gt 0 ] 2>/dev/null; then
+    service_do start
+  fi
+}
+
+restore() {
+  for s in $RESTORE; do
+    eval "v=\${BEFORE_$s-}"
+    case "$s" in
+      packages) ;;
+      crashkernel) [ "$(configured_crashkernel)" = "$v" ] || set_crashkernel "$v" ;;
+      nmi_sysctl_file) [ "$(sysctl_file)" = "$v" ] || set_sysctl_file "$v" ;;
+      unknown_nmi_panic)
+        if [ -n "$v" ] && [ "$(val /proc/sys/kernel/unknown_nmi_panic)" != "$v" ]; then
+          out=$(sysctl -w "kernel.unknown_nmi_panic=$v" 2>&1) || fail "sysctl: $(last "$out")"
+        fi ;;
+      use_kdump)
+        if [ -n "$v" ] && [ "$(use_kdump)" != "$v" ]; then
+          sed -i "s/^USE_KDUMP=.*/USE_KDUMP=$v/" "$R/etc/default/kdump-tools" || fail "cannot set USE_KDUMP"
+        fi ;;
+      kdump_active) [ "$v" = active ] || [ "$(service_state is-active)" != active ] || service_do stop ;;
+      kdump_enabled) [ "$v" = enabled ] || [ "$(service_state is-enabled)" != enabled ] || service_do disable ;;
+      *) fail "unknown setting $s (known: $SETTINGS)" ;;
+    esac
+  done
+}
+
+snapshot before
+case "$ACTION" in
+  arm) arm ;;
+  restore) restore ;;
+  report) ;;
+  *) fail "unknown ACTION $ACTION (arm, restore or report)" ;;
+esac
+snapshot after
+
+echo "schema=kdump_settings/1"
+echo "action=$ACTION"
+echo "boot_id=$(val /proc/sys/kernel/random/boot_id)"
+echo "uptime=$(val /proc/uptime | cut -d ' ' -f 1)"
+echo "os_id=$os_id"
+echo "package_manager=$pm"
+echo "kdump_service_name=$service"
+echo "running_crashkernel=$(running_crashkernel)"
+echo "crash_size=$(val /sys/kernel/kexec_crash_size)"
+for s in $SETTINGS; do
+  eval "b=\$before_$s a=\$after_$s"
+  echo "${s}_before=$b"
+  echo "${s}_after=$a"
+done
+echo "error=$ERR"
+echo "end=ok"
+exit 0
