@@ -1,9 +1,6 @@
 """Actions: send the diagnostic interrupt (NMI), guarded; arm kdump so that it leaves a dump."""
 
-import fcntl
-import json
 import logging
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +25,7 @@ from .guest.parsers import (
 )
 from .health import observe, wait_for_recovery
 from .iam import OBSERVE, RESOLVE_GUARDED, RUN_SCRIPT, STOP_ALARMS, requires
-from .ledger import Injection, Ledger
+from .ledger import Injection, JsonRecord, Ledger
 from .polling import Poll, poll
 from .readiness import kdump_verdicts, permission
 from .recovery import is_back, is_up, now_iso
@@ -308,6 +305,7 @@ class ArmedSettings:
 
     def __init__(self, path: Path):
         self.path = path
+        self._file = JsonRecord(path, "what arm_kdump changed and restore_kdump_settings undoes")
 
     @classmethod
     def of(cls, configuration: Configuration | None) -> "ArmedSettings":
@@ -315,27 +313,12 @@ class ArmedSettings:
         return cls(ledger.with_name(f"{ledger.stem}-kdump-settings.json"))
 
     def instances(self) -> Dict[str, Dict[str, Any]]:
-        try:
-            raw = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise OSError(
-                f"the kdump settings record {self.path} cannot be read ({exc}); "
-                "it holds what arm_kdump changed and restore_kdump_settings undoes"
-            ) from exc
-        return dict(raw.get("instances", {}))
+        return dict(self._file.read().get("instances", {}))
 
     @contextmanager
     def _locked(self) -> Iterator[Dict[str, Dict[str, Any]]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            found = self.instances()
-            yield found
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"instances": found}, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+        with self._file.locked() as document:
+            yield document.setdefault("instances", {})
 
     def remember(self, instance_id: str, change: SettingsChange) -> None:
         """Add the settings ``change`` changed; a setting already recorded keeps its first before."""

@@ -19,7 +19,7 @@ from chaoslib.types import Configuration
 
 from .settings import settings
 
-__all__ = ["RUN_ID", "Injection", "Ledger"]
+__all__ = ["RUN_ID", "Injection", "JsonRecord", "Ledger"]
 
 RUN_ID = uuid.uuid4().hex
 
@@ -53,38 +53,56 @@ class Injection:
         return asdict(self)
 
 
+class JsonRecord:
+    """A JSON document on disk, read as a whole and rewritten atomically under a file lock."""
+
+    def __init__(self, path: Path, holds: str):
+        self.path = path
+        self.holds = holds
+
+    def read(self) -> Dict[str, Any]:
+        try:
+            return dict(json.loads(self.path.read_text()))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise OSError(
+                f"{self.path} cannot be read ({exc}); fix or move it, it holds {self.holds}"
+            ) from exc
+
+    @contextmanager
+    def locked(self) -> Iterator[Dict[str, Any]]:
+        """The document, to change in place; written back when the block ends."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            document = self.read()
+            yield document
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(document, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+
 class Ledger:
     """The injections recorded in one ledger file."""
 
     def __init__(self, path: Path):
         self.path = path
+        self._file = JsonRecord(path, "which instances were hit")
 
     @classmethod
     def of(cls, configuration: Configuration | None) -> "Ledger":
         return cls(settings(configuration).ledger_path)
 
     def entries(self) -> List[Injection]:
-        try:
-            raw = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as exc:
-            raise OSError(
-                f"the ledger {self.path} cannot be read ({exc}); "
-                "fix or move it, it records which instances were hit"
-            ) from exc
-        return [Injection(**e) for e in raw.get("injections", [])]
+        return [Injection(**e) for e in self._file.read().get("injections", [])]
 
     @contextmanager
     def _locked(self) -> Iterator[List[Injection]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            entries = self.entries()
+        with self._file.locked() as document:
+            entries = [Injection(**e) for e in document.get("injections", [])]
             yield entries
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"injections": [e.to_dict() for e in entries]}, indent=1))
-            os.replace(tmp, self.path)
+            document["injections"] = [e.to_dict() for e in entries]
 
     def record(self, injections: List[Injection]) -> None:
         """Append ``injections``."""
