@@ -107,6 +107,23 @@ def make_alarm(name: str, state: str = "OK", tags: Dict[str, str] | None = None)
     return cw.describe_alarms(AlarmNames=[name])["MetricAlarms"][0]["AlarmArn"]
 
 
+def lab_up_process(fleet: Path) -> tuple[subprocess.Popen, str]:
+    """``chaosec2panic lab up`` on ``fleet`` in the background, and what it printed up to its export line."""
+    cli = str(Path(sys.executable).with_name("chaosec2panic"))
+    proc = subprocess.Popen(
+        [cli, "lab", "up", "--fleet", str(fleet), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: List[str] = []
+    for line in proc.stdout or []:
+        lines.append(line)
+        if line.startswith("export ") or len(lines) > 50:
+            break
+    return proc, "".join(lines)
+
+
 def opted_in(name: str, **settings: Any) -> Dict[str, Any]:
     """A fleet entry carrying the default opt-in tag and a role tag equal to its name."""
     tags = {"chaos:nmi": "allowed", "role": name, **settings.pop("tags", {})}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from conftest import lab_up_process
 from test_inspect import KEYS
 
 from chaosec2panic.lab.fleet import FleetError, load_fleet, parse_fleet
@@ -34,19 +35,9 @@ instances:
 def lab_up(tmp_path):
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(FLEET)
-    proc = subprocess.Popen(
-        [CLI, "lab", "up", "--fleet", str(fleet), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("export "):
-            break
-    env = dict(re.findall(r"(\w+)=(\S+)", lines[-1]))
-    yield proc, env, "".join(lines)
+    proc, text = lab_up_process(fleet)
+    env = dict(re.findall(r"(\w+)=(\S+)", text.splitlines()[-1]))
+    yield proc, env, text
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)

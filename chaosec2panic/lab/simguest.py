@@ -236,35 +236,39 @@ class SimGuest:
                 self._event(now, "nmi-ignored", f"phase {self.phase}")
                 return
             self.after_nmi = True
-            self._say(
-                now,
-                "Uhhuh. NMI received for unknown reason 3d on CPU 0.",
-                "Do you have a strange power saving mode enabled?",
-            )
-            if self.unknown_nmi_panic != 1:
-                self._say(now, "Dazed and confused, but trying to continue")
-                self._event(now, "dazed", "unknown_nmi_panic=0: no panic")
-                return
-            self._say(
-                now,
-                "Kernel panic - not syncing: NMI: Not continuing",
-                f"CPU: 0 PID: 0 Comm: swapper/0 Not tainted {self.spec.family.kernel_release} #1",
-                "Kernel Offset: disabled",
-            )
-            self._event(now, "panic", "NMI: Not continuing")
-            self._agent_gone(now)
-            if self.crash_loaded:
-                self.phase = "capturing"
-                self._say(now, "Starting crashdump kernel...", "Bye!")
-                self._schedule((self._later(now, "capture_boot"), "capture_start"))
-            elif self.spec.panic_timeout > 0:
-                self.phase = "panicked"
-                self._say(now, f"Rebooting in {self.spec.panic_timeout} seconds..")
-                self._schedule((now + self.spec.panic_timeout * self.scale, "reset"))
-            else:
-                self.phase = "hung"
-                self._say(now, "---[ end Kernel panic - not syncing: NMI: Not continuing ]---")
-                self._event(now, "hung", "no kdump and kernel.panic=0")
+            self._on_nmi(now)
+
+    def _on_nmi(self, now: float) -> None:
+        """What the running kernel does with an NMI (called with the lock held)."""
+        self._say(
+            now,
+            "Uhhuh. NMI received for unknown reason 3d on CPU 0.",
+            "Do you have a strange power saving mode enabled?",
+        )
+        if self.unknown_nmi_panic != 1:
+            self._say(now, "Dazed and confused, but trying to continue")
+            self._event(now, "dazed", "unknown_nmi_panic=0: no panic")
+            return
+        self._say(
+            now,
+            "Kernel panic - not syncing: NMI: Not continuing",
+            f"CPU: 0 PID: 0 Comm: swapper/0 Not tainted {self.spec.family.kernel_release} #1",
+            "Kernel Offset: disabled",
+        )
+        self._event(now, "panic", "NMI: Not continuing")
+        self._agent_gone(now)
+        if self.crash_loaded:
+            self.phase = "capturing"
+            self._say(now, "Starting crashdump kernel...", "Bye!")
+            self._schedule((self._later(now, "capture_boot"), "capture_start"))
+        elif self.spec.panic_timeout > 0:
+            self.phase = "panicked"
+            self._say(now, f"Rebooting in {self.spec.panic_timeout} seconds..")
+            self._schedule((now + self.spec.panic_timeout * self.scale, "reset"))
+        else:
+            self.phase = "hung"
+            self._say(now, "---[ end Kernel panic - not syncing: NMI: Not continuing ]---")
+            self._event(now, "hung", "no kdump and kernel.panic=0")
 
     def reboot(self) -> None:
         with self._lock:
@@ -1115,28 +1119,21 @@ class WindowsSimGuest(SimGuest):
         return self.root.joinpath(*windows_path.split(":", 1)[-1].strip("\\").split("\\"))
 
     # the NMI and what follows --------------------------------------------------------------------
-    def nmi(self) -> None:
-        with self._lock:
-            self.advance()
-            now = self.clock()
-            self._event(now, "nmi")
-            if self.phase != "up":
-                self._event(now, "nmi-ignored", f"phase {self.phase}")
-                return
-            self.after_nmi = True
-            # The lab's model: NMICrashDump=0 ignores the NMI; absent, Windows Server 2012 and later
-            # bugcheck (KB 2750146).
-            if self.effective["nmi_crash_dump"] == 0:
-                self._event(now, "nmi-no-bugcheck", "NMICrashDump=0: Windows carries on")
-                return
-            self._event(now, "bugcheck", f"0x{NMI_HARDWARE_FAILURE:08x} NMI_HARDWARE_FAILURE")
-            self._agent_gone(now)
-            self.phase = "bugcheck"
-            self.bugchecked_at, self.dump_saved = now, False
-            if self._dump_type() in ("none", "small"):
-                self._schedule((self._later(now, "bluescreen"), "bluescreen_done"))
-            else:
-                self._schedule((self._later(now, "capture_base"), "bluescreen_done"))
+    def _on_nmi(self, now: float) -> None:
+        """What Windows does with an NMI: bugcheck 0x80 as CrashControl says (lock held)."""
+        # The lab's model: NMICrashDump=0 ignores the NMI; absent, Windows Server 2012 and later
+        # bugcheck (KB 2750146).
+        if self.effective["nmi_crash_dump"] == 0:
+            self._event(now, "nmi-no-bugcheck", "NMICrashDump=0: Windows carries on")
+            return
+        self._event(now, "bugcheck", f"0x{NMI_HARDWARE_FAILURE:08x} NMI_HARDWARE_FAILURE")
+        self._agent_gone(now)
+        self.phase = "bugcheck"
+        self.bugchecked_at, self.dump_saved = now, False
+        if self._dump_type() in ("none", "small"):
+            self._schedule((self._later(now, "bluescreen"), "bluescreen_done"))
+        else:
+            self._schedule((self._later(now, "capture_base"), "bluescreen_done"))
 
     def _step_bluescreen_done(self, at: float) -> None:
         if self._dump_type() not in ("none", "small"):

@@ -6,14 +6,23 @@ need root and the Debian packages that scripts/setup.sh installs.
 
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import ClassVar
 
 import boto3
 import pytest
-from conftest import ROOT, failed_probes, opted_in, run_experiment, sim_guest, start_lab, variant, vary
+from conftest import (
+    ROOT,
+    failed_probes,
+    lab_up_process,
+    opted_in,
+    run_experiment,
+    sim_guest,
+    start_lab,
+    variant,
+    vary,
+)
 
 from chaosec2panic import guest
 from chaosec2panic.guest.parsers import dump_files, kdump_verdict, parse_report
@@ -22,7 +31,6 @@ from chaosec2panic.probes import instance_healthy, kdump_armed
 from chaosec2panic.ssm import run_script
 
 LINUX = guest.PLATFORMS["linux"]
-CLI = str(Path(sys.executable).with_name("chaosec2panic"))
 
 
 def real(name: str, role: str, **settings) -> dict:
@@ -200,19 +208,9 @@ class TestRealGuestLifecycle:
 def test_a_killed_lab_leaves_no_qemu_behind(tmp_path):
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text("instances:\n  - {name: orphan-check, kind: qemu}\n")
-    proc = subprocess.Popen(
-        [CLI, "lab", "up", "--fleet", str(fleet), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("export ") or len(lines) > 50:
-            break
-    instance_id = re.search(r"orphan-check\s+(i-\w+)", "".join(lines)).group(1)
-    assert qemu_of(instance_id), "".join(lines)
+    proc, text = lab_up_process(fleet)
+    instance_id = re.search(r"orphan-check\s+(i-\w+)", text).group(1)
+    assert qemu_of(instance_id), text
     proc.kill()
     proc.wait(timeout=30)
     deadline = time.monotonic() + 10
