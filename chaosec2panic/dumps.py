@@ -1,10 +1,11 @@
 """Crash dumps, dmesg and console text: detect, parse, judge, without the ``crash`` tool.
 
-Two levels. ``identify_dump`` judges a dump from its first and last bytes (what an SSM probe
-can bring back). ``inspect_source`` / ``inspect_path`` read a whole dump file the way its
-producer laid it out, but only the parts that say whether it is whole: headers, the
-makedumpfile bitmaps and page descriptors, the flattened record headers, ELF program headers
-and notes, the Windows header; page data is never read.
+``inspect_source`` / ``inspect_path`` read a dump file the way its producer laid it out, but only
+the parts that say whether it is whole: headers, the makedumpfile bitmaps and page descriptors,
+the flattened record headers, ELF program headers and notes, the Windows header; page data is
+never read. The same readers judge the first blocks and last bytes of a dump that the
+``crash_dumps`` guest script sends, held at their offsets in a ``SparseSource``: what a reader
+needs and was not sent is a problem that says what could not be checked, never zeros.
 
 Parsers never raise on bad input; they return what they could read and a list of problems,
 each naming the field, the offset, what was expected and what was found.
@@ -17,17 +18,17 @@ import struct
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, List, Protocol, Tuple
+from typing import BinaryIO, Callable, Dict, Iterable, List, Protocol, Tuple
 
 __all__ = [
     "BytesSource",
     "ConsoleFindings",
-    "DumpHeader",
     "FileSource",
     "Inspection",
+    "NotHeld",
     "Source",
+    "SparseSource",
     "console_findings",
-    "identify_dump",
     "inspect_path",
     "inspect_source",
     "read_elf",
@@ -45,7 +46,6 @@ WINDOWS_SIGNATURE = b"PAGEDU64"
 KDUMP_STATUS_INCOMPLETE = 0x8
 KDUMP_COMPRESSION = {0x1: "zlib", 0x2: "lzo", 0x4: "snappy", 0x20: "zstd"}
 UTS_FIELD = 65
-UTS_OFFSET = 12
 ET_CORE = 4
 ELF_FLAG_INCOMPLETE = 0x1
 WINDOWS_BUGCHECK_OFFSET = 0x38
@@ -53,130 +53,8 @@ NMI_BUGCHECK = 0x80
 WRITING_NAMES = frozenset({"vmcore-incomplete", "dump-incomplete"})
 
 
-@dataclass(frozen=True)
-class DumpHeader:
-    """What the first and last bytes of a dump file say about it."""
-
-    format: str
-    complete: bool | None
-    kernel_release: str = ""
-    machine: str = ""
-    crash_time: str = ""
-    compression: str = ""
-    bugcheck: int | None = None
-    problems: List[str] = field(default_factory=list)
-
-    def to_dict(self) -> Dict[str, object]:
-        return {
-            "format": self.format,
-            "complete": self.complete,
-            "kernel_release": self.kernel_release,
-            "machine": self.machine,
-            "crash_time": self.crash_time,
-            "compression": self.compression,
-            "bugcheck": self.bugcheck,
-            "problems": list(self.problems),
-        }
-
-
 def _cstr(data: bytes, offset: int, size: int) -> str:
     return data[offset : offset + size].split(b"\0", 1)[0].decode("ascii", "replace")
-
-
-def _short(name: str, data: bytes, need: int) -> List[str]:
-    if len(data) >= need:
-        return []
-    return [f"{name}: header cut short at offset {len(data)}, expected at least {need} bytes"]
-
-
-def _kdump(head: bytes, tail: bytes) -> DumpHeader:
-    problems = _short("kdump-compressed", head, 428)
-    if problems:
-        return DumpHeader("kdump-compressed", None, problems=problems)
-    (seconds,) = struct.unpack_from("<q", head, 408)
-    (status,) = struct.unpack_from("<I", head, 424)
-    incomplete = bool(status & KDUMP_STATUS_INCOMPLETE)
-    if incomplete:
-        problems.append(f"status at offset 424: incomplete flag 0x8 set (status 0x{status:x})")
-    try:
-        crash_time = datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-    except (OverflowError, OSError, ValueError):
-        crash_time = ""
-        problems.append(f"timestamp at offset 408: {seconds} is not a time")
-    return DumpHeader(
-        "kdump-compressed",
-        not incomplete,
-        kernel_release=_cstr(head, UTS_OFFSET + 2 * UTS_FIELD, UTS_FIELD),
-        machine=_cstr(head, UTS_OFFSET + 4 * UTS_FIELD, UTS_FIELD),
-        crash_time=crash_time,
-        compression=",".join(n for bit, n in KDUMP_COMPRESSION.items() if status & bit) or "none",
-        problems=problems,
-    )
-
-
-def _flattened(head: bytes, tail: bytes) -> DumpHeader:
-    complete = tail[-16:] == FLAT_END_RECORD
-    problems = (
-        []
-        if complete
-        else [f"end record: expected 16 bytes of 0xff at the end, found {tail[-16:].hex() or 'nothing'}"]
-    )
-    return DumpHeader("flattened", complete, problems=problems)
-
-
-def _elf(head: bytes, tail: bytes) -> DumpHeader:
-    problems = _short("elf", head, 52)
-    if problems:
-        return DumpHeader("elf", None, problems=problems)
-    (e_type,) = struct.unpack_from("<H", head, 16)
-    if e_type != ET_CORE:
-        return DumpHeader(
-            "elf", False, problems=[f"e_type at offset 16: expected 4 (ET_CORE), found {e_type}"]
-        )
-    flags_offset = 48 if head[4] == 2 else 36
-    (flags,) = struct.unpack_from("<I", head, flags_offset)
-    incomplete = bool(flags & ELF_FLAG_INCOMPLETE)
-    problems = [f"e_flags at offset {flags_offset}: incomplete flag 0x1 set"] if incomplete else []
-    return DumpHeader("elf", not incomplete, problems=problems)
-
-
-def _windows(head: bytes, tail: bytes) -> DumpHeader:
-    problems = _short("windows", head, WINDOWS_BUGCHECK_OFFSET + 4)
-    if problems:
-        return DumpHeader("windows", None, problems=problems)
-    (code,) = struct.unpack_from("<I", head, WINDOWS_BUGCHECK_OFFSET)
-    return DumpHeader("windows", True, bugcheck=code)
-
-
-FORMATS: List[tuple[bytes, Callable[[bytes, bytes], DumpHeader]]] = [
-    (KDUMP_SIGNATURE, _kdump),
-    (FLAT_SIGNATURE, _flattened),
-    (ELF_MAGIC, _elf),
-    (WINDOWS_SIGNATURE, _windows),
-]
-
-
-def identify_dump(head: bytes, tail: bytes, name: str = "") -> DumpHeader:
-    """Identify a dump by its magic and judge it from its first bytes and its last 16 bytes.
-
-    A file named as the distros name a dump being written (``vmcore-incomplete``,
-    ``dump-incomplete``) is incomplete whatever its header says.
-    """
-    for magic, parse in FORMATS:
-        if head.startswith(magic):
-            found = parse(head, tail)
-            break
-    else:
-        found = DumpHeader(
-            "unknown",
-            None,
-            problems=[f"signature at offset 0: no known dump magic, found {head[:16].hex() or 'nothing'}"],
-        )
-    base = name.rsplit("/", 1)[-1]
-    if base in WRITING_NAMES:
-        problems = [*found.problems, f"name: {base} (makedumpfile did not finish)"]
-        return DumpHeader(**{**found.__dict__, "complete": False, "problems": problems})
-    return found
 
 
 NMI_RECEIVED = re.compile(r"NMI received for unknown reason \w+ on CPU \d+")
@@ -232,12 +110,68 @@ def console_findings(text: str) -> ConsoleFindings:
 
 
 class Source(Protocol):
-    """Random access to a dump: ``read`` returns at most ``size`` bytes, fewer at end of file."""
+    """Random access to a dump: ``read`` returns at most ``size`` bytes, fewer at end of file.
+
+    A source that holds only parts of a file raises ``NotHeld`` for a read of any other byte
+    before the end of the file; every reader catches it.
+    """
 
     @property
     def size(self) -> int: ...
 
     def read(self, offset: int, size: int) -> bytes: ...
+
+
+class NotHeld(Exception):
+    """A read of bytes a source does not hold (not sent by the guest; in no flattened record
+    read): what depends on them cannot be judged, and a reader says so in its problems."""
+
+    def __init__(self, offset: int, size: int, why: str):
+        super().__init__(f"{size} bytes at offset {offset}: {why}")
+        self.offset, self.size, self.why = offset, size, why
+
+    def problem(self, name: str, consequence: str = "") -> str:
+        found = _problem(name, self.offset, f"{self.size} bytes", self.why)
+        return f"{found}: {consequence}" if consequence else found
+
+
+class SparseSource:
+    """Parts of a file at their offsets, and the file's real size: what ``crash_dumps`` sends
+    of a dump (its first blocks and its last bytes). A read of any other byte raises
+    ``NotHeld``: what was not sent never reads as zeros."""
+
+    def __init__(self, size: int, parts: Iterable[Tuple[int, bytes]]):
+        self._size = size
+        merged: List[Tuple[int, bytes]] = []
+        for offset, data in sorted((o, d[: max(0, size - o)]) for o, d in parts if o >= 0):
+            if merged and offset <= merged[-1][0] + len(merged[-1][1]):
+                start, held = merged[-1]
+                merged[-1] = (start, held + data[start + len(held) - offset :])
+            elif data:
+                merged.append((offset, data))
+        self._parts = merged
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size <= 0 or offset >= self._size:
+            return b""
+        end = min(offset + size, self._size)
+        for start, data in self._parts:
+            if start <= offset and end <= start + len(data):
+                return data[offset - start : end - start]
+        raise NotHeld(offset, end - offset, "not sent by the guest")
+
+
+def _held(src: Source, offset: int, size: int, name: str, problems: List[str]) -> bytes | None:
+    """``src.read``, or None and a problem when the source does not hold those bytes."""
+    try:
+        return src.read(offset, size)
+    except NotHeld as e:
+        problems.append(e.problem(name))
+        return None
 
 
 @dataclass(frozen=True)
@@ -354,6 +288,7 @@ PAGE_DESC_CHUNK = 1 << 16  # descriptors per read: 1.5 MiB
 BITMAP_CHUNK = 1 << 20
 VMCOREINFO_MAX = 1 << 20
 MAX_LISTED = 3  # bad descriptors named one by one; the rest are counted
+UNCHECKED_PAGES = "whether page data is missing is not checked"
 
 
 def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
@@ -364,20 +299,19 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
     descriptors are read, in chunks, rather than the last few: makedumpfile points every
     zero-filled page at one shared copy written first, so the last descriptors of a real dump
     (those of the Debian fixture included) often point back at the start of the page data.
+    From a source that does not hold the bitmap or the descriptors (the first blocks a guest
+    sends), the file is judged by its flag and by the size its header implies, and a problem
+    says that missing page data was not checked.
     """
     name = "kdump-compressed"
-    head = src.read(0, KDUMP_HEADER_SIZE)
-    fields = _unpack("<8si390s6xqqIiiIIIIIIi", head, 0)
-    if fields is None:
-        return Inspection(
-            "",
-            "vmcore",
-            name,
-            None,
-            problems=(_problem("header", len(head), f"{KDUMP_HEADER_SIZE} bytes", "end of file"),),
-        )
-    _sig, version, uts, seconds, _usec, status, block, sub_blocks, bitmap_blocks, max_mapnr = fields[:10]
     problems: List[str] = []
+    head = _held(src, 0, KDUMP_HEADER_SIZE, "header", problems)
+    fields = None if head is None else _unpack("<8si390s6xqqIiiIIIIIIi", head, 0)
+    if fields is None:
+        if head is not None:
+            problems.append(_problem("header", len(head), f"{KDUMP_HEADER_SIZE} bytes", "end of file"))
+        return Inspection("", "vmcore", name, None, problems=tuple(problems))
+    _sig, version, uts, seconds, _usec, status, block, sub_blocks, bitmap_blocks, max_mapnr = fields[:10]
     release = _cstr(uts, 2 * UTS_FIELD, UTS_FIELD)
     machine = _cstr(uts, 4 * UTS_FIELD, UTS_FIELD)
     compression = ",".join(n for bit, n in KDUMP_COMPRESSION.items() if status & bit) or "none"
@@ -420,10 +354,10 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
         )
         return result(None)
 
-    sub = src.read(block, KDUMP_SUB_HEADER_SIZE) if sub_blocks else b""
+    sub = _held(src, block, KDUMP_SUB_HEADER_SIZE, "sub-header", problems) if sub_blocks else b""
     info: Dict[str, str] = {}
     erase_end = 0
-    if version >= 3 and sub_blocks:
+    if version >= 3 and sub_blocks and sub is not None:
         where = _unpack("<qQ", sub, KDUMP_SUB_VMCOREINFO)
         if where is None:
             problems.append(
@@ -441,9 +375,10 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
                 )
             )
         elif vi_size:
-            info = _vmcoreinfo(src.read(vi_offset, vi_size))
+            text = _held(src, vi_offset, vi_size, "VMCOREINFO", problems)
+            info = _vmcoreinfo(text) if text is not None else {}
             details["dump_level"] = (_unpack("<i", sub, 8) or (None,))[0]
-    if version >= 5 and sub_blocks:
+    if version >= 5 and sub:
         erase = _unpack("<qQ", sub, KDUMP_SUB_ERASEINFO)
         if erase and erase[1] and erase[0] > 0:
             erase_end = erase[0] + erase[1]
@@ -460,8 +395,13 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
         )
         return result(False, info)
     dumpable = 0
-    for at in range(bitmap2, bitmap2 + half, BITMAP_CHUNK):
-        dumpable += int.from_bytes(src.read(at, min(BITMAP_CHUNK, bitmap2 + half - at)), "little").bit_count()
+    try:
+        for at in range(bitmap2, bitmap2 + half, BITMAP_CHUNK):
+            chunk = src.read(at, min(BITMAP_CHUNK, bitmap2 + half - at))
+            dumpable += int.from_bytes(chunk, "little").bit_count()
+    except NotHeld as e:
+        problems.append(e.problem("second bitmap", UNCHECKED_PAGES))
+        return result(complete, info)
     table = bitmap2 + half
     data_start = table + dumpable * PAGE_DESC.size
     details.update(dumpable_pages=dumpable, max_mapnr=max_mapnr, page_data_offset=data_start)
@@ -479,7 +419,11 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
     data_end, bad = data_start, 0
     for first in range(0, dumpable, PAGE_DESC_CHUNK):
         count = min(PAGE_DESC_CHUNK, dumpable - first)
-        chunk = src.read(table + first * PAGE_DESC.size, count * PAGE_DESC.size)
+        try:
+            chunk = src.read(table + first * PAGE_DESC.size, count * PAGE_DESC.size)
+        except NotHeld as e:
+            problems.append(e.problem("page descriptors", UNCHECKED_PAGES))
+            return result(complete, info)
         for n, (offset, size, _flags, _pflags) in enumerate(PAGE_DESC.iter_unpack(chunk), first):
             if offset < data_start or not 0 < size <= block:
                 bad += 1
@@ -531,11 +475,14 @@ class FlattenedSource:
     """The kdump-compressed file a flattened stream rebuilds to (``makedumpfile -R``), read in place.
 
     Later records win where they overlap, as when makedumpfile rewrites its header at the end.
-    Ranges no record covers read as zeros, like the holes ``-R`` leaves.
+    When the stream was read to its end record (``whole``), ranges no record covers read as
+    zeros, like the holes ``-R`` leaves; otherwise a record not read may hold them, and
+    reading them raises ``NotHeld``.
     """
 
-    def __init__(self, src: Source, records: List[FlatRecord]):
+    def __init__(self, src: Source, records: List[FlatRecord], whole: bool):
         self._src = src
+        self._whole = whole
         self._records = sorted(records, key=lambda r: r.offset)
         self._starts = [r.offset for r in self._records]
         self._longest = max((r.size for r in records), default=0)
@@ -546,17 +493,30 @@ class FlattenedSource:
         return self._size
 
     def read(self, offset: int, size: int) -> bytes:
-        if offset < 0 or size <= 0 or offset >= self._size:
+        if offset < 0 or size <= 0 or (self._whole and offset >= self._size):
             return b""
-        end = min(offset + size, self._size)
+        end = min(offset + size, self._size) if self._whole else offset + size
         out = bytearray(end - offset)
+        covered: List[Tuple[int, int]] = []
         lo = bisect.bisect_left(self._starts, offset - self._longest)
         hi = bisect.bisect_left(self._starts, end)
         for r in sorted(self._records[lo:hi], key=lambda r: r.at):
             a, b = max(offset, r.offset), min(end, r.offset + r.size)
             if a < b:
-                data = self._src.read(r.at + 16 + a - r.offset, b - a)
+                try:
+                    data = self._src.read(r.at + 16 + a - r.offset, b - a)
+                except NotHeld as e:  # said at its place in the rebuilt file
+                    raise NotHeld(a, b - a, e.why) from e
                 out[a - offset : a - offset + len(data)] = data
+                covered.append((a, b))
+        if not self._whole:
+            reach = offset
+            for a, b in sorted(covered):
+                if a > reach:
+                    break
+                reach = max(reach, b)
+            if reach < end:
+                raise NotHeld(reach, end - reach, "in none of the records read")
         return bytes(out)
 
 
@@ -565,23 +525,29 @@ def read_flattened(src: Source) -> Inspection:
 
     Record headers are read one by one and their data skipped; the kdump-compressed file the
     records rebuild is then read through ``FlattenedSource`` for its header and VMCOREINFO,
-    and, when the stream is whole, for its page descriptors too.
+    and, when the stream is whole, for its page descriptors too. When the source holds only
+    the first records (the first blocks a guest sends), the stream is judged by the end
+    record in its last 16 bytes: makedumpfile writes it after every other record.
     """
     name = "flattened"
-    head = src.read(0, 32)
-    fields = _unpack(">16sqq", head, 0)
-    if fields is None or not fields[0].startswith(FLAT_SIGNATURE):
-        found = "end of file" if fields is None else fields[0].hex()
-        return Inspection(
-            "", "vmcore", name, None, problems=(_problem("signature", 0, "makedumpfile", found),)
-        )
     problems: List[str] = []
+    head = _held(src, 0, 32, "signature", problems)
+    fields = None if head is None else _unpack(">16sqq", head, 0)
+    if fields is None or not fields[0].startswith(FLAT_SIGNATURE):
+        if head is not None:
+            found = "end of file" if fields is None else fields[0].hex()
+            problems.append(_problem("signature", 0, "makedumpfile", found))
+        return Inspection("", "vmcore", name, None, problems=tuple(problems))
     if (fields[1], fields[2]) != (FLAT_TYPE, FLAT_VERSION):
         problems.append(_problem("type, version", 16, (FLAT_TYPE, FLAT_VERSION), (fields[1], fields[2])))
     records: List[FlatRecord] = []
-    at, ended = FLAT_RECORDS_AT, False
+    at, ended, unread = FLAT_RECORDS_AT, False, None
     while True:
-        raw = src.read(at, 16)
+        try:
+            raw = src.read(at, 16)
+        except NotHeld as e:
+            unread = e
+            break
         if len(raw) < 16:
             found = "end of file" if not raw else f"{len(raw)} bytes then end of file"
             problems.append(
@@ -607,19 +573,29 @@ def read_flattened(src: Source) -> Inspection:
             break
         records.append(FlatRecord(at, offset, size))
         at += 16 + size
-    inner = FlattenedSource(src, records)
-    details: Dict[str, object] = {"records": len(records), "end_record": ended, "rebuilt_size": inner.size}
-    if not inner.read(0, 8).startswith(KDUMP_SIGNATURE):
-        problems.append(
-            _problem(
-                "rebuilt file signature", 0, "KDUMP   ", inner.read(0, 8).hex() or "no record at offset 0"
-            )
+    defects = bool(problems)
+    whole = ended and not defects
+    end_record: bool | None = ended
+    if unread is not None:
+        problems.append(unread.problem("record header", "the records from there on are not checked"))
+        end_record = _end_record(src, problems)
+    inner = FlattenedSource(src, records, whole)
+    details: Dict[str, object] = {
+        "records": len(records),
+        "end_record": end_record,
+        "rebuilt_size": inner.size,
+    }
+    signature = _held(inner, 0, 8, "rebuilt file signature", problems)
+    if signature is None or not signature.startswith(KDUMP_SIGNATURE):
+        if signature is not None:
+            found = signature.hex() or "no record at offset 0"
+            problems.append(_problem("rebuilt file signature", 0, "KDUMP   ", found))
+        return Inspection(
+            "", "vmcore", name, False if end_record is False else None, problems=tuple(problems)
         )
-        return Inspection("", "vmcore", name, False if not ended else None, problems=tuple(problems))
-    whole = ended and not problems
     rebuilt = read_kdump(inner, check_pages=whole)
     problems.extend(f"rebuilt file: {p}" for p in rebuilt.problems)
-    complete = rebuilt.complete if whole else False
+    complete = False if defects or end_record is False else (rebuilt.complete if end_record else None)
     return replace(
         rebuilt,
         format=name,
@@ -627,6 +603,17 @@ def read_flattened(src: Source) -> Inspection:
         problems=tuple(problems),
         details={**rebuilt.details, **details},
     )
+
+
+def _end_record(src: Source, problems: List[str]) -> bool | None:
+    """Whether the last 16 bytes are the end record (None when the source does not hold them)."""
+    at = max(0, src.size - 16)
+    tail = _held(src, at, 16, "end record", problems)
+    if tail is None:
+        return None
+    if tail != FLAT_END_RECORD:
+        problems.append(_problem("end record", at, "16 bytes of 0xff at the end of the file", tail.hex()))
+    return tail == FLAT_END_RECORD
 
 
 # ELF core (the System V gABI): /proc/vmcore as the kernel shows it, or makedumpfile -E.
@@ -662,11 +649,12 @@ ELF_LAYOUTS = {
 def read_elf(src: Source) -> Inspection:
     """An ELF core: ET_CORE, the incomplete flag, every segment inside the file, VMCOREINFO."""
     name = "elf"
-    head = src.read(0, 64)
-    if len(head) < 52:
-        return Inspection(
-            "", "vmcore", name, None, problems=(_problem("ELF header", len(head), "52 bytes", "end of file"),)
-        )
+    problems: List[str] = []
+    head = _held(src, 0, 64, "ELF header", problems)
+    if head is None or len(head) < 52:
+        if head is not None:
+            problems.append(_problem("ELF header", len(head), "52 bytes", "end of file"))
+        return Inspection("", "vmcore", name, None, problems=tuple(problems))
     layout = ELF_LAYOUTS.get(head[4])
     if head[5] not in (1, 2) or layout is None or len(head) < layout.header_size:
         return Inspection(
@@ -691,39 +679,48 @@ def read_elf(src: Source) -> Inspection:
     (phoff,) = struct.unpack_from(end + layout.phoff, head, layout.phoff_at)
     (flags,) = struct.unpack_from(end + "I", head, layout.flags_at)
     phentsize, phnum = struct.unpack_from(end + "HH", head, layout.phentsize_at)
-    problems: List[str] = []
     complete: bool | None = True
     if flags & ELF_FLAG_INCOMPLETE:
         problems.append(_problem("e_flags", layout.flags_at, "incomplete flag 0x1 clear", f"0x{flags:x}"))
         complete = False
     if phnum == PN_XNUM:  # the real count is in section header 0's sh_info
         (shoff,) = struct.unpack_from(end + layout.phoff, head, layout.shoff_at)
-        got = _unpack(end + "I", src.read(shoff + layout.sh_info_at, 4), 0)
+        sh_info = _held(src, shoff + layout.sh_info_at, 4, "section header 0 sh_info", problems)
+        got = None if sh_info is None else _unpack(end + "I", sh_info, 0)
         if got is None:
-            problems.append(
-                _problem("section header 0 sh_info", shoff + layout.sh_info_at, "e_phnum", "end of file")
-            )
+            if sh_info is not None:
+                problems.append(
+                    _problem("section header 0 sh_info", shoff + layout.sh_info_at, "e_phnum", "end of file")
+                )
             return Inspection("", "vmcore", name, None, machine=machine, problems=tuple(problems))
         (phnum,) = got
     entry = struct.calcsize(end + layout.phdr)
     if phentsize != entry:
         problems.append(_problem("e_phentsize", layout.phentsize_at, entry, phentsize))
         return Inspection("", "vmcore", name, None, machine=machine, problems=tuple(problems))
-    table = src.read(phoff, phnum * entry)
+    table = _held(src, phoff, phnum * entry, "program headers", problems)
+    if table is None:
+        return Inspection(
+            "", "vmcore", name, None if complete else False, machine=machine, problems=tuple(problems)
+        )
     if len(table) < phnum * entry:
         problems.append(
             _problem("program headers", phoff + len(table), f"{phnum} of {entry} bytes", "end of file")
         )
         return Inspection("", "vmcore", name, False, machine=machine, problems=tuple(problems))
     info: Dict[str, str] = {}
+    notes_held = True
     expected = 0
     for n in range(phnum):
         values = struct.unpack_from(end + layout.phdr, table, n * entry)
         p_type, p_offset, p_filesz = (values[i] for i in layout.phdr_fields)
         expected = max(expected, p_offset + p_filesz)
         if p_type == PT_NOTE and not info and p_offset + p_filesz <= src.size and p_filesz <= NOTE_MAX:
-            info, note_problems = _elf_notes(src.read(p_offset, p_filesz), p_offset, end)
-            problems.extend(note_problems)
+            notes = _held(src, p_offset, p_filesz, "PT_NOTE", problems)
+            notes_held = notes is not None
+            if notes is not None:
+                info, note_problems = _elf_notes(notes, p_offset, end)
+                problems.extend(note_problems)
     details: Dict[str, object] = {"segments": phnum, "expected_size": expected}
     if src.size < expected:
         problems.append(
@@ -735,7 +732,7 @@ def read_elf(src: Source) -> Inspection:
             )
         )
         complete = False
-    if not info:
+    if not info and notes_held:
         problems.append("PT_NOTE: no VMCOREINFO note")
     return Inspection(
         "",
@@ -793,21 +790,19 @@ BUGCHECK_NAMES = {0x80: "NMI_HARDWARE_FAILURE"}
 
 def read_windows(src: Source) -> Inspection:
     """A Windows 64-bit kernel/full dump: bugcheck, dump type, time, and size against RequiredDumpSpace."""
-    head = src.read(0, WINDOWS_HEADER_SIZE + 8)
-    if len(head) < WINDOWS_TIME_OFFSET + 8:
-        return Inspection(
-            "",
-            "windows-dump",
-            "unknown",
-            None,
-            problems=(_problem("DUMP_HEADER64", len(head), f"{WINDOWS_HEADER_SIZE} bytes", "end of file"),),
-        )
+    problems: List[str] = []
+    head = _held(src, 0, WINDOWS_HEADER_SIZE + 8, "DUMP_HEADER64", problems)
+    if head is None or len(head) < WINDOWS_TIME_OFFSET + 8:
+        if head is not None:
+            problems.append(
+                _problem("DUMP_HEADER64", len(head), f"{WINDOWS_HEADER_SIZE} bytes", "end of file")
+            )
+        return Inspection("", "windows-dump", "unknown", None, problems=tuple(problems))
     (code,) = struct.unpack_from("<I", head, WINDOWS_BUGCHECK_OFFSET)
     params = struct.unpack_from("<4Q", head, 0x40)
     (dump_type,) = struct.unpack_from("<I", head, WINDOWS_DUMPTYPE_OFFSET)
     (required,) = struct.unpack_from("<q", head, WINDOWS_REQUIRED_OFFSET)
     (filetime,) = struct.unpack_from("<q", head, WINDOWS_TIME_OFFSET)
-    problems: List[str] = []
     fmt = WINDOWS_DUMP_TYPES.get(dump_type, "unknown")
     if fmt == "unknown":
         problems.append(_problem("DumpType", WINDOWS_DUMPTYPE_OFFSET, "1, 2, 5 or 6", dump_type))
@@ -985,37 +980,42 @@ def _looks_like_text(head: bytes) -> bool:
 
 def inspect_source(src: Source, name: str = "") -> Inspection:
     """Identify a file by its magic (else as kernel text) and judge it with the matching reader."""
-    head = src.read(0, 4096)
-    for magic, reader in READERS:
-        if head.startswith(magic):
-            found = reader(src)
-            break
-    else:
-        if _looks_like_text(head):
-            text = src.read(0, TEXT_LIMIT).decode("utf-8", "replace")
-            found = read_text(text, name)
-            if src.size > TEXT_LIMIT:
-                found = replace(
-                    found, problems=(*found.problems, f"text: only the first {TEXT_LIMIT} bytes were read")
-                )
-        else:
-            found = Inspection(
-                "",
-                "unknown",
-                "unknown",
-                None,
-                problems=(
-                    _problem(
-                        "signature", 0, "a dump magic or kernel text", head[:16].hex() or "an empty file"
-                    ),
-                ),
-            )
+    found = _judge(src, name)
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     if found.kind == "vmcore" and base in WRITING_NAMES:
         found = replace(
             found, complete=False, problems=(*found.problems, f"name: {base} (makedumpfile did not finish)")
         )
     return replace(found, path=name)
+
+
+def _judge(src: Source, name: str) -> Inspection:
+    """The reader of the file's magic, else kernel text, else unknown."""
+    problems: List[str] = []
+    head = _held(src, 0, 4096, "signature", problems)
+    if head is None:
+        return Inspection("", "unknown", "unknown", None, problems=tuple(problems))
+    for magic, reader in READERS:
+        if head.startswith(magic):
+            return reader(src)
+    if not _looks_like_text(head):
+        seen = head[:16].hex() or "an empty file"
+        return Inspection(
+            "",
+            "unknown",
+            "unknown",
+            None,
+            problems=(_problem("signature", 0, "a dump magic or kernel text", seen),),
+        )
+    raw = _held(src, 0, TEXT_LIMIT, "text", problems)
+    if raw is None:
+        return Inspection("", "unknown", "text", None, problems=tuple(problems))
+    found = read_text(raw.decode("utf-8", "replace"), name)
+    if src.size > TEXT_LIMIT:
+        found = replace(
+            found, problems=(*found.problems, f"text: only the first {TEXT_LIMIT} bytes were read")
+        )
+    return found
 
 
 def inspect_path(path: Path) -> Inspection:

@@ -11,8 +11,9 @@ import pytest
 from chaosec2panic.dumps import (
     BytesSource,
     FileSource,
+    NotHeld,
+    SparseSource,
     console_findings,
-    identify_dump,
     inspect_path,
     inspect_source,
     read_elf,
@@ -22,107 +23,6 @@ from chaosec2panic.dumps import (
     read_windows,
 )
 from chaosec2panic.lab.dumpwriter import kdump_header
-
-
-def kdump_bytes(
-    release: str = "6.1.0-26-amd64", machine: str = "x86_64", status: int = 0x2, seconds: int = 1767225600
-) -> bytes:
-    """A kdump-compressed header laid out by hand from makedumpfile's diskdump_data.h."""
-    head = bytearray(4096)
-    head[0:8] = b"KDUMP   "
-    struct.pack_into("<i", head, 8, 6)
-    for n, text in enumerate(["Linux", "node", release, "#1 SMP", machine, "(none)"]):
-        head[12 + 65 * n : 12 + 65 * n + len(text)] = text.encode()
-    struct.pack_into("<qqI", head, 408, seconds, 0, status)
-    return bytes(head)
-
-
-def test_kdump_compressed_header_fields():
-    found = identify_dump(kdump_bytes()[:512], b"\0" * 16, "/var/crash/x/vmcore")
-    assert (found.format, found.complete) == ("kdump-compressed", True)
-    assert (found.kernel_release, found.machine) == ("6.1.0-26-amd64", "x86_64")
-    assert found.crash_time == "2026-01-01T00:00:00Z"
-    assert found.compression == "lzo" and found.problems == []
-
-
-def test_kdump_incomplete_flag_is_reported_with_its_offset():
-    found = identify_dump(kdump_bytes(status=0x2 | 0x8)[:512], b"")
-    assert found.complete is False
-    assert found.problems == ["status at offset 424: incomplete flag 0x8 set (status 0xa)"]
-
-
-def test_lab_writer_and_reader_agree():
-    head = kdump_header("5.14.0-427.el9.x86_64", "x86_64", "web-1", 1767225600.5, 2048)
-    found = identify_dump(head[:512], b"")
-    assert (found.kernel_release, found.crash_time, found.complete) == (
-        "5.14.0-427.el9.x86_64",
-        "2026-01-01T00:00:00Z",
-        True,
-    )
-
-
-@pytest.mark.parametrize("cut", [8, 100, 300, 427])
-def test_truncated_kdump_header_is_a_problem_not_an_error(cut):
-    found = identify_dump(kdump_bytes()[:cut], b"")
-    assert found.format == "kdump-compressed" and found.complete is None
-    assert found.problems == [
-        f"kdump-compressed: header cut short at offset {cut}, expected at least 428 bytes"
-    ]
-
-
-def test_flattened_needs_its_end_record():
-    head = b"makedumpfile".ljust(16, b"\0") + struct.pack(">qq", 1, 1)
-    assert identify_dump(head, b"\xff" * 16).complete is True
-    missing = identify_dump(head, b"\0" * 16)
-    assert missing.complete is False and "end record" in missing.problems[0]
-
-
-def test_name_of_a_dump_being_written_means_incomplete():
-    for name in ("/var/crash/a/vmcore-incomplete", "/var/crash/202601010000/dump-incomplete"):
-        found = identify_dump(kdump_bytes()[:512], b"", name)
-        assert found.complete is False and "makedumpfile did not finish" in found.problems[-1]
-
-
-def elf(e_type: int, flags: int) -> bytes:
-    head = bytearray(64)
-    head[0:4] = b"\x7fELF"
-    head[4] = 2
-    struct.pack_into("<H", head, 16, e_type)
-    struct.pack_into("<I", head, 48, flags)
-    return bytes(head)
-
-
-def test_elf_core_and_its_incomplete_flag():
-    assert identify_dump(elf(4, 0), b"").complete is True
-    assert identify_dump(elf(4, 1), b"").complete is False
-    assert "e_type at offset 16" in identify_dump(elf(2, 0), b"").problems[0]
-
-
-def test_windows_dump_bugcheck():
-    head = bytearray(512)
-    head[0:8] = b"PAGEDU64"
-    struct.pack_into("<I", head, 0x38, 0x80)
-    assert identify_dump(bytes(head), b"").bugcheck == 0x80
-
-
-def test_unknown_bytes_name_what_was_found():
-    found = identify_dump(b"hello world", b"")
-    assert found.format == "unknown" and found.complete is None
-    assert found.problems == ["signature at offset 0: no known dump magic, found 68656c6c6f20776f726c64"]
-
-
-def test_random_and_truncated_input_never_raises():
-    rng = random.Random(7)
-    seeds = [kdump_bytes(), elf(4, 0), b"makedumpfile" + bytes(500), b"PAGEDU64" + bytes(8)]
-    for _ in range(3000):
-        base = rng.choice(seeds)
-        data = bytearray(base[: rng.randrange(len(base) + 1)])
-        for _ in range(rng.randrange(4)):
-            if data:
-                data[rng.randrange(len(data))] = rng.randrange(256)
-        found = identify_dump(bytes(data), bytes(rng.randrange(256) for _ in range(rng.randrange(17))))
-        assert found.complete is True or found.problems or found.format == "windows"
-
 
 PANIC_CONSOLE = """[ 3600.216325] Uhhuh. NMI received for unknown reason 3d on CPU 0.
 [ 3600.216325] Do you have a strange power saving mode enabled?
@@ -155,20 +55,6 @@ REAL = Path(__file__).parent / "fixtures" / "real"
 
 def real(name: str) -> bytes:
     return (REAL / name).read_bytes()
-
-
-def test_real_kdump_compressed_header():
-    found = identify_dump(real("vmcore.kdump-compressed.head")[:512], b"", "/var/crash/127.0.0.1-x/vmcore")
-    assert (found.format, found.complete, found.problems) == ("kdump-compressed", True, [])
-    assert (found.kernel_release, found.machine) == ("6.1.0-57-amd64", "x86_64")
-    assert found.compression == "lzo" and found.crash_time.startswith("2026-11-29T12:09")
-
-
-def test_real_flattened_dump_and_the_same_dump_cut_short():
-    head, tail = real("vmcore.flattened.head")[:512], real("vmcore.flattened.tail")
-    assert identify_dump(head, tail[-16:]).complete is True
-    cut = identify_dump(head, tail[-1000:-984])
-    assert cut.complete is False and cut.problems[0].startswith("end record: expected 16 bytes of 0xff")
 
 
 @pytest.mark.parametrize(
@@ -492,6 +378,193 @@ def test_windows_dump_cut_short_and_unknown_type(tmp_path):
 def test_windows_header_cut_short():
     found = read_windows(BytesSource(b"PAGEDU64" + bytes(100)))
     assert found.problems == ("DUMP_HEADER64 at offset 108: expected 8192 bytes, found end of file",)
+
+
+# --- The first blocks a guest sends: the same readers over a SparseSource -----------------------
+
+UNCHECKED_KDUMP_PAGES = (
+    "page descriptors at offset 32768: expected 499704 bytes, found not sent by the guest: "
+    "whether page data is missing is not checked"
+)
+
+
+def span(parts: list[tuple[int, bytes]], start: int, end: int) -> bytes:
+    """Bytes ``start`` to ``end`` of a fixture as its file holds them (zeros in the holes)."""
+    out = bytearray(max(0, end - start))
+    for offset, data in parts:
+        a, b = max(start, offset), min(end, offset + len(data))
+        if a < b:
+            out[a - start : b - start] = data[a - offset : b - offset]
+    return bytes(out)
+
+
+def sent(name: str, first: int = 65536, last: int = 16) -> SparseSource:
+    """What ``crash_dumps`` sends of a fixture: its first ``first`` bytes and its last ``last``."""
+    parts, size = fixture_extents(name)
+    tail_at = max(0, size - last)
+    return SparseSource(size, [(0, span(parts, 0, min(first, size))), (tail_at, span(parts, tail_at, size))])
+
+
+def test_a_sparse_source_reads_what_was_sent_and_nothing_else():
+    src = SparseSource(100, [(0, b"abcd"), (4, b"efgh"), (2, b"cd"), (96, b"wxyz!"), (300, b"far")])
+    assert src.size == 100 and src.read(2, 4) == b"cdef"  # adjacent and overlapping parts merge
+    assert src.read(96, 10) == b"wxyz" and src.read(100, 5) == b"" and src.read(-1, 5) == b""
+    with pytest.raises(NotHeld) as refused:
+        src.read(6, 4)
+    assert (refused.value.offset, refused.value.size) == (6, 4)
+    assert refused.value.problem("x") == "x at offset 6: expected 4 bytes, found not sent by the guest"
+    with pytest.raises(NotHeld):
+        src.read(90, 8)  # never zeros for what was not sent
+    assert SparseSource(10, []).size == 10
+
+
+def test_the_first_blocks_of_a_real_kdump_give_its_header_and_vmcoreinfo():
+    found = inspect_source(sent("kdump-compressed"), "/var/crash/127.0.0.1-x/vmcore")
+    assert (found.kind, found.format, found.complete) == ("vmcore", "kdump-compressed", True)
+    assert (found.kernel_release, found.machine, found.crash_time) == (
+        "6.1.0-57-amd64",
+        "x86_64",
+        "2026-11-29T12:09:10Z",
+    )
+    assert found.details["compression"] == "lzo" and found.details["dump_level"] == 31
+    assert found.details["dumpable_pages"] == 20821  # the second bitmap was sent
+    assert found.problems == (UNCHECKED_KDUMP_PAGES,)
+
+
+def test_the_first_blocks_show_the_incomplete_flag_and_a_file_cut_in_its_descriptors():
+    flagged = inspect_source(sent("kdump-compressed-incomplete-flag"))
+    assert flagged.complete is False
+    assert flagged.problems == (
+        "status at offset 424: expected incomplete flag 0x8 clear, found 0xa",
+        UNCHECKED_KDUMP_PAGES,
+    )
+    cut = inspect_source(sent("kdump-compressed-cut-in-descriptors"))
+    assert cut.complete is False and cut.problems == (
+        "page descriptors at offset 100000: expected 20821 descriptors of 24 bytes from 32768 to "
+        "532472, found end of file",
+    )
+
+
+@pytest.mark.parametrize("cut", [8, 100, 300, 463])
+def test_a_kdump_header_cut_short_or_not_sent_is_a_problem_not_an_error(cut):
+    head = head_bytes("kdump-compressed")[:cut]
+    short = read_kdump(BytesSource(head))
+    assert (short.format, short.complete) == ("kdump-compressed", None)
+    assert short.problems == (f"header at offset {cut}: expected 464 bytes, found end of file",)
+    unsent = read_kdump(SparseSource(KDUMP_SIZE, [(0, head)]))
+    assert unsent.complete is None
+    assert unsent.problems == ("header at offset 0: expected 464 bytes, found not sent by the guest",)
+
+
+def test_lab_writer_and_reader_agree():
+    head = kdump_header("5.14.0-427.el9.x86_64", "x86_64", "web-1", 1767225600.5, 2048)
+    found = read_kdump(SparseSource(50 << 20, [(0, head)]))
+    assert (found.kernel_release, found.crash_time, found.complete) == (
+        "5.14.0-427.el9.x86_64",
+        "2026-01-01T00:00:00Z",
+        True,
+    )
+    assert found.problems == (
+        "sub-header at offset 4096: expected 104 bytes, found not sent by the guest",
+        "second bitmap at offset 12288: expected 4096 bytes, found not sent by the guest: "
+        "whether page data is missing is not checked",
+    )
+
+
+def test_a_flattened_stream_sent_in_part_is_judged_by_its_end_record():
+    unread = (
+        "record header at offset 104854: expected 16 bytes, found not sent by the guest: "
+        "the records from there on are not checked"
+    )
+    found = inspect_source(sent("flattened"))
+    assert (found.format, found.complete, found.problems) == ("flattened", True, (unread,))
+    assert (found.kernel_release, found.crash_time) == ("6.1.0-57-amd64", "2026-11-29T12:09:27Z")
+    assert found.details["end_record"] is True
+    parts, size = fixture_extents("flattened")
+    zeros = SparseSource(size, [(0, span(parts, 0, 65536)), (size - 16, bytes(16))])
+    assert read_flattened(zeros).complete is False
+    assert read_flattened(zeros).problems[1] == (
+        "end record at offset 23246814: expected 16 bytes of 0xff at the end of the file, found " + "00" * 16
+    )
+    no_tail = read_flattened(sent("flattened", last=0))
+    assert no_tail.complete is None
+    assert (
+        no_tail.problems[1] == "end record at offset 23246814: expected 16 bytes, found not sent by the guest"
+    )
+
+
+def test_a_record_the_walk_did_not_reach_is_never_read_as_zeros():
+    parts, size = fixture_extents("flattened")
+    # Only the signature block and the first record (the kdump header): the sub-header's and
+    # VMCOREINFO's records are not sent.
+    found = read_flattened(SparseSource(size, [(0, span(parts, 0, 4576)), (size - 16, b"\xff" * 16)]))
+    assert found.complete is True and found.kernel_release == "6.1.0-57-amd64"
+    assert found.problems[1] == (
+        "rebuilt file: sub-header at offset 4096: expected 104 bytes, found in none of the records read"
+    )
+
+
+@pytest.mark.parametrize("name", ["vmcore-incomplete", "dump-incomplete"])
+def test_name_of_a_dump_being_written_means_incomplete(name):
+    found = inspect_source(sent("kdump-compressed"), f"/var/crash/a/{name}")
+    assert found.complete is False
+    assert found.problems[-1] == f"name: {name} (makedumpfile did not finish)"
+
+
+def test_elf_core_from_its_first_blocks_and_without_its_notes():
+    assert inspect_source(sent("elf")).problems == () and inspect_source(sent("elf")).complete is True
+    parts, size = fixture_extents("elf")
+    found = read_elf(SparseSource(size, [(0, span(parts, 0, 176))]))
+    assert (found.complete, found.kernel_release) == (True, "")
+    assert found.problems == ("PT_NOTE at offset 176: expected 3680 bytes, found not sent by the guest",)
+    not_core = bytearray(head_bytes("elf"))
+    struct.pack_into("<H", not_core, 16, 2)
+    assert read_elf(BytesSource(bytes(not_core))).problems == (
+        "e_type at offset 16: expected 4 (ET_CORE), found 2",
+    )
+
+
+def test_windows_dump_from_its_header_pages():
+    found = inspect_source(sent("windows-kernel", 12288))
+    assert (found.format, found.complete, found.nmi_panic, found.details["bugcheck"]) == (
+        "windows-kernel",
+        True,
+        True,
+        0x80,
+    )
+    short = read_windows(sent("windows-kernel", 4096))
+    assert (short.complete, short.problems) == (
+        None,
+        ("DUMP_HEADER64 at offset 0: expected 8200 bytes, found not sent by the guest",),
+    )
+
+
+def test_unknown_or_unsent_first_bytes_name_what_was_found():
+    found = inspect_source(SparseSource(1 << 20, [(0, b"\x01\x02hello" + bytes(5000))]))
+    assert (found.kind, found.format, found.complete) == ("unknown", "unknown", None)
+    assert found.problems == (
+        "signature at offset 0: expected a dump magic or kernel text, found 010268656c6c6f000000000000000000",
+    )
+    assert inspect_source(SparseSource(1 << 20, [])).problems == (
+        "signature at offset 0: expected 4096 bytes, found not sent by the guest",
+    )
+
+
+@pytest.mark.parametrize("name", ["kdump-compressed", "flattened", "elf", "windows-full"])
+def test_the_judge_of_random_first_blocks_never_raises(name):
+    parts, size = fixture_extents(name)
+    seed = span(parts, 0, 65536)
+    rng = random.Random(name)
+    for _ in range(300):
+        head = bytearray(seed[: rng.randrange(len(seed) + 1)])
+        for _ in range(rng.randrange(12)):
+            if head:
+                head[rng.randrange(min(len(head), 8192))] = rng.randrange(256)
+        declared = rng.choice([len(head), size, rng.randrange(len(head), 2 * size + 1)])
+        tail = bytes(rng.randrange(256) for _ in range(rng.randrange(17)))
+        found = inspect_source(SparseSource(declared, [(0, bytes(head)), (declared - len(tail), tail)]), "x")
+        assert found.complete is True or found.problems, (name, len(head), declared)
+        assert all(isinstance(p, str) for p in found.problems)
 
 
 READERS_AND_SEEDS = [

@@ -4,12 +4,18 @@ The simulated guest lays out the files and tools each distribution has; the same
 unchanged on an instance through SSM.
 """
 
+import base64
+import gzip
+import os
+import random
 from pathlib import Path
 
 import pytest
 from conftest import sim_guest
+from test_dumps import MANIFEST, UNCHECKED_KDUMP_PAGES, fixture_extents, materialise, span
 
 from chaosec2panic import guest
+from chaosec2panic.dumps import inspect_path, inspect_source
 from chaosec2panic.guest.parsers import (
     LINUX_SETTINGS,
     dump_files,
@@ -87,6 +93,110 @@ def test_identity_reports_the_boot(tmp_path):
 def test_crash_dumps_lists_nothing_on_a_fresh_guest(tmp_path):
     report = run(make_guest(tmp_path), "crash_dumps", DUMP_DIR="/var/crash")
     assert report.complete and dump_files(report) == ([], [])
+
+
+UNSENT_RECORDS = (
+    "record header at offset 104854: expected 16 bytes, found not sent by the guest: "
+    "the records from there on are not checked"
+)
+# What the readers say of each real dump (tests/fixtures/dumps.json) from what crash_dumps.sh
+# sends of it: None where they say what they say of the whole file.
+FROM_FIRST_BLOCKS = {
+    "kdump-compressed": (True, (UNCHECKED_KDUMP_PAGES,)),
+    # The one verdict the first blocks cannot give: page data cut from a file whose flag and
+    # name say it is whole. Only a scan of every page descriptor shows it.
+    "kdump-compressed-cut-in-page-data": (True, (UNCHECKED_KDUMP_PAGES,)),
+    "kdump-compressed-cut-in-descriptors": None,
+    "kdump-compressed-incomplete-flag": (
+        False,
+        ("status at offset 424: expected incomplete flag 0x8 clear, found 0xa", UNCHECKED_KDUMP_PAGES),
+    ),
+    "flattened": (True, (UNSENT_RECORDS,)),
+    "flattened-cut-in-records": (
+        False,
+        (
+            UNSENT_RECORDS,
+            "end record at offset 19999984: expected 16 bytes of 0xff at the end of the file, "
+            "found 000000000000000011a7340100000000",
+        ),
+    ),
+    "flattened-no-end-record": (
+        False,
+        (
+            UNSENT_RECORDS,
+            "end record at offset 23246798: expected 16 bytes of 0xff at the end of the file, "
+            "found 00100000000000000000000000000000",
+        ),
+    ),
+    "elf": None,
+    "elf-incomplete-flag": None,
+    "elf-cut-in-load": None,
+}
+
+
+def test_every_linux_dump_fixture_is_judged_from_its_first_blocks():
+    assert set(FROM_FIRST_BLOCKS) == {n for n in MANIFEST if not n.startswith("windows")}
+
+
+@pytest.mark.parametrize("name", sorted(FROM_FIRST_BLOCKS))
+def test_what_the_script_sends_of_a_real_dump_is_judged_as_the_whole_file(tmp_path, name):
+    g = make_guest(tmp_path)
+    directory = g.root / "var" / "crash" / "127.0.0.1-2026-11-29-12:09:16"
+    directory.mkdir(parents=True)
+    path = materialise(name, directory).rename(directory / "vmcore")
+    outcome = g.run_command(guest.script(LINUX, "crash_dumps", {"DUMP_DIR": "/var/crash"}))
+    [dump], problems = dump_files(parse_report(outcome.stdout, "crash_dumps"))
+    assert problems == [] and len(outcome.stdout) < 16000
+    assert (dump.path, dump.size) == ("/var/crash/127.0.0.1-2026-11-29-12:09:16/vmcore", path.stat().st_size)
+    parts, _ = fixture_extents(name)
+    assert dump.head == span(parts, 0, len(dump.head)) and len(dump.head) >= min(dump.size, 32768)
+    assert dump.tail == span(parts, dump.size - 16, dump.size)
+    sparse, whole = inspect_source(dump.source(), dump.path), inspect_path(path)
+    fields = ("kind", "format", "kernel_release", "machine", "crash_time")
+    assert [getattr(sparse, f) for f in fields] == [getattr(whole, f) for f in fields]
+    assert whole.kernel_release == "6.1.0-57-amd64"
+    assert (sparse.complete, sparse.problems) == (FROM_FIRST_BLOCKS[name] or (whole.complete, whole.problems))
+    if name != "kdump-compressed-cut-in-page-data":
+        assert sparse.complete == whole.complete
+
+
+def test_the_output_fits_what_ssm_returns_whatever_the_dumps_hold(tmp_path):
+    g = make_guest(tmp_path)
+    rng = random.Random(5)
+    for n in range(7):
+        directory = g.root / "var" / "crash" / f"127.0.0.1-2026-01-0{n + 1}-00:00:00"
+        directory.mkdir(parents=True)
+        dump = directory / "vmcore"
+        dump.write_bytes(b"KDUMP   " + rng.randbytes(300_000))  # nothing to compress
+        (directory / "vmcore-dmesg.txt").write_text(("Kernel panic - not syncing: " + "x" * 5000 + "\n") * 9)
+        os.utime(dump, (1767225600 + n, 1767225600 + n))
+    outcome = g.run_command(guest.script(LINUX, "crash_dumps", {"DUMP_DIR": "/var/crash"}))
+    assert len(outcome.stdout) < 16000 + 2000
+    files, problems = dump_files(parse_report(outcome.stdout, "crash_dumps"))
+    assert problems == [] and len(files) == 5  # MAX_DUMPS, newest first
+    newest, *older = files
+    assert newest.path.endswith("2026-01-07-00:00:00/vmcore") and len(newest.head) == 8192
+    assert newest.dmesg_panic is not None and len(newest.dmesg_panic.splitlines()) == 4
+    assert all(len(line) == 200 for line in newest.dmesg_panic.splitlines())
+    assert [(f.head, f.tail, f.dmesg_panic) for f in older] == [(b"", b"", None)] * 4
+
+
+def test_dump_lines_cut_or_garbled_are_problems_never_errors():
+    blocks = base64.b64encode(gzip.compress(b"KDUMP   " + bytes(5000))).decode()
+    good = f"/var/crash/x/vmcore|23283460|1767225600|{b'Kernel panic'.hex()}|{blocks}|{'ff' * 16}"
+    rng = random.Random(3)
+    for _ in range(600):
+        line = list(good[: rng.randrange(len(good) + 1)])
+        for _ in range(rng.randrange(4)):
+            if line:
+                line[rng.randrange(len(line))] = rng.choice("|0f=Zz/+ ")
+        text = "".join(line)
+        report = parse_report(f"schema=crash_dumps/2\ndump={text}\nend=ok\n", "crash_dumps")
+        files, problems = dump_files(report)
+        assert len(files) + len(problems) == 1, text
+    bomb = base64.b64encode(gzip.compress(bytes(2 << 20))).decode()
+    files, problems = dump_files(parse_report(f"schema=crash_dumps/2\ndump=/v|1|1||{bomb}|\nend=ok\n", "x"))
+    assert files == [] and problems[0].endswith("(gzip stream cut short or larger than 1048576 bytes)")
 
 
 def test_output_cut_short_is_unknown_never_armed():

@@ -117,7 +117,8 @@ def test_too_small_crashkernel_leaves_an_incomplete_dump(make_lab):
     dump = crash_dumps(configuration=conf)["instances"][lab.id("small")]
     assert dump["verdict"] == "incomplete-dump"
     assert dump["path"].endswith("/vmcore-incomplete")
-    assert "status at offset 424: incomplete flag 0x8 set (status 0xa)" in dump["problems"]
+    assert dump["problems"][0] == "status at offset 424: expected incomplete flag 0x8 clear, found 0xa"
+    assert dump["problems"][-1] == "name: vmcore-incomplete (makedumpfile did not finish)"
     assert crash_dump_present(configuration=conf) is False
 
 

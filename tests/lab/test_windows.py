@@ -15,7 +15,7 @@ from conftest import ROOT, failed_probes, opted_in, run_experiment
 
 from chaosec2panic import guest
 from chaosec2panic.actions import send_nmi
-from chaosec2panic.dumps import identify_dump, inspect_path
+from chaosec2panic.dumps import inspect_path, inspect_source
 from chaosec2panic.errors import Refused
 from chaosec2panic.guest.parsers import dump_files, parse_report
 from chaosec2panic.lab.dumpwriter import windows_dump_header, write_windows_dump
@@ -40,7 +40,7 @@ from chaosec2panic.rollbacks import recover_instances
 WINDOWS = guest.PLATFORMS["windows"]
 WRITE_OUTPUT = re.compile(r'Write-Output\s+\(?"(\w+)=([^"]*)"(\s*\+)?')
 BOOT = datetime(2026, 3, 1, 8, 30, 15, 600000, tzinfo=UTC).timestamp()
-HEAD = b"PAGEDU64" + bytes(range(200))  # shorter than the 512 bytes the script reads
+HEAD = b"PAGEDU64" + bytes(range(200))  # shorter than the 12 KiB the script reads
 
 
 def facts(**more) -> WindowsFacts:
@@ -96,9 +96,8 @@ def test_values_are_formatted_as_the_ps1_format_them():
     assert report.get("dump_dir") == "C:\\Windows" and report.get("bugcheck_event") == str(int(BOOT + 30.2))
     [dump], problems = dump_files(report)
     assert problems == [] and dump.path == "C:\\Windows\\MEMORY.DMP" and dump.size == 1048576
-    assert (
-        dump.mtime == int(BOOT + 20.9) and dump.head == HEAD.ljust(512, b"\0") and dump.tail == b"\xaa" * 16
-    )
+    assert dump.mtime == int(BOOT + 20.9) and dump.head == HEAD and dump.tail == b"\xaa" * 16
+    assert dump.dmesg_panic is None
     status = parse_report(interpret_windows_script("kdump_status", facts()), "kdump_status")
     assert status.get("uptime") == "90"  # [int] rounds half to even
     assert status.get("dump_dir_free_kb") == str(40 * 2**20 + 2)  # [int64](1.5) rounds to 2
@@ -140,7 +139,10 @@ def test_a_written_memory_dmp_reads_back_as_an_nmi_bugcheck(tmp_path, kind, fmt)
     assert found.details["required_size"] == size == 4096 * 3 + 1000 * 4096
     assert found.crash_time.startswith("2026-03-01T08:30:15")
     assert "NMI_HARDWARE_FAILURE" in found.panic_message and found.problems == ()
-    assert identify_dump(header[:512], b"").bugcheck == 0x80
+    listed = WindowsFile("C:\\Windows\\MEMORY.DMP", size, BOOT + 30, header, b"")
+    [dump], _ = dump_files(parse_report(interpret_windows_script("crash_dumps", facts(dump=listed)), "x"))
+    sent = inspect_source(dump.source(), dump.path)
+    assert (sent.format, sent.complete, sent.details["bugcheck"], sent.problems) == (fmt, True, 0x80, ())
 
 
 # the lab over HTTP -----------------------------------------------------------------------------
@@ -237,7 +239,11 @@ def test_an_armed_windows_instance_bugchecks_dumps_and_comes_back(make_lab, dump
     assert recovered_within(30, configuration=conf) is True
     assert lab.lab.guests[lab.id("win")].boot_id != boot_before
     dump = crash_dumps(configuration=conf)["instances"][lab.id("win")]
-    assert (dump["verdict"], dump["format"], dump["bugcheck"]) == ("complete-dump", "windows", 0x80)
+    assert (dump["verdict"], dump["format"], dump["bugcheck"]) == ("complete-dump", fmt, 0x80)
+    assert (dump["nmi_panic"], dump["panic_message"]) == (
+        True,
+        "bugcheck 0x00000080 (NMI_HARDWARE_FAILURE) (0x4f4454, 0x0, 0x0, 0x0)",
+    )
     assert dump["path"] == "C:\\Windows\\MEMORY.DMP" == lab.events("dump-written", "win")[0]["detail"]
     assert dump["running_kernel"] == "10.0.20348" and dump["problems"] == []
     assert crash_dump_present(configuration=conf) is True
