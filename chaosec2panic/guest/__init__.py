@@ -24,7 +24,7 @@ PLATFORMS = {
     "linux": Platform("linux", "AWS-RunShellScript", ".sh"),
     "windows": Platform("windows", "AWS-RunPowerShellScript", ".ps1"),
 }
-SCRIPTS = ("kdump_status", "identity", "crash_dumps", "kdump_settings")
+SCRIPTS = ("kdump_status", "identity", "crash_dumps", "kdump_settings", "collect_crash_dump")
 
 
 def platform_of(instance: Mapping[str, Any]) -> Platform:

@@ -1,7 +1,11 @@
 """Pure parsers of the guest scripts' ``key=value`` output, and the verdicts drawn from it."""
 
+import base64
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
+
+from ..dumps import SparseSource
 
 __all__ = [
     "DEFAULT_CRASHKERNEL",
@@ -13,13 +17,16 @@ __all__ = [
     "GuestReport",
     "KdumpVerdict",
     "SettingsChange",
+    "Upload",
     "dump_files",
     "kdump_verdict",
     "parse_report",
     "settings_change",
+    "upload_report",
 ]
 
 REPEATED_KEYS = frozenset({"dump"})
+HEAD_LIMIT = 1 << 20  # what a dump line's first blocks may inflate to (the scripts send 64 KiB)
 # CrashControl\CrashDumpEnabled values that write the DumpFile (MEMORY.DMP). 3 (small) writes a
 # minidump to %SystemRoot%\Minidump instead: not a dump this extension can find or judge.
 WINDOWS_DUMP_TYPES = {"1": "complete", "2": "kernel", "7": "automatic"}
@@ -206,33 +213,55 @@ def kdump_verdict(report: GuestReport, min_dump_space_ratio: float) -> KdumpVerd
 
 @dataclass(frozen=True)
 class DumpFile:
-    """A dump file as listed by ``crash_dumps``: where, how big, when, its first/last bytes, and
-    the panic lines of the dmesg saved beside it (None when there is no such file)."""
+    """A dump file as listed by ``crash_dumps``: where, how big, when. For the newest, also its
+    first blocks (``head``), its last bytes (``tail``) and the panic lines of the dmesg saved
+    beside it (``dmesg_panic``, None when there is no such file)."""
 
     path: str
     size: int
     mtime: int
-    head: bytes
-    tail: bytes
+    head: bytes = b""
+    tail: bytes = b""
     dmesg_panic: str | None = None
+
+    def source(self) -> SparseSource:
+        """The bytes sent, at their offsets in the file, for the dump readers to judge."""
+        return SparseSource(self.size, ((0, self.head), (self.size - len(self.tail), self.tail)))
+
+
+def _inflate(text: str) -> bytes:
+    """The first blocks of a dump line: base64 of gzip, bounded (a bad line raises ValueError)."""
+    if not text:
+        return b""
+    unzip = zlib.decompressobj(wbits=31)
+    try:
+        data = unzip.decompress(base64.b64decode(text, validate=True), HEAD_LIMIT + 1)
+    except zlib.error as e:
+        raise ValueError(f"not gzip: {e}") from e
+    if not unzip.eof or len(data) > HEAD_LIMIT:
+        raise ValueError(f"gzip stream cut short or larger than {HEAD_LIMIT} bytes")
+    return data
 
 
 def dump_files(report: GuestReport) -> tuple[List[DumpFile], List[str]]:
-    """The dump files of a ``crash_dumps`` report, and a problem for each line that is unreadable."""
+    """The dump files of a ``crash_dumps`` report, and a problem for each line that is unreadable.
+
+    A line is ``path|size|mtime``, or for the newest dump
+    ``path|size|mtime|dmesg panic lines (hex)|first blocks (base64 of gzip)|last bytes (hex)``.
+    """
     dumps: List[DumpFile] = []
     problems: List[str] = []
     for line in report.repeated.get("dump", []):
-        parts = line.split("|")
         try:
-            path, size, mtime, head, tail, *dmesg = parts
-            panic = (
-                bytes.fromhex(dmesg[0]).decode(errors="replace").strip("\0") if dmesg and dmesg[0] else None
-            )
-            dumps.append(
-                DumpFile(path, int(size), int(mtime), bytes.fromhex(head), bytes.fromhex(tail), panic)
-            )
-        except ValueError:
-            problems.append(f"dump: unreadable line {line[:80]!r}")
+            path, size, mtime, *sent = line.split("|")
+            if not sent:
+                dumps.append(DumpFile(path, int(size), int(mtime)))
+                continue
+            panic, head, tail = sent
+            found = bytes.fromhex(panic).decode(errors="replace").strip("\0") if panic else None
+            dumps.append(DumpFile(path, int(size), int(mtime), _inflate(head), bytes.fromhex(tail), found))
+        except ValueError as e:
+            problems.append(f"dump: unreadable line {line[:80]!r} ({e})")
     return dumps, problems
 
 
@@ -297,3 +326,30 @@ def settings_change(report: GuestReport) -> SettingsChange:
         report.get("boot_id"),
         seconds,
     )
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What one ``collect_crash_dump`` run sent: the destination, each file's size as the
+    instance saw it, and why the upload failed (empty when it did not)."""
+
+    dest: str
+    files: Dict[str, int]
+    error: str
+
+
+def upload_report(text: str) -> Upload:
+    """Read a ``collect_crash_dump`` report; an output cut short or unreadable is an error."""
+    report = parse_report(text, "collect_crash_dump")
+    files: Dict[str, int] = {}
+    problems = list(report.problems)
+    for line in text.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key != "file" or not value:
+            continue
+        name, _, size = value.rpartition("|")
+        try:
+            files[name] = int(size)
+        except ValueError:
+            problems.append(f"file: unreadable line {value[:80]!r}")
+    return Upload(report.get("dest"), files, "; ".join(filter(None, [report.get("error"), *problems])))

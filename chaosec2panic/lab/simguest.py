@@ -10,6 +10,8 @@ of a kernel's, and since PowerShell cannot run here it answers the extension's P
 guest scripts with :func:`interpret_windows_script`, an interpretation of them in Python.
 """
 
+import base64
+import gzip
 import json
 import re
 import shutil
@@ -51,6 +53,7 @@ MODEL_SECONDS = {
     "capture_per_gib": 1.5,  # makedumpfile -d 31 per GiB of memory
     "boot": 20.0,  # firmware to userspace
     "agent": 5.0,  # userspace to SSM agent online
+    "app": 3.0,  # SSM agent online to the application answering its health check
     "shutdown": 3.0,  # clean shutdown on RebootInstances
     "bluescreen": 2.0,  # Windows: the blue screen before a restart when no dump is written
 }
@@ -74,6 +77,8 @@ TOOLS = (
     "wc",
     "basename",
     "dirname",
+    "gzip",
+    "base64",
     "printf",
     "echo",
     "true",
@@ -155,6 +160,8 @@ class SimGuest:
         self.console: List[str] = []
         self.capture_started = 0.0
         self.agent_outage = False  # set by the lab to cut the agent off on demand
+        # What the instance's role and metadata give AWS tools; the lab points them at itself.
+        self.aws_env: Dict[str, str] = {}
         # The running kernel's state: its crashkernel= argument, the memory reserved for it, the
         # crash kernel loaded, unknown_nmi_panic. Set at each boot from the guest's files.
         self.crashkernel = f"{spec.crashkernel_mib}M" if spec.crashkernel_mib else ""
@@ -212,6 +219,10 @@ class SimGuest:
         self.advance()
         up = self.spec.agent and self.phase == "up" and self.clock() >= self.agent_at
         return up and not self.agent_outage
+
+    def app_healthy(self) -> bool:
+        """Whether the instance's application answers: a while after its agent came online."""
+        return self.agent_online() and self.clock() >= self.agent_at + MODEL_SECONDS["app"] * self.scale
 
     def last_ping(self) -> float:
         """When the agent last reported: now while online, else when it went away."""
@@ -414,7 +425,8 @@ class SimGuest:
     def _prepare_root(self) -> None:
         """The files a distribution keeps across boots, as the fleet entry describes them, and the
         tools: a minimal system's, and the lab's stand-ins for its package manager, boot loader
-        tools, systemctl and sysctl (sim-bin, all one program: :data:`SIM_TOOL`)."""
+        tools, systemctl and sysctl (sim-bin, all one program: :data:`SIM_TOOL`), and the AWS
+        CLI's ``s3 cp`` (:data:`SIM_AWS`)."""
         (self.root / "var" / "crash").mkdir(parents=True, exist_ok=True)
         tools = self.root / "bin"
         tools.mkdir(exist_ok=True)
@@ -428,6 +440,8 @@ class SimGuest:
         sim.mkdir(exist_ok=True)
         (sim / "simtool").write_text(f"#!{sys.executable} -IS\n{SIM_TOOL}")
         (sim / "simtool").chmod(0o755)
+        (sim / "aws").write_text(f"#!{sys.executable} -I\n{SIM_AWS}")  # -I, not -S: it needs boto3
+        (sim / "aws").chmod(0o755)
         (sim / "simtool.json").write_text(
             json.dumps(
                 {
@@ -602,6 +616,7 @@ class SimGuest:
                 "CHAOSEC2PANIC_ROOT": str(self.root),
                 "LC_ALL": "C",
                 "PATH": f"{self.root / 'sim-bin'}:{self.root / 'bin'}",
+                **self.aws_env,
             }
             started = self.clock()
             try:
@@ -864,6 +879,55 @@ else:
     err(f"{name}: not simulated")
 """
 
+# The lab's stand-in for the AWS CLI: ``aws s3 cp [--recursive] SOURCE s3://BUCKET/KEY``, with
+# boto3, to the endpoint the lab gives its guests (AWS_ENDPOINT_URL). Anything else, or no lab
+# endpoint, is an error: it never reaches real AWS.
+SIM_AWS = r"""
+import os, sys
+from pathlib import Path
+
+OPTIONS = {"--recursive", "--only-show-errors", "--no-progress"}
+
+
+def err(text, code):
+    print(text, file=sys.stderr)
+    sys.exit(code)
+
+
+args = sys.argv[1:]
+words = [a for a in args if not a.startswith("--")]
+options = set(args) - set(words)
+if words[:2] != ["s3", "cp"] or len(words) != 4 or not words[3].startswith("s3://") or options - OPTIONS:
+    err(f"aws {' '.join(args)}: the lab's aws does only s3 cp [--recursive] SOURCE s3://BUCKET/KEY", 252)
+if not os.environ.get("AWS_ENDPOINT_URL"):
+    err("aws: no AWS_ENDPOINT_URL: the lab's aws uploads only to a lab", 255)
+source = Path(words[2])
+if not source.exists():
+    err(f"The user-provided path {source} does not exist.", 255)
+import boto3
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import BotoCoreError, ClientError
+
+bucket, _, key = words[3][len("s3://"):].partition("/")
+if "--recursive" in options:
+    folder = key if not key or key.endswith("/") else key + "/"
+    pairs = [(p, folder + p.relative_to(source).as_posix()) for p in sorted(source.rglob("*")) if p.is_file()]
+else:
+    pairs = [(source, key + source.name if not key or key.endswith("/") else key)]
+s3 = boto3.client("s3")
+failed = 0
+for path, name in pairs:
+    try:
+        s3.upload_file(str(path), bucket, name)
+    except (S3UploadFailedError, ClientError, BotoCoreError, OSError) as exc:
+        print(f"upload failed: {path} to s3://{bucket}/{name} {exc}", file=sys.stderr)
+        failed += 1
+        continue
+    if "--only-show-errors" not in options:
+        print(f"upload: {path} to s3://{bucket}/{name}")
+sys.exit(1 if failed else 0)
+"""
+
 
 # Windows Server ----------------------------------------------------------------------------------
 SCRIPT_SCHEMA = re.compile(r'^\s*Write-Output "schema=(\w+)/\d+"\s*$', re.M)
@@ -871,9 +935,13 @@ SYSTEM_ROOT = "C:\\Windows"
 DUMP_FILE = "%SystemRoot%\\MEMORY.DMP"  # CrashControl\DumpFile as Windows sets it
 NMI_HARDWARE_FAILURE = 0x80
 NMI_PARAMETERS = (0x4F4454, 0, 0, 0)  # what Windows puts in BugCheckParameter1..4 for a 0x80
-HEAD_BYTES, TAIL_BYTES = 512, 16
+HEAD_BYTES, TAIL_BYTES = 12288, 16  # the dump's header pages, and where an end marker would be
 RESERVED_KIB = 65536  # memory firmware and hardware keep: not in TotalVisibleMemorySize
 KERNEL_DUMP_SHARE = 0.12  # a kernel or automatic dump holds about this share of memory
+WINDOWS_NO_UPLOAD = (
+    "not supported in the lab: its Windows guests have neither AWS Tools for PowerShell nor the "
+    "AWS CLI, so nothing was uploaded"
+)
 
 
 @dataclass(frozen=True)
@@ -986,9 +1054,10 @@ def interpret_windows_script(
     This is an interpretation, in Python, of ``chaosec2panic/guest/windows/<name>.ps1`` (which
     cannot run here: no PowerShell), not the script itself: the same ``key=value`` lines in
     the same order, each value as its ``Write-Output`` line formats it (LastBootUpTime as
-    ``yyyyMMddTHHmmssZ``, ``[int]`` and ``[int64]`` rounding half to even, hex of the first 512
-    and last 16 bytes of the dump file). tests/lab/test_windows.py holds it to the .ps1 text
-    key by key.
+    ``yyyyMMddTHHmmssZ``, ``[int]`` and ``[int64]`` rounding half to even, base64 of a gzip of
+    the first 12 KiB of the dump file, hex of its last 16 bytes). tests/lab/test_windows.py
+    holds it to the .ps1 text key by key. ``collect_crash_dump`` answers as the .ps1 does when
+    the upload cannot run: the lab's Windows guests have no AWS tools.
     """
     dump_file = _expand(facts.dump_file, facts.system_root)
     boot_id = datetime.fromtimestamp(facts.last_boot, UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -1011,19 +1080,24 @@ def interpret_windows_script(
             f"dump_dir_free_kb={round(facts.free_bytes / 1024)}",
         ]
     elif name == "identity":
-        lines = ["schema=identity/1", f"boot_id={boot_id}", f"uptime={uptime}", f"now={_epoch(facts.now)}"]
+        lines = [
+            "schema=identity/1",
+            f"boot_id={boot_id}",
+            f"uptime={facts.now - facts.last_boot:.3f}",
+            f"now={facts.now:.3f}",
+        ]
     elif name == "crash_dumps":
         lines = [
-            "schema=crash_dumps/1",
+            "schema=crash_dumps/2",
             f"boot_id={boot_id}",
             f"kernel_release={facts.version}",
             f"dump_dir={_parent(dump_file)}",
         ]
         f = facts.dump
         if f is not None:
-            head = f.head[:HEAD_BYTES].ljust(HEAD_BYTES, b"\0")  # a 512-byte buffer, read into
+            blocks = base64.b64encode(gzip.compress(f.head[:HEAD_BYTES])).decode()
             tail = f.tail[-min(TAIL_BYTES, f.length) :] if f.length else b""
-            lines.append(f"dump={f.full_name}|{f.length}|{_epoch(f.last_write)}|{head.hex()}|{tail.hex()}")
+            lines.append(f"dump={f.full_name}|{f.length}|{_epoch(f.last_write)}||{blocks}|{tail.hex()}")
         if facts.bugcheck_event is not None:
             lines.append(f"bugcheck_event={_epoch(facts.bugcheck_event)}")
     elif name == "kdump_settings":
@@ -1041,6 +1115,14 @@ def interpret_windows_script(
                 f"{setting}_after={_text(after[setting])}",
             ]
         lines.append(f"error={error}")
+    elif name == "collect_crash_dump":
+        found = variables or {}
+        lines = [
+            "schema=collect_crash_dump/1",
+            f"dest=s3://{found.get('BUCKET', '')}/{found.get('KEY', '')}",
+            "file=",
+            f"error={WINDOWS_NO_UPLOAD}",
+        ]
     else:
         raise ValueError(f"unknown guest script {name!r}; valid: {', '.join(SCRIPTS)}")
     return "\r\n".join([*lines, "end=ok"]) + "\r\n"
