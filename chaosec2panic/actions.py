@@ -1,4 +1,5 @@
-"""Actions: send the diagnostic interrupt (NMI), guarded; arm kdump so that it leaves a dump."""
+"""Actions: send the diagnostic interrupt (NMI), guarded; arm kdump so that it leaves a dump;
+collect the dump to S3."""
 
 import logging
 import re
@@ -6,37 +7,41 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable, Dict, Iterator, List, Mapping, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from chaoslib.types import Configuration, Secrets
 
-from .aws import THROTTLING_CODES, RetryPolicy, client, error_code, without_sdk_retries
+from .aws import THROTTLING_CODES, RetryPolicy, client, error_code, paginate, without_sdk_retries
 from .errors import Ec2PanicError, InvalidRequest, Refused, StopConditionMet
 from .guest import Platform, platform_of
 from .guest.parsers import (
     DEFAULT_CRASHKERNEL,
     KdumpVerdict,
     SettingsChange,
+    Upload,
     kdump_verdict,
     parse_report,
     settings_change,
+    upload_report,
 )
-from .health import observe, wait_for_recovery
-from .iam import OBSERVE, RESOLVE_GUARDED, RUN_SCRIPT, STOP_ALARMS, requires
+from .health import observe, watch_recovery
+from .iam import OBSERVE, RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, STOP_ALARMS, WATCH_RECOVERY, requires
 from .ledger import Injection, JsonRecord, Ledger
 from .polling import Poll, poll
+from .probes import _hits, _platforms, crash_dumps
 from .readiness import kdump_verdicts, permission
-from .recovery import is_back, is_up, now_iso
+from .recovery import is_back, is_up, now_iso, parse_iso
 from .settings import settings
 from .ssm import run_script
 from .stopconditions import check_stop, stop_alarms
 from .targets import Request, batches, guardrails, resolve
 
-__all__ = ["arm_kdump", "send_nmi"]
+__all__ = ["arm_kdump", "collect_crash_dump", "send_nmi"]
 
 logger = logging.getLogger("chaostoolkit")
+T = TypeVar("T")
 CONSOLE_ANCHOR_CHARS = 512
 
 
@@ -62,17 +67,25 @@ def _send_one(ec2: Any, instance_id: str, retry: RetryPolicy) -> tuple[str, str,
         return sent_at, "unknown", f"{type(exc).__name__}: {exc}"
 
 
+def _each(call: Callable[[str], T], ids: List[str], workers: int) -> Dict[str, T]:
+    """``call`` on each instance id, ``workers`` at a time: one request per instance, in parallel."""
+    if not ids:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(workers, len(ids))) as pool:
+        return dict(zip(ids, pool.map(call, ids), strict=True))
+
+
 def _unrecovered(ledger: Ledger, ec2: Any, ssm: Any, platforms: Dict[str, Any]) -> Dict[str, str]:
     """Instances hit before that do not serve now; marks those back in a new boot as recovered."""
     pending = {i: e for i, e in ledger.unrecovered().items() if i in platforms}
     if not pending:
         return {}
     seen = observe(ec2, ssm, {i: platforms[i] for i in pending})
+    back = {i: e for i, e in pending.items() if is_back(seen[i], e.sent_at, e.boot_id_before)}
+    ledger.update({(i, e.sent_at): {"recovered_at": seen[i].at} for i, e in back.items()})
     refused = {}
     for i, entry in pending.items():
-        if is_back(seen[i], entry.sent_at, entry.boot_id_before):
-            ledger.update(i, entry.sent_at, recovered_at=seen[i].at)
-        elif not is_up(seen[i]):
+        if i not in back and not is_up(seen[i]):
             refused[i] = (
                 f"hit at {entry.sent_at} and not seen back since ({seen[i].detail}); "
                 "recover it (chaosec2panic recover) or pass force=true"
@@ -80,7 +93,7 @@ def _unrecovered(ledger: Ledger, ec2: Any, ssm: Any, platforms: Dict[str, Any]) 
     return refused
 
 
-@requires(*RESOLVE_GUARDED, *OBSERVE, *STOP_ALARMS, "ec2:GetConsoleOutput", "ec2:SendDiagnosticInterrupt")
+@requires(*RESOLVE_GUARDED, *OBSERVE, *WATCH_RECOVERY, *STOP_ALARMS, "ec2:SendDiagnosticInterrupt")
 def send_nmi(
     instance_ids: List[str] = None,
     filters: List[Dict[str, Any]] = None,
@@ -172,7 +185,8 @@ def _send_nmi(
         unrecovered = _unrecovered(ledger, ec2, ssm, platforms)
         if unrecovered:
             raise Refused("an instance was hit before and has not come back", unrecovered)
-    denied = {i: why for i in resolution.ids if (why := permission(ec2, i, retry))}
+    permitted = _each(lambda i: permission(ec2, i, retry), resolution.ids, max_concurrency)
+    denied = {i: why for i, why in permitted.items() if why}
     if denied:
         raise Refused("EC2 DryRun did not grant the interrupt", denied)
 
@@ -190,9 +204,8 @@ def _send_nmi(
                     raise
                 halted = f"before batch {number}: {exc}"
                 break
-        anchors = {i: _console_anchor(ec2, i) for i in batch}
-        with ThreadPoolExecutor(max_workers=min(max_concurrency, len(batch))) as pool:
-            answers = dict(zip(batch, pool.map(lambda i: _send_one(nmi_ec2, i, retry), batch), strict=True))
+        anchors = _each(lambda i: _console_anchor(ec2, i), batch, max_concurrency)
+        answers = _each(lambda i: _send_one(nmi_ec2, i, retry), batch, max_concurrency)
         sent = [
             Injection(
                 i,
@@ -276,7 +289,7 @@ def _between_batches(
         time.sleep(rollout.pause)
         return ""
     hits = {e.instance_id: e for e in sent if e.hit}
-    back = wait_for_recovery(
+    lines = watch_recovery(
         ec2,
         ssm,
         ledger,
@@ -285,7 +298,9 @@ def _between_batches(
         time.monotonic() + rollout.slo,
         settings(configuration).poll_interval,
     )
-    late = sorted(i for i, s in back.items() if s is None or s > rollout.slo)
+    late = sorted(
+        i for i, line in lines.items() if line.recovery_seconds is None or line.recovery_seconds > rollout.slo
+    )
     return f"not back within the batch SLO of {rollout.slo:g}s: {', '.join(late)}" if late else ""
 
 
@@ -533,3 +548,182 @@ def arm_kdump(
         "instances": instances,
         "record": str(record.path),
     }
+
+
+# collect_crash_dump ------------------------------------------------------------------------------
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+COLLECT_CONCURRENCY = 10  # instances uploading at once, each through its own SSM command
+# The folder a dump goes to under <prefix><instance id>/. Linux kdump writes a directory per crash:
+# its name is kept. Windows rewrites one MEMORY.DMP: the folder is named by when it was written.
+DUMP_FOLDERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
+    "linux": lambda dump: PurePosixPath(dump["path"]).parent.name,
+    "windows": lambda dump: (
+        f"{PureWindowsPath(dump['path']).stem}-{parse_iso(dump['written_at']):%Y%m%dT%H%M%SZ}"
+    ),
+}
+
+
+def _bucket_problem(bucket: Any) -> str:
+    """Why ``bucket`` is not an S3 bucket name ("" when it is one)."""
+    if not isinstance(bucket, str) or not bucket:
+        return "a bucket name is needed"
+    if "/" in bucket:
+        return "give the bucket's name alone, such as my-crash-dumps (the key prefix goes in prefix)"
+    if not BUCKET_NAME.match(bucket):
+        return "3 to 63 lowercase letters, digits, dots and hyphens, a letter or digit at each end"
+    if ".." in bucket or IP_ADDRESS.match(bucket) or bucket.startswith(RESERVED_BUCKET_PREFIXES):
+        return "no two dots in a row, not an IP address, not beginning with xn--, sthree- or amzn-s3-demo-"
+    return ""
+
+
+def _key_prefix(prefix: Any) -> str:
+    """``prefix`` as a folder: no leading slash, one trailing slash (none when empty)."""
+    if not isinstance(prefix, str) or any(c < " " or c == "\x7f" for c in prefix):
+        raise InvalidRequest(f"prefix must be an S3 key prefix such as crash-dumps/, got {prefix!r}")
+    folder = prefix.lstrip("/")
+    return folder if not folder or folder.endswith("/") else folder + "/"
+
+
+def _check_bucket(s3: Any, bucket: str) -> None:
+    """Refuse a bucket that does not exist or that these credentials cannot list (HeadBucket)."""
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        code = error_code(exc)
+        why = {
+            "404": "it does not exist: create it, or fix the name",
+            "403": "these credentials may not list it (s3:ListBucket), or it is another account's",
+        }.get(code, f"{code}: {exc}")
+        raise Refused(f"bucket {bucket} cannot take the dumps: {why}") from exc
+
+
+def _upload_each(
+    ssm: Any,
+    platforms: Mapping[str, Platform],
+    files: Mapping[str, str],
+    bucket: str,
+    keys: Mapping[str, str],
+    timeout: int,
+) -> Dict[str, Upload]:
+    """Run collect_crash_dump on each instance (its dump file and key differ: one command each)."""
+
+    def upload(i: str) -> Upload:
+        variables = {"DUMP_FILE": files[i], "BUCKET": bucket, "KEY": keys[i]}
+        answer = run_script(ssm, {i: platforms[i]}, "collect_crash_dump", variables, timeout=timeout)[i]
+        if not answer.ok:
+            return Upload("", {}, f"not run: {answer.status} {answer.error}".rstrip())
+        return upload_report(answer.stdout)
+
+    with ThreadPoolExecutor(max_workers=min(COLLECT_CONCURRENCY, len(files))) as pool:
+        return dict(zip(files, pool.map(upload, files), strict=True))
+
+
+def _not_in_s3(s3: Any, bucket: str, key: str, files: Mapping[str, int]) -> str:
+    """What S3 lacks of ``files`` (name -> size) under ``key``: missing, or of another size;
+    "" when it holds them all (ListObjectsV2, so a check by the caller, not the instance's word)."""
+    if not files:
+        return "the instance uploaded no file"
+    try:
+        stored = {
+            o["Key"][len(key) :]: o["Size"]
+            for o in paginate(s3, "list_objects_v2", "Contents", Bucket=bucket, Prefix=key)
+        }
+    except ClientError as exc:
+        return f"not verified: {error_code(exc)} listing s3://{bucket}/{key}"
+    wrong = [
+        f"{name} ({size} bytes on the instance, {stored.get(name, 'none')} in S3)"
+        for name, size in sorted(files.items())
+        if stored.get(name) != size
+    ]
+    return "not in S3 as sent: " + ", ".join(wrong) if wrong else ""
+
+
+@requires(*RESOLVE, *RUN_SCRIPT, "s3:ListBucket")
+def collect_crash_dump(
+    bucket: str,
+    prefix: str = "chaosec2panic/",
+    instance_ids: List[str] = None,
+    dump_dir: str = "/var/crash",
+    include_incomplete: bool = False,
+    timeout: float = 3600,
+    configuration: Configuration = None,
+    secrets: Secrets = None,
+) -> Dict[str, Any]:
+    """Copy the crash dump of the last NMI on each hit instance (this run's, or the named
+    instances' latest in the ledger) to S3 through SSM, for analysis with ``crash`` (WinDbg).
+
+    The newest dump written after the NMI (as crash_dumps finds it, below ``dump_dir`` on Linux)
+    goes with the files beside it (vmcore, dmesg) to
+    ``s3://<bucket>/<prefix><instance id>/<its directory's name>/``; on Windows MEMORY.DMP goes
+    to ``.../MEMORY-<written at, UTC>/``. The instance uploads it itself (``aws s3 cp``; on
+    Windows Write-S3Object or the AWS CLI), so the instance's role needs s3:PutObject on the
+    bucket (and kms:GenerateDataKey for an SSE-KMS bucket). The caller needs s3:ListBucket
+    besides the SSM calls: it checks the bucket first (HeadBucket), and after each upload that
+    every file is in S3 at the size the instance reported (ListObjectsV2). An incomplete dump
+    (still named vmcore-incomplete or dump-incomplete, or so marked in its header) is reported
+    and left unless ``include_incomplete``. Refuses, sending nothing, on a bucket name S3 would
+    refuse, a bucket it cannot list, or no NMI in the ledger. Each upload may take ``timeout``
+    seconds. Returns per instance: status (uploaded, incomplete, no-dump or failed), the dump's
+    path and completeness, the S3 uri, each file's size, the bytes, the dump's problems and why
+    the upload failed.
+    """
+    why = _bucket_problem(bucket)
+    if why:
+        raise InvalidRequest(f"bucket {bucket!r} is not an S3 bucket name: {why}. Nothing was sent.")
+    key_prefix = _key_prefix(prefix)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 1:
+        raise InvalidRequest(f"timeout must be a number of seconds >= 1, got {timeout!r}")
+    if not _hits(configuration, instance_ids):
+        raise InvalidRequest(
+            f"no NMI of this run is in the ledger {Ledger.of(configuration).path}, so there is no "
+            "dump to collect: send one first (send_nmi), or name instance_ids hit before. Nothing was sent."
+        )
+    s3 = client("s3", configuration, secrets)
+    _check_bucket(s3, bucket)
+    found = crash_dumps(instance_ids, dump_dir, configuration, secrets)["instances"]
+    instances: Dict[str, Dict[str, Any]] = {}
+    chosen: Dict[str, Dict[str, Any]] = {}
+    for i, dump in found.items():
+        verdict = dump["verdict"]
+        instances[i] = {
+            "status": "",
+            "nmi_sent_at": dump["nmi_sent_at"],
+            "path": dump.get("path", ""),
+            "complete": {"complete-dump": True, "incomplete-dump": False}.get(verdict),
+            "uri": "",
+            "files": {},
+            "bytes": 0,
+            "problems": dump.get("problems", []),
+            "error": "",
+        }
+        if verdict == "unknown":
+            listing = "; ".join(instances[i]["problems"])
+            instances[i].update(status="failed", error=f"the dumps could not be listed: {listing}")
+        elif verdict in ("no-dump", "only-older-dumps"):
+            instances[i]["status"] = "no-dump"
+        elif verdict == "incomplete-dump" and not include_incomplete:
+            instances[i]["status"] = "incomplete"
+        else:
+            chosen[i] = dump
+    if chosen:
+        platforms = _platforms(client("ec2", configuration, secrets), sorted(chosen))
+        keys = {i: f"{key_prefix}{i}/{DUMP_FOLDERS[platforms[i].name](d)}/" for i, d in chosen.items()}
+        files = {i: d["path"] for i, d in chosen.items()}
+        ssm = client("ssm", configuration, secrets)
+        for i, upload in _upload_each(ssm, platforms, files, bucket, keys, int(timeout)).items():
+            error = upload.error or _not_in_s3(s3, bucket, keys[i], upload.files)
+            instances[i].update(
+                status="failed" if error else "uploaded",
+                uri=f"s3://{bucket}/{keys[i]}",
+                files=upload.files,
+                bytes=sum(upload.files.values()),
+                error=error,
+            )
+    for i, r in instances.items():
+        if r["status"] == "uploaded":
+            logger.info("crash dump of %s: %d bytes in %s", i, r["bytes"], r["uri"])
+        else:
+            logger.warning("crash dump of %s %s: %s", i, r["status"], r["error"] or "; ".join(r["problems"]))
+    return {"bucket": bucket, "instances": instances}

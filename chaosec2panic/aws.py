@@ -6,6 +6,7 @@ the endpoint comes from boto3's own ``AWS_ENDPOINT_URL`` (that is how the lab is
 """
 
 import logging
+import os
 import random
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, TypeVar
@@ -45,7 +46,12 @@ THROTTLING_CODES = frozenset(
 
 
 def client(service: str, configuration: Configuration, secrets: Secrets) -> Any:
-    """A boto3 client for ``service``, configured as chaostoolkit-aws configures its own."""
+    """A boto3 client for ``service``, configured as chaostoolkit-aws configures its own.
+
+    Unless ``AWS_RETRY_MODE`` says otherwise, botocore's adaptive retry mode: throttled calls
+    are retried and the client slows its own rate while AWS throttles it.
+    """
+    os.environ.setdefault("AWS_RETRY_MODE", "adaptive")
     try:
         return aws_client(service, configuration, secrets)
     except InterruptExecution as exc:

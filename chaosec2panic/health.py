@@ -1,20 +1,41 @@
-"""Look at instances: EC2 status checks, SSM agents, and which boot each one is in."""
+"""Look at instances: EC2 status checks, SSM agents, which boot each one is in, and how each
+hit instance comes back."""
 
 import logging
+import re
 import time
-from typing import Any, Dict, List, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Mapping, Tuple
+
+from botocore.exceptions import ClientError
 
 from . import guest
+from .app import AppCheck
 from .aws import DESCRIBE_STATUS_CHUNK, chunks, paginate
+from .dumps import ConsoleFindings, console_findings
 from .guest.parsers import parse_report
 from .ledger import Injection, Ledger
 from .polling import Poll, poll
-from .recovery import Observation, is_back, now_iso, seconds_between
-from .ssm import agent_status, run_script
+from .recovery import Boot, Observation, Timeline, Track, guest_boot, now_iso, timeline
+from .ssm import (
+    TERMINAL,
+    CommandResult,
+    agent_status,
+    completed_counts,
+    read_commands,
+    run_script,
+    send_script,
+)
 
-__all__ = ["instance_status", "observe", "wait_for_recovery"]
+__all__ = ["console_after", "instance_status", "observe", "watch_recovery"]
 
 logger = logging.getLogger("chaostoolkit")
+
+FAST_INTERVAL = 0.5  # seconds between looks while an instance is about to change
+MIN_DELIVERY = 30  # seconds SSM holds an identity command for an offline agent, at least
+CONSOLE_READERS = 8  # GetConsoleOutput calls in flight at once
+NUMBER = re.compile(r"\d+(?:\.\d+)?")  # "1700000000.%N" from a date without %N: whole seconds
 
 
 def instance_status(ec2: Any, instance_ids: List[str]) -> Dict[str, Dict[str, str]]:
@@ -71,7 +92,39 @@ def observe(
     return seen
 
 
-def wait_for_recovery(
+def console_after(ec2: Any, injection: Injection) -> ConsoleFindings:
+    """What the console (GetConsoleOutput, latest) shows after the NMI of ``injection``."""
+    text = ec2.get_console_output(InstanceId=injection.instance_id, Latest=True).get("Output") or ""
+    anchor = injection.console_anchor
+    # A lost anchor means the buffer rolled past it: everything left is newer.
+    return console_findings(text.split(anchor, 1)[1] if anchor and anchor in text else text)
+
+
+@dataclass
+class _Watch:
+    """The shell's state for one instance: its track, its identity command, its last status."""
+
+    track: Track
+    injection: Injection
+    command: str = ""
+    sent_at: str = ""
+    resend_after: float = 0.0
+    status: str = "unknown"
+    down_since: str = ""  # when it was first seen down
+    console_read: int = 0
+
+
+def _read_identity(watch: _Watch, answer: CommandResult, read_at: str) -> Boot | None:
+    report = parse_report(answer.stdout, "identity")
+    if not (answer.ok and report.complete):
+        return None
+    uptime, guest_now = NUMBER.match(report.get("uptime")), NUMBER.match(report.get("now"))
+    if not (uptime and guest_now):
+        return None
+    return guest_boot(report.get("boot_id"), float(uptime[0]), float(guest_now[0]), watch.sent_at, read_at)
+
+
+def watch_recovery(
     ec2: Any,
     ssm: Any,
     ledger: Ledger,
@@ -79,29 +132,137 @@ def wait_for_recovery(
     platforms: Mapping[str, guest.Platform],
     deadline: float,
     interval: float,
-) -> Dict[str, float | None]:
-    """Seconds from each NMI to its instance being back (None if not back by ``deadline``,
-    a ``time.monotonic()`` value); each recovery seen is written to the ledger."""
-    back: Dict[str, float | None] = {
-        i: seconds_between(e.sent_at, e.recovered_at) if e.recovered_at else None for i, e in hits.items()
+    app: Tuple[AppCheck, Mapping[str, str]] | None = None,
+) -> Dict[str, Timeline]:
+    """Follow each hit instance until it is back or ``deadline`` (a ``time.monotonic()``
+    value) passes, and return its timeline; each recovery is written to the ledger.
+
+    Each instance gets one identity command, sent at once and read later: SSM holds it while
+    the instance is down and the new boot's agent runs it, so the answer dates the new kernel
+    and the agent by the guest's own clock. (A command sent before the instance was seen down
+    may have reached the dying kernel: it is sent again once the instance is seen up.) Each
+    look costs one DescribeInstanceStatus per 100 instances and one ListCommands; invocations
+    are read only when ListCommands shows new answers, and each console at most twice (when
+    first seen down, and when back if the panic was not seen yet). Looks come every
+    ``interval`` seconds, and every ``FAST_INTERVAL`` while an instance is expected to change
+    soon (booting, or up again and not yet answering). With ``app`` (a check and its target
+    per instance), an instance is back only once its application check passes in the new boot.
+    """
+    since = min(e.sent_at for e in hits.values()) if hits else now_iso()
+    known = {i: line for i, e in hits.items() if (line := _known(e, bool(app))) is not None}
+    watches = {
+        i: _Watch(Track(i, e.sent_at, e.boot_id_before, dump_found=e.dump_found, app_checked=bool(app)), e)
+        for i, e in hits.items()
+        if i not in known
     }
+    if not watches:
+        return known
+    completed: Dict[str, int] = {}
 
-    def look() -> Dict[str, float | None]:
-        pending = {i: platforms[i] for i, s in back.items() if s is None}
-        for i, seen in observe(ec2, ssm, pending).items():
-            e = hits[i]
-            if is_back(seen, e.sent_at, e.boot_id_before):
-                back[i] = seconds_between(e.sent_at, seen.at)
-                ledger.update(i, e.sent_at, recovered_at=seen.at)
-                logger.info("%s back %.1fs after its NMI", i, back[i])
-        return back
+    def look() -> Dict[str, Timeline]:
+        pending = {i: w for i, w in watches.items() if not timeline(w.track).back}
+        at = now_iso()
+        for i, status in instance_status(ec2, list(pending)).items():
+            w = watches[i]
+            ok = _status_ok(status)
+            w.status = "ok" if ok else status["instance_status"]
+            w.down_since = w.down_since or ("" if ok else at)
+            w.track = w.track.with_status(at, ok)
+            if ok and w.command and w.sent_at < w.down_since:
+                w.command = ""  # it may have reached the kernel that died: ask the new one
+        now = time.monotonic()
+        resend = {i: platforms[i] for i, w in pending.items() if not w.command and now >= w.resend_after}
+        if resend:
+            remaining = max(MIN_DELIVERY, int(deadline - now) + 1)
+            sent, _ = send_script(ssm, resend, "identity", timeout=30, delivery_timeout=remaining)
+            at = now_iso()
+            for i, command in sent.items():
+                watches[i].command, watches[i].sent_at = command, at
+        _read_consoles(ec2, [w for w in pending.values() if w.down_since and w.console_read == 0])
+        counts = completed_counts(ssm, since)
+        changed = {c for c, n in counts.items() if n != completed.get(c, 0)}
+        completed.update(counts)
+        waiting = {i: w.command for i, w in pending.items() if w.command in changed}
+        answers = read_commands(ssm, waiting) if waiting else {}
+        read_at = now_iso()
+        for i, answer in answers.items():
+            w = watches[i]
+            if answer.status not in TERMINAL:
+                continue
+            boot = _read_identity(w, answer, read_at)
+            w.command = ""
+            if boot is not None and w.track.is_new(boot):
+                w.track = w.track.with_boot(boot)
+            else:  # the old kernel still answers, or the command failed: ask again later
+                w.resend_after = time.monotonic() + interval
+        _read_consoles(
+            ec2, [watches[i] for i in answers if watches[i].track.boot and not watches[i].track.panic_seen]
+        )
+        if app:
+            check, targets = app
+            booted = {i: targets[i] for i, w in pending.items() if w.track.boot}
+            at = now_iso()
+            for i, ok in check.run(booted).items():
+                watches[i].track = watches[i].track.with_app(at, ok)
+        lines = {i: timeline(w.track) for i, w in watches.items()}
+        back = {i: lines[i] for i in pending if lines[i].back}
+        for i, line in back.items():
+            logger.info("%s back %.1fs after its NMI", i, line.recovery_seconds)
+        ledger.update(
+            {
+                (i, hits[i].sent_at): {"recovered_at": line.recovered_at, "timeline": line.to_dict()}
+                for i, line in back.items()
+            }
+        )
+        return {**known, **lines}
 
-    poll(
+    def pace(lines: Dict[str, Timeline]) -> float:
+        due = any(
+            w.status == "initializing" or (w.status == "ok" and w.down_since) or w.track.boot is not None
+            for i, w in watches.items()
+            if not lines[i].back
+        )
+        return min(interval, FAST_INTERVAL) if due else interval
+
+    outcome = poll(
         Poll(
             look,
-            lambda b: all(s is not None for s in b.values()),
+            lambda lines: all(line.back for line in lines.values()),
             timeout=max(0.0, deadline - time.monotonic()),
             interval=interval,
+            pace=pace,
         )
     )
-    return back
+    return outcome.last
+
+
+def _known(injection: Injection, app_checked: bool) -> Timeline | None:
+    """The timeline the ledger kept when the instance was seen back (with the dump found since),
+    if it was judged the same way (with or without an application check)."""
+    if not (injection.recovered_at and injection.timeline):
+        return None
+    line = Timeline.from_dict(injection.instance_id, injection.timeline)
+    if bool(line.milestones.get("app_healthy")) != app_checked:
+        return None
+    return line.with_dump_found(injection.dump_found)
+
+
+def _read_consoles(ec2: Any, watches: List[_Watch]) -> None:
+    """Read the consoles of ``watches`` side by side, each at most twice (when first seen down,
+    and when back if the panic was not seen yet), and date the panic by the read that showed it."""
+
+    def read(watch: _Watch) -> None:
+        if watch.console_read >= 2:
+            return
+        watch.console_read += 1
+        try:
+            findings = console_after(ec2, watch.injection)
+        except ClientError as exc:
+            logger.debug("%s console not read: %s", watch.track.instance_id, exc)
+            return
+        if findings.panicked_on_nmi:
+            watch.track = replace(watch.track, panic_seen=now_iso())
+
+    if watches:
+        with ThreadPoolExecutor(max_workers=min(CONSOLE_READERS, len(watches))) as pool:
+            list(pool.map(read, watches))

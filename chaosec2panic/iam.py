@@ -15,6 +15,7 @@ __all__ = [
     "RESOLVE_GUARDED",
     "RUN_SCRIPT",
     "STOP_ALARMS",
+    "WATCH_RECOVERY",
     "activity_actions",
     "policy",
     "requires",
@@ -31,6 +32,15 @@ RUN_SCRIPT = (
     "ssm:GetCommandInvocation",
 )
 OBSERVE = ("ec2:DescribeInstanceStatus", *RUN_SCRIPT)
+# Watching hit instances come back: status looks, one identity command each, read when
+# ListCommands shows answers, and the console once or twice.
+WATCH_RECOVERY = (
+    "ec2:DescribeInstanceStatus",
+    "ec2:GetConsoleOutput",
+    "ssm:SendCommand",
+    "ssm:ListCommands",
+    "ssm:ListCommandInvocations",
+)
 STOP_ALARMS = ("cloudwatch:DescribeAlarms", "cloudwatch:ListTagsForResource")
 # Controls are not activities; their actions are listed under the name the policy uses.
 CONTROL_ACTIONS = {"stop_alarms": STOP_ALARMS}

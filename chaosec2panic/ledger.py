@@ -13,7 +13,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 from chaoslib.types import Configuration
 
@@ -41,6 +41,8 @@ class Injection:
     boot_id_before: str = ""
     console_anchor: str = ""
     recovered_at: str = ""
+    timeline: Dict[str, Any] = field(default_factory=dict)
+    dump_found: str = ""
     rollback: List[str] = field(default_factory=list)
     batch: int = 1
 
@@ -109,12 +111,15 @@ class Ledger:
         with self._locked() as entries:
             entries.extend(injections)
 
-    def update(self, instance_id: str, sent_at: str, **changes: Any) -> None:
-        """Change the entry of ``instance_id`` sent at ``sent_at``."""
+    def update(self, changes: Mapping[Tuple[str, str], Mapping[str, Any]]) -> None:
+        """Change the entries keyed ``(instance_id, sent_at)``, all in one rewrite."""
+        if not changes:
+            return
         with self._locked() as entries:
             for n, e in enumerate(entries):
-                if e.instance_id == instance_id and e.sent_at == sent_at:
-                    entries[n] = replace(e, **changes)
+                change = changes.get((e.instance_id, e.sent_at))
+                if change:
+                    entries[n] = replace(e, **change)
 
     def latest(self, run_id: str | None = None) -> Dict[str, Injection]:
         """The latest injection that may have hit each instance (of one run, or of all runs)."""

@@ -1,6 +1,7 @@
 """The one polling engine: call ``observe`` until ``done`` holds or the deadline passes.
 
-Polling is data (what to observe, when it is done, how often, how long); on a timeout the
+Polling is data (what to observe, when it is done, how often or at what pace, how long); on
+a timeout the
 caller gets the last observation, so it can say what was last seen.
 """
 
@@ -21,6 +22,7 @@ class Poll(Generic[T]):
     interval: float = 2.0
     max_interval: float = 10.0
     backoff: float = 1.0
+    pace: Callable[[T], float] | None = None  # the next interval, from what was just seen
 
 
 @dataclass(frozen=True)
@@ -47,5 +49,7 @@ def poll(
             return PollResult(last, True, now - start, attempts)
         if now >= deadline:
             return PollResult(last, False, now - start, attempts)
+        if spec.pace is not None:
+            interval = spec.pace(last)
         sleep(min(interval, deadline - now))
         interval = min(spec.max_interval, interval * spec.backoff)

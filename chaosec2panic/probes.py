@@ -7,16 +7,17 @@ from typing import Any, Dict, List
 
 from chaoslib.types import Configuration, Secrets
 
+from .app import parse_app_check
 from .aws import client
-from .dumps import NMI_BUGCHECK, DumpHeader, console_findings, identify_dump
+from .dumps import Inspection, console_findings, inspect_source
 from .errors import Ec2PanicError, InvalidRequest
 from .guest import platform_of
 from .guest.parsers import dump_files, parse_report
-from .health import observe, wait_for_recovery
-from .iam import OBSERVE, RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, requires
+from .health import console_after, observe, watch_recovery
+from .iam import RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, WATCH_RECOVERY, requires
 from .ledger import RUN_ID, Injection, Ledger
 from .readiness import kdump_verdicts, readiness
-from .recovery import fleet_summary, iso, parse_iso
+from .recovery import Timeline, fleet_summary, iso, parse_iso
 from .settings import settings
 from .ssm import run_script
 from .targets import Request, guardrails, resolve
@@ -158,30 +159,34 @@ def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
             "problems": problems,
             "older": [f.path for f in files],
         }
+    # The first listed is the newest, and the only one whose first blocks were sent.
     newest = max(newer, key=lambda f: f.mtime)
-    header = identify_dump(newest.head, newest.tail, newest.path)
+    found = inspect_source(newest.source(), newest.path)
     running = report.get("kernel_release")
     return {
-        "verdict": "complete-dump" if header.complete else "incomplete-dump",
+        "verdict": "complete-dump" if found.complete else "incomplete-dump",
         "path": newest.path,
         "size": newest.size,
         "written_at": iso(datetime.fromtimestamp(newest.mtime, UTC)),
-        **header.to_dict(),
-        **_cause(header, newest.dmesg_panic),
-        "problems": problems + header.problems,
+        "format": found.format,
+        "complete": found.complete,
+        "kernel_release": found.kernel_release,
+        "machine": found.machine,
+        "crash_time": found.crash_time,
+        "compression": found.details.get("compression", ""),
+        "bugcheck": found.details.get("bugcheck"),
+        **_cause(found, newest.dmesg_panic),
+        "problems": problems + list(found.problems),
         "running_kernel": running,
-        "same_kernel": header.kernel_release == running if header.kernel_release and running else None,
+        "same_kernel": found.kernel_release == running if found.kernel_release and running else None,
     }
 
 
-def _cause(header: DumpHeader, dmesg_panic: str | None) -> Dict[str, Any]:
-    """Whether the dump's crash was the NMI: bugcheck 0x80 on Windows, the saved dmesg on Linux
-    (None when nothing says)."""
-    if header.bugcheck is not None:
-        return {
-            "nmi_panic": header.bugcheck == NMI_BUGCHECK,
-            "panic_message": f"bugcheck 0x{header.bugcheck:x}",
-        }
+def _cause(found: Inspection, dmesg_panic: str | None) -> Dict[str, Any]:
+    """Whether the dump's crash was the NMI: what the dump itself says (a Windows bugcheck code),
+    else the panic lines of the dmesg saved beside it (None when nothing says)."""
+    if found.nmi_panic is not None:
+        return {"nmi_panic": found.nmi_panic, "panic_message": found.panic_message}
     if dmesg_panic is None:
         return {"nmi_panic": None, "panic_message": ""}
     found = console_findings(dmesg_panic)
@@ -198,8 +203,11 @@ def crash_dumps(
     """Look for the crash dump of the last NMI on each hit instance (this run's, or the named
     instances' latest in the ledger).
 
-    Reads only the dump directory listing, the first and last bytes of each dump and the
-    panic lines of the dmesg saved beside it (on Windows: MEMORY.DMP). Per instance:
+    Reads only the dump directory listing with sizes and times and, of the newest dump, its
+    first blocks (up to 64 KiB, compressed), its last 16 bytes and the panic lines of the
+    dmesg saved beside it (on Windows: MEMORY.DMP's header pages), and judges them with the
+    readers of ``chaosec2panic inspect``; what they cannot check from those bytes (a
+    kdump-compressed file's page data) is named in ``problems``. Per instance:
     ``no-dump``, ``only-older-dumps``, ``incomplete-dump`` or ``complete-dump``, with path,
     size, format, kernel release (and whether it is the running kernel's), and whether the
     crash was the NMI (``nmi_panic``); or ``unknown`` when it cannot be read. ``dump_dir`` is
@@ -219,6 +227,14 @@ def crash_dumps(
             else {"verdict": "unknown", "problems": [f"not read: {r.status} {r.error}".rstrip()]}
         )
         instances[i]["nmi_sent_at"] = injection.sent_at
+    # The recovery timelines take the dump_found milestone from here.
+    Ledger.of(configuration).update(
+        {
+            (i, e.sent_at): {"dump_found": instances[i]["written_at"]}
+            for i, e in hits.items()
+            if "written_at" in instances[i]
+        }
+    )
     return {"instances": instances}
 
 
@@ -258,73 +274,95 @@ def panic_on_console(
     booting (recent kernels print an NMI panic only to the log when kdump takes over at once).
     True at once before any NMI."""
     ec2 = client("ec2", configuration, secrets)
-    hits = _hits(configuration, instance_ids)
     verdicts = {}
-    for i, injection in hits.items():
-        text = ec2.get_console_output(InstanceId=i, Latest=True).get("Output") or ""
-        anchor = injection.console_anchor
-        # A lost anchor means the buffer rolled past it: everything left is newer.
-        after = text.split(anchor, 1)[1] if anchor and anchor in text else text
-        findings = console_findings(after)
+    for i, injection in _hits(configuration, instance_ids).items():
+        findings = console_after(ec2, injection)
         verdicts[i] = findings.panicked_on_nmi
         if not findings.panicked_on_nmi:
             logger.warning("%s console after the NMI: %s", i, findings.to_dict())
     return all(verdicts.values())
 
 
-def _wait_for_recovery(
-    configuration: Configuration, secrets: Secrets, hits: Dict[str, Injection], deadline: float
-) -> Dict[str, float | None]:
+def _watch(
+    configuration: Configuration,
+    secrets: Secrets,
+    hits: Dict[str, Injection],
+    deadline: float,
+    check: Dict[str, Any] | None,
+) -> Dict[str, Timeline]:
+    app = parse_app_check(check)
     ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
-    return wait_for_recovery(
+    instances = resolve(ec2, Request(sorted(hits)), None).chosen
+    platforms = {i["InstanceId"]: platform_of(i) for i in instances}
+    targets = {i["InstanceId"]: app.target(i) for i in instances} if app else {}
+    return watch_recovery(
         ec2,
         ssm,
         Ledger.of(configuration),
         hits,
-        _platforms(ec2, sorted(hits)),
+        platforms,
         deadline,
         settings(configuration).poll_interval,
+        (app, targets) if app else None,
     )
 
 
-@requires(*RESOLVE, *OBSERVE)
+@requires(*RESOLVE, *WATCH_RECOVERY)
 def recovery_seconds(
     timeout: float = 600,
+    slo: float = None,
+    app_check: Dict[str, Any] = None,
     instance_ids: List[str] = None,
     configuration: Configuration = None,
     secrets: Secrets = None,
 ) -> Dict[str, Any]:
     """Wait up to ``timeout`` seconds until each hit instance is back (a new boot, status
-    checks ok, SSM agent online) and return the seconds from its NMI, per instance (null
-    when not back) and for the fleet (max, p50, p95). Before any NMI it returns at once."""
+    checks ok, SSM agent online) and return the seconds from its NMI per instance (null when
+    not back), the fleet's max, p50 and p95 (and, with ``slo``, how many took longer), and each
+    instance's timeline: the UTC time of each milestone (nmi_sent, panic_seen, went_down,
+    kernel_back, status_ok, agent_online, app_healthy, dump_found; null and the reason when not
+    seen) and the durations derived from them. With ``app_check`` (``{"url":
+    "http://{private_ip}:8080/health"}`` or ``{"tcp": "{private_ip}:5432"}``, optional
+    ``expect_status`` and ``timeout``), back also needs the application to answer in the new
+    boot. Before any NMI it returns at once."""
     hits = _hits(configuration, instance_ids)
-    if not hits:
-        return {"instances": {}, **fleet_summary({})}
-    seconds = _wait_for_recovery(configuration, secrets, hits, time.monotonic() + float(timeout))
-    return {"instances": seconds, **fleet_summary(seconds)}
+    deadline = time.monotonic() + float(timeout)
+    lines = _watch(configuration, secrets, hits, deadline, app_check) if hits else {}
+    seconds = {i: line.recovery_seconds for i, line in lines.items()}
+    return {
+        "instances": seconds,
+        **fleet_summary(seconds, None if slo is None else float(slo)),
+        "timelines": {i: line.to_dict() for i, line in lines.items()},
+    }
 
 
-@requires(*RESOLVE, *OBSERVE)
+@requires(*RESOLVE, *WATCH_RECOVERY)
 def recovered_within(
     seconds: float,
+    app_check: Dict[str, Any] = None,
     instance_ids: List[str] = None,
     configuration: Configuration = None,
     secrets: Secrets = None,
 ) -> bool:
-    """True when every hit instance was back (a new boot, status checks ok, SSM agent online)
-    within ``seconds`` of its NMI. Waits no longer than that; before any NMI it is true at once."""
+    """True when every hit instance was back (a new boot, status checks ok, SSM agent online,
+    and the ``app_check`` passing when given, as in ``recovery_seconds``) within ``seconds`` of
+    its NMI. Waits no longer than that; before any NMI it is true at once."""
     hits = _hits(configuration, instance_ids)
     if not hits:
         return True
     latest_deadline = max(parse_iso(e.sent_at).timestamp() for e in hits.values()) + float(seconds)
     deadline = time.monotonic() + max(0.0, latest_deadline - time.time())
-    back = _wait_for_recovery(configuration, secrets, hits, deadline)
-    late = {i: s for i, s in back.items() if s is None or s > float(seconds)}
+    lines = _watch(configuration, secrets, hits, deadline, app_check)
+    late = {
+        i: line.recovery_seconds
+        for i, line in lines.items()
+        if line.recovery_seconds is None or line.recovery_seconds > float(seconds)
+    }
     for i, s in late.items():
         logger.warning(
             "%s not back within %ss of its NMI (%s)",
             i,
             seconds,
-            "not back yet" if s is None else f"back after {s}s",
+            "not back yet: " + "; ".join(lines[i].missing.values()) if s is None else f"back after {s}s",
         )
     return not late

@@ -64,9 +64,13 @@ def recover_instances(
     def down(entries: Dict[str, Injection]) -> List[str]:
         """The instances that do not serve; those back in a new boot are marked recovered."""
         seen = observe(ec2, ssm, {i: platforms[i] for i in entries})
-        for i, e in entries.items():
-            if is_back(seen[i], e.sent_at, e.boot_id_before):
-                ledger.update(i, e.sent_at, recovered_at=seen[i].at, rollback=done[i])
+        ledger.update(
+            {
+                (i, e.sent_at): {"recovered_at": seen[i].at, "rollback": done[i]}
+                for i, e in entries.items()
+                if is_back(seen[i], e.sent_at, e.boot_id_before)
+            }
+        )
         return [i for i in entries if not is_up(seen[i])]
 
     def wait_back(ids: List[str]) -> List[str]:

@@ -8,7 +8,15 @@ from . import guest
 from .aws import SSM_CHUNK, RetryPolicy, chunks, error_code, paginate
 from .polling import Poll, poll
 
-__all__ = ["AgentStatus", "CommandResult", "agent_status", "run_script"]
+__all__ = [
+    "AgentStatus",
+    "CommandResult",
+    "agent_status",
+    "completed_counts",
+    "read_commands",
+    "run_script",
+    "send_script",
+]
 
 TERMINAL = frozenset({"Success", "Cancelled", "TimedOut", "Failed", "Undeliverable", "Terminated"})
 PLUGIN_OUTPUT_LIMIT = 2500
@@ -59,29 +67,56 @@ def agent_status(ssm: Any, instance_ids: List[str]) -> Dict[str, AgentStatus]:
     return {i: found.get(i, AgentStatus("NotRegistered", "", "")) for i in instance_ids}
 
 
-def _send(
-    ssm: Any, platform: guest.Platform, ids: List[str], text: str, timeout: int, retry: RetryPolicy
+def send_script(
+    ssm: Any,
+    platforms: Mapping[str, guest.Platform],
+    name: str,
+    variables: Mapping[str, str] | None = None,
+    timeout: int = 120,
+    retry: RetryPolicy | None = None,
+    delivery_timeout: int | None = None,
 ) -> tuple[Dict[str, str], Dict[str, CommandResult]]:
+    """Send guest script ``name`` to each instance, 50 per SendCommand, without waiting.
+
+    Returns the command id per instance sent to, and ``NotSent`` results for the others. A
+    command waits for an offline agent up to ``delivery_timeout`` seconds (default ``timeout``).
+    """
+    retry = retry or RetryPolicy()
     sent: Dict[str, str] = {}
     failed: Dict[str, CommandResult] = {}
-    for batch in chunks(ids, SSM_CHUNK):
-        try:
-            answer = retry.call(
-                ssm.send_command,
-                DocumentName=platform.document,
-                InstanceIds=batch,
-                Parameters={"commands": [text], "executionTimeout": [str(timeout)]},
-                TimeoutSeconds=max(MIN_DELIVERY_TIMEOUT, timeout),
-                Comment="chaosec2panic guest script",
-            )
-        except Exception as exc:  # one failed batch must not hide the others' answers
-            failed.update({i: CommandResult("NotSent", error=f"{error_code(exc)}: {exc}") for i in batch})
-            continue
-        sent.update({i: answer["Command"]["CommandId"] for i in batch})
+    for platform in guest.PLATFORMS.values():
+        ids = [i for i, p in platforms.items() if p == platform]
+        text = guest.script(platform, name, variables) if ids else ""
+        for batch in chunks(ids, SSM_CHUNK):
+            try:
+                answer = retry.call(
+                    ssm.send_command,
+                    DocumentName=platform.document,
+                    InstanceIds=batch,
+                    Parameters={"commands": [text], "executionTimeout": [str(timeout)]},
+                    TimeoutSeconds=max(MIN_DELIVERY_TIMEOUT, delivery_timeout or timeout),
+                    Comment=f"chaosec2panic {name}",
+                )
+            except Exception as exc:  # one failed batch must not hide the others' answers
+                failed.update({i: CommandResult("NotSent", error=f"{error_code(exc)}: {exc}") for i in batch})
+                continue
+            sent.update({i: answer["Command"]["CommandId"] for i in batch})
     return sent, failed
 
 
-def _collect(ssm: Any, sent: Mapping[str, str]) -> Dict[str, CommandResult]:
+def completed_counts(ssm: Any, since: str) -> Dict[str, int]:
+    """How many invocations of each command sent since ``since`` (ISO) have ended, from
+    ListCommands: one call for up to 50 commands, to learn which ones are worth reading."""
+    filters = [{"key": "InvokedAfter", "value": since[:19] + "Z"}]  # whole seconds, as SSM takes
+    return {
+        c["CommandId"]: int(c.get("CompletedCount", 0))
+        for c in paginate(ssm, "list_commands", "Commands", Filters=filters)
+    }
+
+
+def read_commands(ssm: Any, sent: Mapping[str, str]) -> Dict[str, CommandResult]:
+    """The current answer of each instance (id -> command id): one ListCommandInvocations
+    per command."""
     results: Dict[str, CommandResult] = {}
     for command_id in sorted(set(sent.values())):
         for inv in paginate(
@@ -121,20 +156,14 @@ def run_script(
         for i, a in agents.items()
         if not a.online
     }
-    sent: Dict[str, str] = {}
-    for platform in guest.PLATFORMS.values():
-        targets = [i for i in ids if platforms[i] == platform and i not in results]
-        if targets:
-            more_sent, not_sent = _send(
-                ssm, platform, targets, guest.script(platform, name, variables), timeout, retry
-            )
-            sent.update(more_sent)
-            results.update(not_sent)
+    online = {i: p for i, p in platforms.items() if i not in results}
+    sent, not_sent = send_script(ssm, online, name, variables, timeout, retry)
+    results.update(not_sent)
     if not sent:
         return results
     outcome = poll(
         Poll(
-            lambda: _collect(ssm, sent),
+            lambda: read_commands(ssm, sent),
             lambda r: all(c.status in TERMINAL for c in r.values()),
             timeout=timeout + 5,
             interval=interval,

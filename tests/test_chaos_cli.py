@@ -28,6 +28,7 @@ def test_discover_lists_every_activity_with_its_doc_and_typed_arguments(tmp_path
         "ready_for_nmi",
         "arm_kdump",
         "restore_kdump_settings",
+        "collect_crash_dump",
     }
     for activity in activities.values():
         assert activity["doc"], activity["name"]
@@ -132,3 +133,32 @@ def test_preflight_experiment_passes_on_a_ready_fleet_and_fails_on_an_unarmed_on
     red = run_experiment(lab, experiment, tmp_path / "red.json", CHAOSEC2PANIC_TARGET_ROLE="x")
     assert red["steady_states"]["before"]["steady_state_met"] is False and red["run"] == []
     assert lab.nmi_names() == []
+
+
+def test_recovery_slo_waits_for_the_application_and_journals_the_timeline(make_lab, tmp_path):
+    lab = make_lab([opted_in("web", tags={"role": "staging-web"}, kdump=False, panic_timeout=5)])
+    app_url = lab.server.url + "/_lab/app/{instance_id}"
+    experiment = ROOT / "experiments" / "recovery-slo.yaml"
+    journal = run_experiment(
+        lab,
+        experiment,
+        tmp_path / "j.json",
+        CHAOSEC2PANIC_APP_CHECK_URL=app_url,
+        CHAOSEC2PANIC_SLO_SECONDS="30",
+    )
+    assert journal["status"] == "completed" and journal["deviated"] is False
+    [line] = journal["run"][1]["output"]["timelines"].values()
+    assert line["milestones"]["app_healthy"] > line["milestones"]["agent_online"]
+    assert line["durations"]["total_recovery"] <= 30
+    # The same drill with an application that never answers deviates, and says which check.
+    dead = tmp_path / "dead.json"
+    journal = run_experiment(
+        lab,
+        experiment,
+        dead,
+        CHAOSEC2PANIC_APP_CHECK_URL="http://127.0.0.1:9/",
+        CHAOSEC2PANIC_SLO_SECONDS="3",
+    )
+    assert journal["deviated"] is True and failed_probes(journal) == {"back-with-app-within-slo"}
+    [line] = journal["run"][1]["output"]["timelines"].values()
+    assert line["missing"]["app_healthy"] == "the application check has not passed in the new boot"

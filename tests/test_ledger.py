@@ -30,7 +30,7 @@ def test_record_latest_update_and_unrecovered(tmp_path):
     assert set(ledger.latest()) == {"i-1"}
     assert ledger.latest()["i-1"].sent_at.endswith("05:00.000Z")
     assert ledger.latest(RUN_ID)["i-1"].sent_at.endswith("00:00.000Z")
-    ledger.update("i-1", "2026-01-01T00:05:00.000Z", recovered_at="2026-01-01T00:06:00.000Z")
+    ledger.update({("i-1", "2026-01-01T00:05:00.000Z"): {"recovered_at": "2026-01-01T00:06:00.000Z"}})
     assert ledger.unrecovered() == {}
     assert json.loads((tmp_path / "l.json").read_text())["injections"][2]["recovered_at"]
 

@@ -383,6 +383,10 @@ class QemuGuest:
     def agent_online(self) -> bool:
         return self.spec.agent and self.phase != "stopped" and self._fresh() and not self.agent_outage
 
+    def app_healthy(self) -> bool:
+        """Real guests run no application: it is healthy when the agent is."""
+        return self.agent_online()
+
     def last_ping(self) -> float:
         return self.clock() if self.agent_online() else max(self.last_heartbeat, self.launched_at)
 

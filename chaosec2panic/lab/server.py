@@ -18,8 +18,11 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List
+from urllib.parse import parse_qs
 
 import boto3
 from moto.ec2.models.instance_types import INSTANCE_TYPES
@@ -43,6 +46,8 @@ PLUGINS = {"AWS-RunShellScript": "aws:runShellScript", "AWS-RunPowerShellScript"
 # Moto's bundled AMIs by SSM platform: a Windows AMI makes DescribeInstances say Platform=windows.
 AMI_PREFERENCE = {"Windows": "Windows_Server-2016-English-Full-Base"}
 PLUGIN_OUTPUT_LIMIT = 2500
+ENDED = frozenset({"Success", "Failed", "TimedOut", "Cancelled"})
+DELIVERY_TICK = 0.1  # seconds: how soon a waiting command reaches an agent that came online
 GUEST_ACTIONS = {
     "RebootInstances": "reboot",
     "StopInstances": "stop",
@@ -74,6 +79,51 @@ def _ami(platform: str) -> str:
     return next((i for i in amis if preferred in i.get("name", "")), amis[0])["ami_id"]
 
 
+def _aws_environment(url: str, region: str) -> Dict[str, str]:
+    """What makes boto3 and the AWS CLI talk to the lab at ``url``: for the extension, and for
+    the guests' own AWS tools (in place of an instance role and its metadata)."""
+    return {"AWS_ENDPOINT_URL": url, "AWS_REGION": region, "AWS_DEFAULT_REGION": region, **LAB_CREDENTIALS}
+
+
+S3_BUCKET_OPERATIONS = {
+    "GET": "ListObjects",
+    "PUT": "CreateBucket",
+    "HEAD": "HeadBucket",
+    "DELETE": "DeleteBucket",
+}
+S3_OBJECT_OPERATIONS = {
+    "GET": "GetObject",
+    "HEAD": "HeadObject",
+    "PUT": "PutObject",
+    "DELETE": "DeleteObject",
+}
+S3_PART_OPERATIONS = {
+    "GET": "ListParts",
+    "PUT": "UploadPart",
+    "POST": "CompleteMultipartUpload",
+    "DELETE": "AbortMultipartUpload",
+}
+
+
+def _s3_operation(environ: Dict[str, Any]) -> str:
+    """The operation of a path-style S3 request (S3 names it nowhere in the request), so that the
+    lab records S3 calls and takes faults on them by name; "" for what it does not name."""
+    method = environ.get("REQUEST_METHOD", "GET")
+    bucket, _, key = environ.get("PATH_INFO", "").lstrip("/").partition("/")
+    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    if not bucket:
+        return "ListBuckets" if method == "GET" and not query else ""
+    if not key:
+        if query.get("list-type") == ["2"] and method == "GET":
+            return "ListObjectsV2"
+        return "" if query else S3_BUCKET_OPERATIONS.get(method, "")
+    if "uploadId" in query:
+        return S3_PART_OPERATIONS.get(method, "")
+    if "uploads" in query:
+        return "CreateMultipartUpload" if method == "POST" else ""
+    return "" if query else S3_OBJECT_OPERATIONS.get(method, "")
+
+
 def _iso(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z"
 
@@ -92,7 +142,11 @@ class Lab:
         self.calls: Counter[str] = Counter()
         self.faults: List[Dict[str, Any]] = []
         self.commands: Dict[str, Dict[str, Any]] = {}
+        self._undelivered: set[str] = set()
         self._lock = threading.RLock()
+        # Guests report events while holding their own lock: a lock of its own for the events,
+        # so a guest never waits for the lab's lock while the lab waits for the guest's.
+        self._events_lock = threading.Lock()
 
     # set-up -----------------------------------------------------------------------------------
     def populate(self, endpoint: str) -> None:
@@ -106,6 +160,7 @@ class Lab:
         )
         amis = {platform: _ami(platform) for platform in DOCUMENTS.values()}
         kit, accel = None, "tcg"
+        templates: Dict[str, Path] = {}
         for spec in self.fleet.guests:
             if spec.instance_type not in INSTANCE_TYPES:
                 raise LabError(f"instance {spec.name}: unknown instance type {spec.instance_type!r}")
@@ -131,8 +186,14 @@ class Lab:
                 except QemuError as exc:
                     raise LabError(f"{spec.name}: {exc}") from exc
             else:
+                # Guests alike but for their name start from the same files: copy the first's.
+                alike = repr(replace(spec, name=""))
+                if alike in templates:
+                    shutil.copytree(templates[alike], root, symlinks=True)
                 kind = WindowsSimGuest if spec.windows else SimGuest
                 guest = kind(instance_id, spec, root, self.fleet.time_scale, self.clock, self._emit)
+                templates.setdefault(alike, root)
+                guest.aws_env = _aws_environment(endpoint, self.fleet.region)
             self.guests[instance_id] = guest
             self.names[spec.name] = instance_id
         for guest in self.guests.values():
@@ -165,8 +226,8 @@ class Lab:
             guest.close()
 
     def _emit(self, at: float, instance_id: str, kind: str, detail: str) -> None:
-        with self._lock:
-            name = self.guests[instance_id].spec.name if instance_id in self.guests else ""
+        name = self.guests[instance_id].spec.name if instance_id in self.guests else ""
+        with self._events_lock:
             self.events.append(
                 {
                     "time": _iso(at),
@@ -186,6 +247,8 @@ class Lab:
         if path.startswith("/_lab/"):
             return self._control(path, environ.get("REQUEST_METHOD", "GET"), body, start_response)
         request = Request(environ, body)
+        if request.service == "s3" and not request.operation:
+            request.operation = _s3_operation(environ)
         with self._lock:
             self.calls[f"{request.service}:{request.operation}"] += 1
         handler = getattr(self, f"_{request.service}_{request.operation}", None)
@@ -278,7 +341,16 @@ class Lab:
             elif path == "/_lab/events":
                 for guest in self.guests.values():
                     guest.advance()
-                answer = sorted(self.events, key=lambda e: e["epoch"])
+                with self._events_lock:
+                    answer = sorted(self.events, key=lambda e: e["epoch"])
+            elif path.startswith("/_lab/app/"):
+                # A stand-in for each guest's application health endpoint, for app checks.
+                key = path.removeprefix("/_lab/app/")
+                guest = self.guests.get(self.names.get(key, key))
+                healthy = guest is not None and guest.app_healthy()
+                status = "200 OK" if healthy else "503 Service Unavailable"
+                start_response(status, [("Content-Type", "application/json")])
+                return [json.dumps({"healthy": healthy}).encode()]
             elif path == "/_lab/calls":
                 answer = dict(self.calls)
             elif path == "/_lab/fleet":
@@ -376,16 +448,25 @@ class Lab:
         }
 
     # SSM --------------------------------------------------------------------------------------
+    def deliver_pending(self) -> None:
+        """What SSM does on its own: hand each waiting command to its agent once it is online."""
+        with self._lock:
+            for command_id in sorted(self._undelivered):
+                self._deliver(self.commands[command_id])
+
     def _deliver(self, command: Dict[str, Any]) -> None:
         """Start each pending invocation whose agent is online, as the SSM agent picks it up."""
         now = self.clock()
+        self._undelivered.discard(command["id"])
         for instance_id, inv in command["invocations"].items():
             if inv["Status"] not in ("Pending", "Delayed"):
                 continue
             guest = self.guests[instance_id]
             if now > command["requested"] + command["timeout"]:
                 inv.update(Status="TimedOut", StatusDetails="DeliveryTimedOut")
-            elif guest.agent_online():
+            elif not guest.agent_online():
+                self._undelivered.add(command["id"])
+            else:
                 platform = guest.spec.family.platform
                 if DOCUMENTS[command["document"]] != platform:
                     inv.update(
@@ -489,6 +570,38 @@ class Lab:
             items.append(item)
         return {"CommandInvocations": items}
 
+    def _ssm_ListCommands(self, request: Request) -> Dict[str, Any]:
+        after = 0.0
+        for f in request.json.get("Filters", []):
+            if f.get("key") == "InvokedAfter":
+                after = datetime.fromisoformat(f["value"].replace("Z", "+00:00")).timestamp()
+        wanted = request.json.get("CommandId")
+        items = []
+        for command in sorted(self.commands.values(), key=lambda c: -c["requested"]):
+            if (wanted and command["id"] != wanted) or command["requested"] <= after:
+                continue
+            self._deliver(command)
+            statuses = [inv["Status"] for inv in command["invocations"].values()]
+            ended = [s for s in statuses if s in ENDED]
+            items.append(
+                {
+                    "CommandId": command["id"],
+                    "DocumentName": command["document"],
+                    "Comment": command["comment"],
+                    "RequestedDateTime": command["requested"],
+                    "Status": "Success" if len(ended) == len(statuses) else "InProgress",
+                    "TargetCount": len(statuses),
+                    "CompletedCount": len(ended),
+                    "ErrorCount": sum(1 for s in ended if s != "Success"),
+                }
+            )
+        start = int(request.json.get("NextToken") or 0)
+        size = int(request.json.get("MaxResults") or 50)
+        answer: Dict[str, Any] = {"Commands": items[start : start + size]}
+        if start + size < len(items):
+            answer["NextToken"] = str(start + size)
+        return answer
+
     def _ssm_GetCommandInvocation(self, request: Request) -> Dict[str, Any]:
         command_id, instance_id = request.json.get("CommandId", ""), request.json.get("InstanceId", "")
         if command_id not in self.commands or instance_id not in self.commands[command_id]["invocations"]:
@@ -561,6 +674,12 @@ class LabServer:
             "127.0.0.1", port, self.lab, threaded=True, request_handler=QuietHandler
         )
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._stopping = threading.Event()
+        self._courier = threading.Thread(target=self._deliver_until_stopped, daemon=True)
+
+    def _deliver_until_stopped(self) -> None:
+        while not self._stopping.wait(DELIVERY_TICK):
+            self.lab.deliver_pending()
 
     @property
     def url(self) -> str:
@@ -568,17 +687,12 @@ class LabServer:
 
     def environment(self) -> Dict[str, str]:
         """What to export so boto3 (and so the extension) talks to the lab."""
-        region = self.lab.fleet.region
-        return {
-            "AWS_ENDPOINT_URL": self.url,
-            "AWS_REGION": region,
-            "AWS_DEFAULT_REGION": region,
-            **LAB_CREDENTIALS,
-        }
+        return _aws_environment(self.url, self.lab.fleet.region)
 
     def start(self) -> "LabServer":
         """Serve, with moto's (process-wide) state reset: one lab per process at a time."""
         self._thread.start()
+        self._courier.start()
         urllib.request.urlopen(
             urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=30
         )
@@ -590,6 +704,9 @@ class LabServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._courier.is_alive():
+            self._courier.join(timeout=10)
         self.lab.close()
         self._server.shutdown()
         self._server.server_close()

@@ -1,11 +1,13 @@
 """The IAM policy holds exactly the AWS operations the activities perform against the lab."""
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import boto3
 from conftest import make_alarm, opted_in
 
 from chaosec2panic import actions, probes, rollbacks
@@ -16,6 +18,14 @@ CLI = str(Path(sys.executable).with_name("chaosec2panic"))
 
 
 SIGNING_TO_IAM = {"monitoring": "cloudwatch"}  # CloudWatch signs as "monitoring"
+S3_TO_IAM = {"HeadBucket": "ListBucket", "ListObjectsV2": "ListBucket"}  # S3 actions named otherwise
+# What collect_crash_dump's instances call with their own role (s3:PutObject), not the caller.
+INSTANCE_ROLE_CALLS = {
+    "s3:PutObject",
+    "s3:CreateMultipartUpload",
+    "s3:UploadPart",
+    "s3:CompleteMultipartUpload",
+}
 
 
 def calls_of(lab, run) -> set:
@@ -23,7 +33,10 @@ def calls_of(lab, run) -> set:
     before = dict(lab.lab.calls)
     run()
     changed = [k.split(":", 1) for k, v in lab.lab.calls.items() if v > before.get(k, 0)]
-    return {f"{SIGNING_TO_IAM.get(service, service)}:{operation}" for service, operation in changed}
+    return {
+        f"{SIGNING_TO_IAM.get(service, service)}:{S3_TO_IAM.get(operation, operation)}"
+        for service, operation in changed
+    }
 
 
 def test_every_activity_calls_only_what_it_declares_and_the_policy_covers_them_all(make_lab):
@@ -38,6 +51,7 @@ def test_every_activity_calls_only_what_it_declares_and_the_policy_covers_them_a
     web, stuck, bare = [lab.id("web")], [lab.id("stuck")], [lab.id("bare")]
     make_alarm("errors", tags={"chaos-stop": "yes"})
     guarded = {**conf, "chaosec2panic_stop_alarms": {"names": ["errors"]}}
+    boto3.client("s3").create_bucket(Bucket="crash-dumps")
     runs = {
         "instance_healthy": lambda: probes.instance_healthy(instance_ids=web, configuration=conf),
         "kdump_armed": lambda: probes.kdump_armed(instance_ids=web, configuration=conf),
@@ -51,6 +65,7 @@ def test_every_activity_calls_only_what_it_declares_and_the_policy_covers_them_a
         "panic_on_console": lambda: probes.panic_on_console(configuration=conf),
         "crash_dump_present": lambda: probes.crash_dump_present(configuration=conf),
         "crash_dumps": lambda: probes.crash_dumps(configuration=conf),
+        "collect_crash_dump": lambda: actions.collect_crash_dump("crash-dumps", configuration=conf),
         "arm_kdump": lambda: actions.arm_kdump(instance_ids=bare, timeout=60, configuration=conf),
         "restore_kdump_settings": lambda: rollbacks.restore_kdump_settings(
             instance_ids=bare, timeout=60, configuration=conf
@@ -59,13 +74,25 @@ def test_every_activity_calls_only_what_it_declares_and_the_policy_covers_them_a
     observed = {}
     for name, run in runs.items():
         observed[name] = calls_of(lab, run)
+    uploaded = observed["collect_crash_dump"] & INSTANCE_ROLE_CALLS
+    assert "s3:CompleteMultipartUpload" in uploaded  # the instance uploaded its dump, through the lab
+    observed["collect_crash_dump"] -= INSTANCE_ROLE_CALLS
     # More crashes of the same instance: a listing longer than the 2,500 characters that
     # ListCommandInvocations shows, so the full output is read with GetCommandInvocation.
     for _ in range(3):
         time.sleep(1.1)
         actions.send_nmi(instance_ids=web, configuration=conf)
         probes.recovered_within(30, configuration=conf)
+    # Real page data is compressed, so a real dump's first blocks are long to send: past the
+    # 2,500 characters ListCommandInvocations shows, they are read with GetCommandInvocation.
+    newest = max(
+        (lab.lab.guests[web[0]].root / "var/crash").glob("*/vmcore"), key=lambda f: f.stat().st_mtime
+    )
+    with open(newest, "r+b") as dump:
+        dump.seek(8192)
+        dump.write(os.urandom(56 * 1024))
     observed["crash_dumps"] |= calls_of(lab, lambda: probes.crash_dumps(configuration=conf))
+    assert "ssm:GetCommandInvocation" in observed["crash_dumps"]
     actions.send_nmi(instance_ids=stuck, allow_unarmed=True, configuration=conf)
     observed["recover_instances"] = calls_of(
         lab, lambda: rollbacks.recover_instances(timeout=2, configuration=conf)

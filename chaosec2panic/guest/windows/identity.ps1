@@ -2,7 +2,8 @@
 $os = Get-CimInstance Win32_OperatingSystem
 Write-Output "schema=identity/1"
 Write-Output ("boot_id=" + $os.LastBootUpTime.ToUniversalTime().ToString('yyyyMMddTHHmmssZ'))
-Write-Output ("uptime=" + [int]((Get-Date) - $os.LastBootUpTime).TotalSeconds)
-Write-Output ("now=" + [DateTimeOffset]::UtcNow.ToUnixTimeSeconds())
+$now = [DateTimeOffset]::UtcNow
+Write-Output ("uptime=" + ($now.UtcDateTime - $os.LastBootUpTime.ToUniversalTime()).TotalSeconds.ToString('F3', [Globalization.CultureInfo]::InvariantCulture))
+Write-Output ("now=" + ($now.ToUnixTimeMilliseconds() / 1000).ToString('F3', [Globalization.CultureInfo]::InvariantCulture))
 Write-Output "end=ok"
 exit 0

@@ -1,0 +1,145 @@
+"""Recovery timelines against the lab's own record of what each guest did, and what they cost."""
+
+from conftest import opted_in
+
+from chaosec2panic.actions import send_nmi
+from chaosec2panic.aws import client
+from chaosec2panic.lab.simguest import MODEL_SECONDS
+from chaosec2panic.ledger import Ledger
+from chaosec2panic.probes import crash_dumps, instance_healthy, recovered_within, recovery_seconds
+from chaosec2panic.recovery import parse_iso
+
+SCALE = 0.2  # a 40-second model cycle in about 8 wall seconds
+DEFAULT_SETTINGS = {"chaosec2panic_poll_interval": 5}  # the extension's default pace
+
+
+def epoch(text: str) -> float:
+    return parse_iso(text).timestamp()
+
+
+def truth(lab, name: str) -> dict:
+    """When the lab says each step happened after the NMI (epoch seconds)."""
+    first = {}
+    for e in lab.events(name=name):
+        first.setdefault(e["kind"], e["epoch"])
+    after = [e for e in lab.events(name=name) if e["epoch"] >= first["nmi"]]
+    step = {e["kind"]: e["epoch"] for e in after}
+    return {
+        "nmi": first["nmi"],
+        "panic": step["panic"],
+        "boot": step["boot"],
+        "kernel_started": step["boot"] - MODEL_SECONDS["boot"] * SCALE * 0.5,
+        "agent_online": step["agent-online"],
+        "recovered": step["recovered"],
+    }
+
+
+def test_each_measured_milestone_is_within_a_second_of_the_truth(make_lab):
+    names = ["small", "medium", "large"]
+    lab = make_lab(
+        [opted_in(n, memory_mib=m) for n, m in zip(names, (2048, 16384, 65536), strict=True)],
+        time_scale=SCALE,
+    )
+    conf = lab.configuration(**DEFAULT_SETTINGS)
+    send_nmi(tags={"chaos:nmi": "allowed"}, max_instances=3, configuration=conf)
+    result = recovery_seconds(timeout=120, slo=15, configuration=conf)
+    assert result["recovered"] == 3 and result["pending"] == []
+    for name in names:
+        real = truth(lab, name)
+        line = result["timelines"][lab.id(name)]
+        seen = {k: epoch(v) for k, v in line["milestones"].items() if v}
+        assert abs(line["durations"]["total_recovery"] - (real["recovered"] - real["nmi"])) <= 1.0
+        assert result["instances"][lab.id(name)] == line["durations"]["total_recovery"]
+        assert abs(seen["nmi_sent"] - real["nmi"]) <= 0.2
+        assert abs(seen["kernel_back"] - real["kernel_started"]) <= 0.5
+        assert abs(seen["agent_online"] - real["agent_online"]) <= 0.5
+        assert abs(seen["status_ok"] - real["boot"]) <= 1.0
+        assert real["panic"] <= seen["panic_seen"] <= real["boot"]
+        assert real["nmi"] <= seen["went_down"] <= real["boot"]
+        assert set(line["missing"]) == {"app_healthy", "dump_found"}
+    # The larger the memory, the longer the dump: the fleet aggregates see it.
+    seconds = [result["instances"][lab.id(n)] for n in names]
+    assert seconds == sorted(seconds) and result["max"] == seconds[-1]
+    assert result["over_slo"] == sum(1 for s in seconds if s > 15)
+    recovered_at = {e.instance_id: e.recovered_at for e in Ledger.of(conf).entries()}
+    assert all(recovered_at[lab.id(n)] for n in names)
+
+
+def test_one_identity_command_per_instance_and_no_agent_listing_while_waiting(make_lab):
+    lab = make_lab([opted_in(f"web-{n}", tags={"role": "web"}) for n in range(6)], time_scale=SCALE)
+    conf = lab.configuration(**DEFAULT_SETTINGS)
+    send_nmi(tags={"role": "web"}, max_instances=6, configuration=conf)
+    before = dict(lab.lab.calls)
+    assert recovered_within(120, configuration=conf) is True
+    made = {k: v - before.get(k, 0) for k, v in lab.lab.calls.items() if v != before.get(k, 0)}
+    assert made["ssm:SendCommand"] == 1  # one command carries all six, held until each agent is back
+    assert "ssm:DescribeInstanceInformation" not in made
+    assert made["ec2:GetConsoleOutput"] <= 2 * 6
+    looks = made["ec2:DescribeInstanceStatus"]
+    assert made["ssm:ListCommands"] == looks
+    assert made.get("ssm:ListCommandInvocations", 0) <= looks
+
+
+def test_an_instance_that_never_panics_has_no_new_boot_and_says_why(make_lab):
+    lab = make_lab([opted_in("calm", unknown_nmi_panic=0)], time_scale=SCALE)
+    conf = lab.configuration(chaosec2panic_poll_interval=0.5)
+    send_nmi(instance_ids=[lab.id("calm")], allow_unarmed=True, configuration=conf)
+    result = recovery_seconds(timeout=3, configuration=conf)
+    line = result["timelines"][lab.id("calm")]
+    assert result["instances"] == {lab.id("calm"): None} and result["pending"] == [lab.id("calm")]
+    assert line["milestones"]["kernel_back"] is None and line["durations"]["total_recovery"] is None
+    assert line["missing"]["kernel_back"] == "no answer yet from a kernel started after the NMI"
+    assert line["missing"]["went_down"] == "every status check looked at was ok"
+    assert line["missing"]["panic_seen"] == "no panic after the NMI on the console"
+
+
+def test_an_application_check_holds_recovery_until_the_app_answers(make_lab):
+    lab = make_lab([opted_in("api")], time_scale=SCALE)
+    conf = lab.configuration(**DEFAULT_SETTINGS)
+    send_nmi(instance_ids=[lab.id("api")], configuration=conf)
+    check = {"url": lab.server.url + "/_lab/app/{instance_id}"}
+    result = recovery_seconds(timeout=60, app_check=check, configuration=conf)
+    line = result["timelines"][lab.id("api")]
+    real = truth(lab, "api")
+    app_up = real["agent_online"] + MODEL_SECONDS["app"] * SCALE
+    assert abs(epoch(line["milestones"]["app_healthy"]) - app_up) <= 1.0
+    assert line["milestones"]["app_healthy"] > line["milestones"]["agent_online"]
+    assert abs(line["durations"]["total_recovery"] - (app_up - real["nmi"])) <= 1.0
+    assert "app_healthy" not in line["missing"]
+
+
+def test_an_application_that_never_answers_keeps_the_instance_pending(make_lab):
+    lab = make_lab([opted_in("api")], time_scale=SCALE)
+    conf = lab.configuration(chaosec2panic_poll_interval=0.5)
+    send_nmi(instance_ids=[lab.id("api")], configuration=conf)
+    closed = {"tcp": "127.0.0.1:9", "timeout": 0.2}  # the discard port: nothing listens there
+    assert recovered_within(15, app_check=closed, configuration=conf) is False
+    line = recovery_seconds(timeout=1, app_check=closed, configuration=conf)["timelines"][lab.id("api")]
+    assert line["milestones"]["agent_online"] and line["milestones"]["app_healthy"] is None
+    assert line["missing"]["app_healthy"] == "the application check has not passed in the new boot"
+
+
+def test_throttled_looks_are_retried_by_the_sdk_in_adaptive_mode(make_lab):
+    lab = make_lab([opted_in("web")], time_scale=SCALE)
+    conf = lab.configuration()
+    lab.lab.faults.append(
+        {"operation": "DescribeInstanceStatus", "code": "RequestLimitExceeded", "status": 503, "count": 2}
+    )
+    assert instance_healthy(instance_ids=[lab.id("web")], configuration=conf) is True
+    assert lab.lab.calls["ec2:DescribeInstanceStatus"] == 3
+    assert client("ec2", conf, None).meta.config.retries["mode"] == "adaptive"
+
+
+def test_a_second_look_reuses_the_timeline_and_adds_the_dump_found(make_lab):
+    lab = make_lab([opted_in("web")], time_scale=SCALE)
+    conf = lab.configuration(**DEFAULT_SETTINGS)
+    send_nmi(instance_ids=[lab.id("web")], configuration=conf)
+    first = recovery_seconds(timeout=60, configuration=conf)["timelines"][lab.id("web")]
+    dump = crash_dumps(configuration=conf)["instances"][lab.id("web")]
+    before = dict(lab.lab.calls)
+    again = recovery_seconds(timeout=60, configuration=conf)["timelines"][lab.id("web")]
+    assert lab.lab.calls["ssm:SendCommand"] == before["ssm:SendCommand"]  # nothing watched again
+    assert again["durations"] == first["durations"] and again["recovered_at"] == first["recovered_at"]
+    assert again["milestones"] == {**first["milestones"], "dump_found": dump["written_at"]}
+    assert "dump_found" not in again["missing"]
+    assert recovered_within(1, configuration=conf) is (first["durations"]["total_recovery"] <= 1)
