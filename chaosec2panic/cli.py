@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from .aws import client
+from .report import SLOWEST
 
 __all__ = ["main"]
 
@@ -238,6 +239,34 @@ def demo(args: argparse.Namespace) -> int:
         lab.stop()
 
 
+def report(args: argparse.Namespace) -> int:
+    """Write the HTML report of a journal, then its PNG (when Chromium is installed)."""
+    from .report import ChromiumMissing, ReportError, load_journal, render_html, report_model, screenshot
+
+    out = Path(args.output)
+    png = Path(args.png) if args.png else out.with_suffix(".png")
+    try:
+        model = report_model(load_journal(Path(args.journal)), args.slo, args.slowest)
+        out.write_text(render_html(model))
+    except ReportError as exc:
+        print(f"chaosec2panic: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"chaosec2panic: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"report: {out}")
+    try:
+        width, height = screenshot(out, png)
+    except ChromiumMissing as exc:
+        print(f"chaosec2panic: no PNG: {exc}", file=sys.stderr)
+        return 1 if args.png else 0
+    except ReportError as exc:
+        print(f"chaosec2panic: no PNG: {exc}", file=sys.stderr)
+        return 1
+    print(f"png: {png} ({width}x{height})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="chaosec2panic", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -293,6 +322,19 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--journal", help="where to write the journal")
     run.add_argument("--time-scale", type=float)
     run.set_defaults(run=demo, port=0)
+
+    rep = commands.add_parser("report", help="an HTML page and a PNG of a run's journal (timelines, dumps)")
+    rep.add_argument("journal", metavar="JOURNAL", help="the journal.json `chaos run` wrote")
+    rep.add_argument("-o", "--output", default="report.html", help="the HTML page to write")
+    rep.add_argument("--png", help="the PNG to write (default: the page's path with .png); needs Chromium")
+    rep.add_argument("--slo", type=float, help="recovery SLO in seconds (default: the journal's)")
+    rep.add_argument(
+        "--slowest",
+        type=int,
+        default=SLOWEST,
+        help="how many of the slowest instances back to draw (default: %(default)s)",
+    )
+    rep.set_defaults(run=report)
     return top
 
 

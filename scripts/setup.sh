@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 extra="$1"
-debian_packages=(python3 python3-venv qemu-system-x86 busybox-static kexec-tools makedumpfile cpio kmod)
+debian_packages=(python3 python3-venv qemu-system-x86 busybox-static kexec-tools makedumpfile cpio kmod chromium)
 missing=()
 for p in "${debian_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

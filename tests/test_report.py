@@ -1,0 +1,517 @@
+"""The report: journal -> model -> HTML (parsed back) -> PNG (rendered by real headless Chromium)."""
+
+import json
+import random
+import struct
+import subprocess
+import sys
+import zlib
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import pytest
+from conftest import ROOT, opted_in, run_experiment
+
+from chaosec2panic.recovery import MILESTONES, iso
+from chaosec2panic.report import (
+    MILESTONE_STYLES,
+    PAGE_WIDTH,
+    SLO_COLOUR,
+    BadJournal,
+    ChromiumMissing,
+    NoRecoveryData,
+    chromium,
+    load_journal,
+    render_html,
+    report_model,
+    screenshot,
+)
+
+CLI = str(Path(sys.executable).with_name("chaosec2panic"))
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+NO_APP = "no application check configured"
+
+
+def at(seconds: float) -> str:
+    return iso(T0 + timedelta(seconds=seconds))
+
+
+def result(func: str, output: Any, end: float, module: str = "chaosec2panic.probes", **more: Any) -> Dict:
+    """One activity result as `chaos run` journals it."""
+    return {
+        "activity": {
+            "type": "action" if func == "send_nmi" else "probe",
+            "name": func.replace("_", "-"),
+            "provider": {"type": "python", "module": module, "func": func, "arguments": {}},
+        },
+        "status": "succeeded",
+        "output": output,
+        "start": at(0),
+        "end": at(end),
+        **more,
+    }
+
+
+def timeline(sent: float, times: Dict[str, float | None]) -> Dict[str, Any]:
+    """A timeline in the recovery output's shape, from seconds after T0 (None: missing)."""
+    why = {
+        "panic_seen": "no panic after the NMI on the console",
+        "went_down": "every status check looked at was ok",
+        "kernel_back": "no answer yet from a kernel started after the NMI",
+        "status_ok": "status checks not seen ok in the new boot",
+        "agent_online": "the SSM agent has not answered in the new boot",
+        "app_healthy": NO_APP,
+        "dump_found": "no crash dump looked for or found",
+    }
+    milestones = {m: None if times.get(m) is None else at(times[m]) for m in MILESTONES}
+    milestones["nmi_sent"] = at(sent)
+    healthy = [times.get(m) for m in ("kernel_back", "status_ok", "agent_online")]
+    back = max(healthy) if all(t is not None for t in healthy) else None
+
+    def span(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round(b - a, 3)
+
+    return {
+        "milestones": milestones,
+        "missing": {m: why[m] for m, t in milestones.items() if t is None},
+        "durations": {
+            "time_to_crash": span(sent, times.get("panic_seen")),
+            "time_to_reboot": span(sent, times.get("kernel_back")),
+            "time_to_healthy": span(times.get("kernel_back"), back),
+            "total_recovery": span(sent, back),
+        },
+    }
+
+
+def fleet_journal(
+    n: int, not_back: Sequence[int] = (), slo: float = 600, timelines: bool = True, seed: int = 1
+) -> Dict[str, Any]:
+    """A journal of a rolling NMI over ``n`` instances (batches of 50); ``not_back`` never return,
+    and the last of them lost its panic too. Recovery takes 40 to 130 s."""
+    rng = random.Random(seed)
+    ids = [f"i-{k:017x}" for k in range(1, n + 1)]
+    injections, seconds, lines, dumps = [], {}, {}, {}
+    for k, i in enumerate(ids):
+        sent = (k // 50) * 150 + rng.uniform(0, 0.5)
+        injections.append(
+            {"instance_id": i, "batch": k // 50 + 1, "sent_at": at(sent), "outcome": "sent", "error": ""}
+        )
+        kernel = sent + rng.uniform(20, 60)
+        times: Dict[str, float | None] = {
+            "panic_seen": sent + rng.uniform(0.2, 2),
+            "went_down": sent + rng.uniform(3, 10),
+            "kernel_back": kernel,
+            "status_ok": kernel + rng.uniform(10, 70),
+            "agent_online": kernel + rng.uniform(5, 30),
+            "dump_found": kernel + rng.uniform(1, 5),
+        }
+        if k in not_back:
+            times.update(kernel_back=None, status_ok=None, agent_online=None, dump_found=None)
+            if k == max(not_back):
+                times["panic_seen"] = None
+        lines[i] = timeline(sent, times)
+        seconds[i] = lines[i]["durations"]["total_recovery"]
+        dumps[i] = (
+            {"verdict": "no-dump", "problems": [], "older": [], "nmi_sent_at": at(sent)}
+            if k in not_back
+            else {
+                "verdict": "complete-dump",
+                "path": f"/var/crash/127.0.0.1-2026-03-01-12:00:{k % 60:02d}/vmcore",
+                "size": 22_000_000 + k,
+                "written_at": at(kernel - 5),
+                "format": "kdump-compressed",
+                "complete": True,
+                "kernel_release": "6.1.0-18-amd64",
+                "nmi_panic": True,
+                "same_kernel": True,
+                "problems": [],
+                "nmi_sent_at": at(sent),
+            }
+        )
+    recovery: Dict[str, Any] = {"instances": seconds, "count": n}
+    if timelines:
+        recovery["timelines"] = lines
+    last = max(sent for sent in ((k // 50) * 150 for k in range(n))) + 300  # the last look
+    return {
+        "experiment": {
+            "title": "A fleet survives NMIs",
+            "steady-state-hypothesis": {
+                "probes": [
+                    {
+                        "type": "probe",
+                        "name": "back",
+                        "provider": {
+                            "type": "python",
+                            "module": "chaosec2panic.probes",
+                            "func": "recovered_within",
+                            "arguments": {"seconds": slo},
+                        },
+                    }
+                ]
+            },
+        },
+        "status": "completed",
+        "deviated": bool(not_back),
+        "start": at(-10),
+        "end": at(last + 10),
+        "steady_states": {
+            "before": {"probes": [result("recovery_seconds", {"instances": {}, "count": 0}, 0)]},
+            "after": {"probes": [result("recovered_within", not not_back, last + 5)]},
+        },
+        "run": [
+            result(
+                "send_nmi",
+                {"batches": [], "halted": None, "injections": injections},
+                1,
+                "chaosec2panic.actions",
+            ),
+            result("recovery_seconds", recovery, last),
+            result("crash_dumps", {"instances": dumps}, last + 2),
+        ],
+    }
+
+
+# the model ---------------------------------------------------------------------------------------
+def test_one_instance_model_has_its_milestones_as_offsets_from_the_nmi():
+    model = report_model(fleet_journal(1, slo=120))
+    [row] = model["instances"]
+    assert model["source"] == "timelines" and model["slo"] == 120
+    assert model["slo_source"] == "recovered_within in the experiment"
+    assert model["timeline"] == [row["instance_id"]]
+    line = fleet_journal(1)["run"][1]["output"]["timelines"][row["instance_id"]]
+    assert row["recovery"] == line["durations"]["total_recovery"]
+    assert row["offsets"]["nmi_sent"] == 0
+    assert row["offsets"]["kernel_back"] == line["durations"]["time_to_reboot"]
+    assert row["offsets"]["app_healthy"] is None and row["missing"] == {"app_healthy": NO_APP}
+    assert model["missing_everywhere"] == {"app_healthy": NO_APP}
+    assert row["batch"] == 1 and row["dump"]["verdict"] == "complete-dump"
+    assert model["fleet"]["count"] == 1 and model["fleet"]["over_slo"] == 0
+    assert sum(c for _, _, c in model["histogram"]["bins"]) == 1
+
+
+def test_five_hundred_instances_keep_the_slowest_and_every_one_not_back():
+    model = report_model(fleet_journal(500, not_back=(7, 250, 499)), slowest=25)
+    rows = {r["instance_id"]: r for r in model["instances"]}
+    not_back = [f"i-{k + 1:017x}" for k in (7, 250, 499)]
+    assert model["timeline"][:3] == not_back and len(model["timeline"]) == 28
+    slowest = sorted((r["recovery"] for r in rows.values() if r["recovery"] is not None), reverse=True)
+    assert [rows[i]["recovery"] for i in model["timeline"][3:]] == slowest[:25]
+    assert len(model["instances"]) == 500 and model["fleet"]["pending"] == sorted(not_back)
+    assert model["fleet"]["recovered"] == 497 and model["histogram"]["not_back"] == 3
+    assert sum(c for _, _, c in model["histogram"]["bins"]) == 497
+    lost = rows[not_back[-1]]
+    assert lost["offsets"]["panic_seen"] is None and lost["offsets"]["kernel_back"] is None
+    assert lost["missing"]["panic_seen"] == "no panic after the NMI on the console"
+    assert lost["observed"] > 200 and lost["over_slo"] is True
+    assert model["dumps"]["verdicts"] == {"complete-dump": 497, "no-dump": 3}
+    assert model["dumps"]["rows"][:3] == not_back and model["dumps"]["more"] == 497 - 25
+
+
+def test_without_timelines_the_model_falls_back_to_seconds_and_invents_no_milestone():
+    model = report_model(fleet_journal(5, not_back=(2,), timelines=False))
+    assert model["source"] == "seconds" and model["milestones"] == []
+    for row in model["instances"]:
+        assert row["offsets"] is None and row["missing"] == {} and row["durations"] == {}
+    assert [r["recovery"] is None for r in model["instances"]] == [True, False, False, False, False]
+
+
+def test_the_slo_comes_from_the_command_line_then_the_experiment_then_the_recovery_output():
+    journal = fleet_journal(3, slo=300)
+    assert report_model(journal, slo=90)["slo"] == 90
+    journal["experiment"]["steady-state-hypothesis"]["probes"][0]["provider"]["arguments"]["seconds"] = (
+        "${slo}"
+    )
+    journal["run"][1]["output"]["slo_seconds"] = 240
+    model = report_model(journal)
+    assert (model["slo"], model["slo_source"]) == (240, "slo_seconds in the recovery output")
+    del journal["run"][1]["output"]["slo_seconds"]
+    assert report_model(journal)["slo"] is None
+
+
+def test_every_milestone_the_timelines_know_has_a_style():
+    assert set(MILESTONES) <= set(MILESTONE_STYLES)
+
+
+def test_a_journal_without_recovery_data_says_so(tmp_path):
+    journal = fleet_journal(2)
+    journal["run"][1].update(status="failed", exception=["Traceback...", "ActivityFailed: no region\n"])
+    with pytest.raises(
+        NoRecoveryData, match=r"recovery-seconds .*recovery_seconds\) failed: ActivityFailed: no region"
+    ):
+        report_model(journal)
+    del journal["run"][1]
+    with pytest.raises(NoRecoveryData, match=r"no output of chaosec2panic\.probes\.recovery_seconds"):
+        report_model(journal)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "cannot read the journal"),
+        ("{oops", "is not JSON"),
+        ('{"experiment": {}}', "not a Chaos Toolkit journal"),
+    ],
+)
+def test_bad_input_is_named(tmp_path, content, message):
+    path = tmp_path / "journal.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(BadJournal, match=message):
+        load_journal(path)
+
+
+# the HTML ----------------------------------------------------------------------------------------
+VOID = {"meta", "br", "hr", "img", "input", "link"}
+
+
+class Tree(HTMLParser):
+    """Checks nesting while it collects every element with its attributes and text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: List[str] = []
+        self.elements: List[Dict[str, Any]] = []
+        self.problems: List[str] = []
+
+    def handle_starttag(self, tag: str, attrs: List[Tuple[str, str | None]]) -> None:
+        self.elements.append({"tag": tag, **dict(attrs), "text": "", "parents": list(self.stack)})
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: List[Tuple[str, str | None]]) -> None:
+        self.elements.append({"tag": tag, **dict(attrs), "text": "", "parents": list(self.stack)})
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.problems.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self.elements:
+            self.elements[-1]["text"] += data
+
+    def find(self, tag: str, **attrs: str) -> List[Dict[str, Any]]:
+        return [
+            e
+            for e in self.elements
+            if e["tag"] == tag and all(attrs[k] in (e.get(k) or "").split() for k in attrs)
+        ]
+
+    def inside(self, svg_id: str) -> List[Dict[str, Any]]:
+        start = next(n for n, e in enumerate(self.elements) if e.get("id") == svg_id)
+        depth = len(self.elements[start]["parents"])
+        end = next(
+            (n for n in range(start + 1, len(self.elements)) if len(self.elements[n]["parents"]) <= depth),
+            len(self.elements),
+        )
+        return self.elements[start + 1 : end]
+
+
+def parse(page: str) -> Tree:
+    tree = Tree()
+    tree.feed(page)
+    tree.close()
+    assert tree.problems == [] and tree.stack == []
+    return tree
+
+
+def slo_x_by_the_ticks(elements: List[Dict[str, Any]], slo: float) -> float:
+    """Where ``slo`` falls on the axis its tick labels draw (a line through the first and last)."""
+    ticks = sorted(
+        (float(e["text"].removesuffix(" s")), float(e["x"]))
+        for e in elements
+        if "tick-label" in e.get("class", "")
+    )
+    (s0, x0), (s1, x1) = ticks[0], ticks[-1]
+    return x0 + (slo - s0) * (x1 - x0) / (s1 - s0)
+
+
+def test_the_page_is_well_formed_self_contained_and_draws_the_slowest_rows():
+    model = report_model(fleet_journal(500, not_back=(7, 250, 499), slo=120))
+    page = render_html(model)
+    tree = parse(page)
+    assert not tree.find("script") and not tree.find("link") and not tree.find("img")
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    timeline = tree.inside("timeline")
+    labels = [e["text"] for e in timeline if "row-label" in e.get("class", "")]
+    assert labels == model["timeline"]
+    kernel_back = [e for e in timeline if e["tag"] == "rect" and "kernel_back" in e.get("class", "").split()]
+    assert len(kernel_back) == 25  # the 3 not back never had a new kernel
+    assert len([e for e in timeline if "not-back" in e.get("class", "").split()]) == 3
+    missing = [e["text"] for e in timeline if "missing" in e.get("class", "").split()]
+    lost = "panic_seen, kernel_back, status_ok, agent_online, dump_found"
+    expected = ["kernel_back, status_ok, agent_online, dump_found"] * 2 + [lost]
+    for text, full in zip(missing, expected, strict=True):
+        assert text == full or (text.endswith("…") and full.startswith(text[:-1])), (text, full)
+    for svg_id in ("timeline", "histogram"):
+        elements = tree.inside(svg_id)
+        [line] = [e for e in elements if "slo-line" in e.get("class", "")]
+        assert line["stroke"] == SLO_COLOUR and line["x1"] == line["x2"]
+        assert float(line["x1"]) == pytest.approx(slo_x_by_the_ticks(elements, 120), abs=0.05)
+    histogram = tree.inside("histogram")
+    bins = [n for n, e in enumerate(histogram) if "bin" in e.get("class", "").split()]
+    assert sum(int(histogram[n + 1]["text"].split()[0]) for n in bins) == 497  # each bar's <title>
+    assert len(tree.find("tr")) == 1 + 500 + 1 + 3 + 25  # every instance; dumps needing a look + 25
+    assert "Missing on every instance: app_healthy (no application check configured)." in page
+
+
+def test_an_slo_far_beyond_the_data_is_marked_off_the_axis():
+    tree = parse(render_html(report_model(fleet_journal(5), slo=3600)))
+    assert not tree.find("line", **{"class": "slo-line"})
+    assert [e["text"] for e in tree.find("text", **{"class": "slo-off-scale"})] == [
+        "SLO 3600 s → (beyond this axis)"
+    ] * 2
+
+
+def test_text_from_the_journal_is_escaped():
+    journal = fleet_journal(1)
+    journal["experiment"]["title"] = "<script>alert(1)</script> & co"
+    page = render_html(report_model(journal))
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
+
+
+# the PNG -----------------------------------------------------------------------------------------
+def read_png(path: Path, max_rows: int = 1400) -> Tuple[int, int, List[bytes]]:
+    """Width, height and the first ``max_rows`` rows (RGB) of an 8-bit RGB(A) PNG, decoded with
+    zlib and the five scanline filters."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, offset = {}, 8
+    while offset < len(data):
+        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        chunks.setdefault(kind, []).append(data[offset + 8 : offset + 8 + size])
+        offset += 12 + size
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][0][:10])
+    assert depth == 8 and colour in (2, 6)
+    bpp = 3 if colour == 2 else 4
+    raw = zlib.decompress(b"".join(chunks[b"IDAT"]))
+    stride = width * bpp
+    rows, previous = [], bytearray(stride)
+    for y in range(min(height, max_rows)):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for x in range(stride):
+            a = line[x - bpp] if x >= bpp else 0
+            b = previous[x]
+            c = previous[x - bpp] if x >= bpp else 0
+            if kind == 1:
+                line[x] = (line[x] + a) & 0xFF
+            elif kind == 2:
+                line[x] = (line[x] + b) & 0xFF
+            elif kind == 3:
+                line[x] = (line[x] + (a + b) // 2) & 0xFF
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        rows.append(bytes(line))
+        previous = line
+    return width, height, [bytes(r[i] for n in range(0, stride, bpp) for i in range(n, n + 3)) for r in rows]
+
+
+def colours(rows: List[bytes], top: int, bottom: int) -> Dict[bytes, int]:
+    seen: Dict[bytes, int] = {}
+    for row in rows[top:bottom]:
+        for x in range(0, len(row), 3):
+            seen[row[x : x + 3]] = seen.get(row[x : x + 3], 0) + 1
+    return seen
+
+
+def rgb(colour: str) -> bytes:
+    return bytes.fromhex(colour.lstrip("#"))
+
+
+def test_chromium_is_installed():
+    assert chromium(), "scripts/setup.sh installs chromium: apt-get install --no-install-recommends chromium"
+
+
+@pytest.mark.parametrize("n, not_back", [(5, (3,)), (500, (7, 250, 499))])
+def test_chromium_renders_the_charts(tmp_path, n, not_back):
+    page, png = tmp_path / "report.html", tmp_path / "report.png"
+    model = report_model(fleet_journal(n, not_back=not_back, slo=120))
+    page.write_text(render_html(model))
+    size = screenshot(page, png)
+    width, height, rows = read_png(png)
+    assert size == (width, height) and width == PAGE_WIDTH and height > (1200 if n == 5 else 10_000)
+    charts = colours(rows, 150, 1300)
+    assert len(charts) > 50  # text, bars, hatching, anti-aliasing: not a blank page
+    for name in ("panic_seen", "went_down", "kernel_back", "status_ok", "agent_online", "dump_found"):
+        assert charts.get(rgb(MILESTONE_STYLES[name].colour), 0) > 100, name
+    assert charts.get(rgb(SLO_COLOUR), 0) > 200
+
+
+def test_without_chromium_the_page_is_still_written_and_the_png_is_explained(tmp_path, monkeypatch):
+    journal = tmp_path / "journal.json"
+    journal.write_text(json.dumps(fleet_journal(3)))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium on it
+    out = tmp_path / "r.html"
+    asked = subprocess.run(
+        [CLI, "report", str(journal), "-o", str(out), "--png", str(tmp_path / "r.png")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert asked.returncode == 1 and "apt-get install --no-install-recommends chromium" in asked.stderr
+    assert out.exists() and not (tmp_path / "r.png").exists()
+    implied = subprocess.run(
+        [CLI, "report", str(journal), "-o", str(out)], capture_output=True, text=True, check=False
+    )
+    assert implied.returncode == 0 and "needs Chromium" in implied.stderr
+    with pytest.raises(ChromiumMissing):
+        screenshot(out, tmp_path / "r.png")
+
+
+@pytest.mark.parametrize(
+    "content, code, message",
+    [
+        (None, 2, "cannot read the journal"),
+        ("[]", 2, "not a Chaos Toolkit journal"),
+        ('{"run": []}', 1, "no recovery data"),
+    ],
+)
+def test_the_command_names_bad_input(tmp_path, content, code, message):
+    journal = tmp_path / "journal.json"
+    if content is not None:
+        journal.write_text(content)
+    done = subprocess.run(
+        [CLI, "report", str(journal), "-o", str(tmp_path / "r.html")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == code and message in done.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
+# end to end --------------------------------------------------------------------------------------
+def test_a_real_run_against_the_lab_is_reported(make_lab, tmp_path):
+    lab = make_lab(
+        [opted_in("a", tags={"role": "crash-capture"}), opted_in("b", tags={"role": "crash-capture"})]
+    )
+    journal = run_experiment(lab, ROOT / "experiments" / "crash-capture.yaml", tmp_path / "journal.json")
+    out, png = tmp_path / "report.html", tmp_path / "report.png"
+    done = subprocess.run(
+        [CLI, "report", str(tmp_path / "journal.json"), "-o", str(out), "--png", str(png)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    outputs = {r["activity"]["name"]: r["output"] for r in journal["run"]}
+    [hit] = outputs["recovery-seconds"]["instances"]
+    model = report_model(journal)
+    [row] = model["instances"]
+    assert row["instance_id"] == hit and row["recovery"] == outputs["recovery-seconds"]["instances"][hit]
+    assert model["slo"] == 600 and row["dump"]["verdict"] == "complete-dump" and row["batch"] == 1
+    tree = parse(out.read_text())
+    assert [e["text"] for e in tree.inside("timeline") if "row-label" in e.get("class", "")] == [hit]
+    if "timelines" in outputs["recovery-seconds"]:
+        assert model["source"] == "timelines"
+        assert row["offsets"]["kernel_back"] is not None and row["offsets"]["agent_online"] is not None
+        assert tree.find("rect", **{"class": "kernel_back"})
+    else:
+        assert model["source"] == "seconds" and tree.find("rect", **{"class": "seconds"})
+    width, height, rows = read_png(png)
+    assert width == PAGE_WIDTH and height > 900 and len(colours(rows, 0, height)) > 50
