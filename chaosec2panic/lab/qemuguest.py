@@ -433,8 +433,11 @@ class QemuGuest:
             self._emit(self.clock(), self.instance_id, "start", "")
             self._launch()
 
-    def run_command(self, script: str, timeout: float = 30.0) -> CommandOutcome:
-        """Run ``script`` under sh in the guest through its agent."""
+    def run_command(
+        self, script: str, timeout: float = 30.0, delivered: float | None = None
+    ) -> CommandOutcome:
+        """Run ``script`` under sh in the guest through its agent (on the guest's own clock,
+        whenever the command was ``delivered``)."""
         started = self.clock()
         agent = self._agent
         if agent is None:

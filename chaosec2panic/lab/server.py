@@ -478,10 +478,10 @@ class Lab:
                     )
                     continue
                 inv.update(Status="InProgress", StatusDetails="InProgress")
-                threading.Thread(target=self._execute, args=(guest, command, inv), daemon=True).start()
+                threading.Thread(target=self._execute, args=(guest, command, inv, now), daemon=True).start()
 
-    def _execute(self, guest: Guest, command: Dict[str, Any], inv: Dict[str, Any]) -> None:
-        outcome = guest.run_command(command["script"], command["execution_timeout"])
+    def _execute(self, guest: Guest, command: Dict[str, Any], inv: Dict[str, Any], delivered: float) -> None:
+        outcome = guest.run_command(command["script"], command["execution_timeout"], delivered)
         with self._lock:
             inv.update(
                 Status=outcome.status,

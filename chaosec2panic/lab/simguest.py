@@ -554,12 +554,13 @@ class SimGuest:
             enabled = enabled and "USE_KDUMP=1" in text.split()
         self.crash_loaded = enabled and self.crashkernel_mib > 0
 
-    def _files(self) -> Dict[str, str]:
-        """The files the running kernel shows (/proc, /sys) and the tools whose answers follow it."""
+    def _files(self, now: float) -> Dict[str, str]:
+        """The files the running kernel shows (/proc, /sys) at ``now`` and the tools whose
+        answers follow it (``date`` tells ``$CHAOSEC2PANIC_CLOCK``)."""
         spec, family = self.spec, self.spec.family
         loaded = self.phase == "up" and self.crash_loaded
         crash = f" crashkernel={self.crashkernel}" if self.crashkernel else ""
-        uptime = max(0.0, self.clock() - self.booted_at)
+        uptime = max(0.0, now - self.booted_at)
         free_kb = int(spec.disk_free_gib * 1024 * 1024)
         files = {
             "proc/sys/kernel/random/boot_id": self.boot_id,
@@ -574,6 +575,7 @@ class SimGuest:
             "sys/kernel/kexec_crash_size": str(self.crashkernel_mib * 1024 * 1024),
             "etc/os-release": f'ID="{family.os_id}"\nVERSION_ID="{family.version}"\n'
             f'PRETTY_NAME="{family.pretty}"\n',
+            "sim-bin/date": f'#!/bin/sh\nexec {shutil.which("date")} -d "@$CHAOSEC2PANIC_CLOCK" "$@"\n',
             "sim-bin/df": "#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
             f"echo '/dev/nvme0n1p1 {free_kb * 2} {free_kb} {free_kb} 50% /'\n",
         }
@@ -602,11 +604,19 @@ class SimGuest:
         loaded = (self.root / "sys/kernel/kexec_crash_loaded").read_text().strip()
         self.crash_loaded = loaded == "1" and self.crashkernel_mib > 0
 
-    def run_command(self, script: str, timeout: float = 30.0) -> CommandOutcome:
-        """Run ``script`` under sh against the guest's file system, as the SSM agent would."""
+    def run_command(
+        self, script: str, timeout: float = 30.0, delivered: float | None = None
+    ) -> CommandOutcome:
+        """Run ``script`` under sh against the guest's file system, as the SSM agent would.
+
+        The guest's clock (``date``, /proc/uptime) reads ``delivered``, when its agent took the
+        command: the lab runs its guests' commands one after another on the host's few CPUs,
+        where real instances would run them side by side, each on its own.
+        """
         with self._lock:
             self.advance()
-            for rel, text in self._files().items():
+            at = self.clock() if delivered is None else delivered
+            for rel, text in self._files(at).items():
                 path = self.root / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text if text.endswith("\n") else text + "\n")
@@ -614,11 +624,12 @@ class SimGuest:
                     path.chmod(0o755)
             env = {
                 "CHAOSEC2PANIC_ROOT": str(self.root),
+                "CHAOSEC2PANIC_CLOCK": f"{at:.6f}",
                 "LC_ALL": "C",
                 "PATH": f"{self.root / 'sim-bin'}:{self.root / 'bin'}",
                 **self.aws_env,
             }
-            started = self.clock()
+            started = at
             try:
                 done = subprocess.run(
                     [str(self.root / "bin" / "sh"), "-c", script],
@@ -1253,8 +1264,8 @@ class WindowsSimGuest(SimGuest):
         return windows_path
 
     # what the guest scripts read -------------------------------------------------------------------
-    def facts(self) -> WindowsFacts:
-        """The facts the guest scripts would read on this instance now."""
+    def facts(self, now: float | None = None) -> WindowsFacts:
+        """The facts the guest scripts would read on this instance at ``now`` (default: now)."""
         spec = self.spec
         dump_file = _expand(DUMP_FILE, SYSTEM_ROOT)
         path = self._host_path(dump_file)
@@ -1267,7 +1278,7 @@ class WindowsSimGuest(SimGuest):
                 tail = f.read(TAIL_BYTES)
             listing = WindowsFile(dump_file, size, path.stat().st_mtime, head, tail)
         return WindowsFacts(
-            now=self.clock(),
+            now=self.clock() if now is None else now,
             last_boot=self.booted_at,
             version=spec.family.version,
             total_visible_kb=spec.memory_mib * 1024 - RESERVED_KIB,
@@ -1281,11 +1292,14 @@ class WindowsSimGuest(SimGuest):
             bugcheck_event=self.bugcheck_events[-1] if self.bugcheck_events else None,
         )
 
-    def run_command(self, script: str, timeout: float = 30.0) -> CommandOutcome:
-        """Answer a PowerShell command as the SSM agent would, if it is one of the guest scripts."""
+    def run_command(
+        self, script: str, timeout: float = 30.0, delivered: float | None = None
+    ) -> CommandOutcome:
+        """Answer a PowerShell command as the SSM agent would, if it is one of the guest scripts
+        (its clock reads ``delivered``, as on a Linux guest)."""
         with self._lock:
             self.advance()
-            started = self.clock()
+            started = self.clock() if delivered is None else delivered
             name = windows_script_name(script)
             if name is None:
                 code, out = 1, ""
@@ -1294,7 +1308,7 @@ class WindowsSimGuest(SimGuest):
                     f"extension's guest scripts ({', '.join(SCRIPTS)}), by their schema= line"
                 )
             else:
-                facts, variables = self.facts(), script_variables(script)
+                facts, variables = self.facts(started), script_variables(script)
                 code, out, err = 0, interpret_windows_script(name, facts, variables), ""
                 if name == "kdump_settings":
                     self.crash_control = crash_control_after(facts, variables)[1]
