@@ -1,4 +1,6 @@
-"""The ``chaosec2panic`` command: the local crash lab, recovery from the ledger, the demo run."""
+"""The ``chaosec2panic`` command: the local crash lab and a demo run against it; preflight
+checks, recovery of instances left down, the IAM policy, offline dump inspection and the
+HTML report of a run's journal."""
 
 import argparse
 import json
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from .aws import client
-from .report import SLOWEST
+from .report import SLOWEST, experiment_slo
 
 __all__ = ["main"]
 
@@ -160,14 +162,7 @@ def print_policy(args: argparse.Namespace) -> int:
 
 def summarise(journal: Dict[str, Any]) -> List[str]:
     """A few lines a person reads after a run: what was hit, the dump, the recovery vs the SLO."""
-    slo = next(
-        (
-            float(p["provider"]["arguments"]["seconds"])
-            for p in journal["experiment"].get("steady-state-hypothesis", {}).get("probes", [])
-            if p.get("provider", {}).get("func") == "recovered_within"
-        ),
-        None,
-    )
+    slo = experiment_slo(journal["experiment"])
     lines = [
         f"experiment: {journal['experiment']['title']}",
         f"status: {journal['status']}, deviated: {journal['deviated']}",

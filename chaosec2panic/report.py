@@ -29,6 +29,7 @@ __all__ = [
     "NoRecoveryData",
     "ReportError",
     "chromium",
+    "experiment_slo",
     "load_journal",
     "render_html",
     "report_model",
@@ -160,7 +161,7 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def _experiment_slo(experiment: Mapping[str, Any]) -> float | None:
+def experiment_slo(experiment: Mapping[str, Any]) -> float | None:
     """``seconds`` of the experiment's ``recovered_within`` (a number, not a ``${...}`` reference)."""
     activities = [
         *(experiment.get("steady-state-hypothesis") or {}).get("probes", []),
@@ -211,6 +212,8 @@ def _row(
     durations = dict((timeline or {}).get("durations") or {})
     recovery = seconds.get(instance_id, durations.get("total_recovery"))
     milestones = dict((timeline or {}).get("milestones") or {})
+    if timeline is not None and not milestones.get("dump_found") and dump and dump.get("written_at"):
+        milestones["dump_found"] = dump["written_at"]  # crash_dumps ran after the recovery probe
     origin = milestones.get("nmi_sent") or injection.get("sent_at") or None
     measured = instance_id in seconds or timeline is not None
     return {
@@ -307,7 +310,7 @@ def report_model(
     experiment = journal.get("experiment") or {}
     slo_sources = [
         (slo, "the command line"),
-        (_experiment_slo(experiment), "recovered_within in the experiment"),
+        (experiment_slo(experiment), "recovered_within in the experiment"),
         (_number(recoveries[-1]["output"].get("slo_seconds")), "slo_seconds in the recovery output"),
     ]
     slo, slo_source = next(((s, src) for s, src in slo_sources if s is not None), (None, None))

@@ -13,6 +13,7 @@ import pytest
 from conftest import lab_up_process
 from test_inspect import KEYS
 
+from chaosec2panic.cli import summarise
 from chaosec2panic.lab.fleet import FleetError, load_fleet, parse_fleet
 
 CLI = str(Path(sys.executable).with_name("chaosec2panic"))
@@ -224,3 +225,32 @@ def test_a_lab_of_real_guests_without_qemu_says_what_to_install(tmp_path):
         "the lab cannot start: qemu-system-x86_64 is missing (as root: apt-get install qemu-system-x86"
         in (done.stderr)
     )
+
+
+def test_the_summary_takes_an_slo_given_by_reference_as_unknown():
+    journal = {
+        "experiment": {
+            "title": "drill",
+            "steady-state-hypothesis": {
+                "probes": [
+                    {
+                        "provider": {
+                            "module": "chaosec2panic.probes",
+                            "func": "recovered_within",
+                            "arguments": {"seconds": "${slo_seconds}"},
+                        }
+                    }
+                ]
+            },
+        },
+        "status": "completed",
+        "deviated": False,
+        "run": [
+            {
+                "activity": {"name": "recovery"},
+                "status": "succeeded",
+                "output": {"instances": {"i-1": 12.5}, "max": 12.5},
+            }
+        ],
+    }
+    assert summarise(journal)[-1] == "i-1 back after 12.5 s"

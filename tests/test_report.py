@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import pytest
 from conftest import ROOT, opted_in, run_experiment
 
-from chaosec2panic.recovery import MILESTONES, iso
+from chaosec2panic.recovery import MILESTONES, iso, seconds_between
 from chaosec2panic.report import (
     MILESTONE_STYLES,
     PAGE_WIDTH,
@@ -189,6 +189,17 @@ def test_one_instance_model_has_its_milestones_as_offsets_from_the_nmi():
     assert row["batch"] == 1 and row["dump"]["verdict"] == "complete-dump"
     assert model["fleet"]["count"] == 1 and model["fleet"]["over_slo"] == 0
     assert sum(c for _, _, c in model["histogram"]["bins"]) == 1
+
+
+def test_a_dump_found_by_crash_dumps_after_the_recovery_probe_fills_its_milestone():
+    journal = fleet_journal(1)
+    [line] = journal["run"][1]["output"]["timelines"].values()
+    line["milestones"]["dump_found"] = None
+    line["missing"]["dump_found"] = "no crash dump looked for or found"
+    [dump] = journal["run"][2]["output"]["instances"].values()
+    [row] = report_model(journal)["instances"]
+    assert row["offsets"]["dump_found"] == seconds_between(line["milestones"]["nmi_sent"], dump["written_at"])
+    assert "dump_found" not in row["missing"]
 
 
 def test_five_hundred_instances_keep_the_slowest_and_every_one_not_back():
