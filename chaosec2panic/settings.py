@@ -6,7 +6,7 @@
 | ``chaosec2panic_ledger_path`` | the ledger file | ``$CHAOSEC2PANIC_LEDGER``, else the XDG state dir |
 | ``chaosec2panic_poll_interval`` | seconds between looks while waiting | 5 |
 | ``chaosec2panic_retry_attempts`` | attempts of a throttled call | 5 |
-| ``chaosec2panic_retry_base_delay`` | backoff unit: the n-th retry waits a random time up to base x 2^n | 0.5 |
+| ``chaosec2panic_retry_base_delay`` | the n-th retry waits at random up to this x 2^n | 0.5 |
 """
 
 import os

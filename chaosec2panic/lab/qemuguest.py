@@ -163,6 +163,7 @@ class QemuGuest:
         self.phase = "stopped"
         self.boot_id = ""
         self.last_heartbeat = 0.0
+        self.online_since = 0.0
         self.launched_at = 0.0
         self.after_nmi = False
         self.agent_outage = False  # set by the lab to cut the agent off on demand
@@ -321,6 +322,7 @@ class QemuGuest:
             if boot_id == self.boot_id:
                 return
             self.boot_id = boot_id
+            self.online_since = now
             self.phase = "up"
             self._emit(now, self.instance_id, "boot", boot_id)
             self._emit(now, self.instance_id, "agent-online", "")
@@ -382,6 +384,10 @@ class QemuGuest:
 
     def agent_online(self) -> bool:
         return self.spec.agent and self.phase != "stopped" and self._fresh() and not self.agent_outage
+
+    def agent_since(self) -> float:
+        """When the agent's first heartbeat of this boot came."""
+        return self.online_since
 
     def app_healthy(self) -> bool:
         """Real guests run no application: it is healthy when the agent is."""

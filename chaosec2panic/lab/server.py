@@ -478,7 +478,9 @@ class Lab:
                     )
                     continue
                 inv.update(Status="InProgress", StatusDetails="InProgress")
-                threading.Thread(target=self._execute, args=(guest, command, inv, now), daemon=True).start()
+                # A real agent takes a waiting command the moment it comes online.
+                taken = min(now, max(command["requested"], guest.agent_since()))
+                threading.Thread(target=self._execute, args=(guest, command, inv, taken), daemon=True).start()
 
     def _execute(self, guest: Guest, command: Dict[str, Any], inv: Dict[str, Any], delivered: float) -> None:
         outcome = guest.run_command(command["script"], command["execution_timeout"], delivered)

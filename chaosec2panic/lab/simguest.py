@@ -220,6 +220,10 @@ class SimGuest:
         up = self.spec.agent and self.phase == "up" and self.clock() >= self.agent_at
         return up and not self.agent_outage
 
+    def agent_since(self) -> float:
+        """When the agent came online in this boot (a command waiting for it is taken then)."""
+        return self.agent_at
+
     def app_healthy(self) -> bool:
         """Whether the instance's application answers: a while after its agent came online."""
         return self.agent_online() and self.clock() >= self.agent_at + MODEL_SECONDS["app"] * self.scale
