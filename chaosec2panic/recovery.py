@@ -15,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Dict, Mapping, Tuple
 
 __all__ = [
+    "APP_NOT_PASSED",
     "MILESTONES",
+    "WHY_MISSING",
     "Boot",
     "Observation",
     "Timeline",
@@ -110,6 +112,19 @@ def fleet_summary(seconds: Mapping[str, float | None], slo: float | None = None)
         summary["slo_seconds"] = slo
         summary["over_slo"] = len(seconds) - sum(1 for s in back if s <= slo)
     return summary
+
+
+# Why a milestone is missing from a timeline (app_healthy: when no check is configured).
+WHY_MISSING = {
+    "panic_seen": "no panic after the NMI on the console",
+    "went_down": "every status check looked at was ok",
+    "kernel_back": "no answer yet from a kernel started after the NMI",
+    "status_ok": "status checks not seen ok in the new boot",
+    "agent_online": "the SSM agent has not answered in the new boot",
+    "app_healthy": "no application check configured",
+    "dump_found": "no crash dump looked for or found",
+}
+APP_NOT_PASSED = "the application check has not passed in the new boot"
 
 
 @dataclass(frozen=True)
@@ -246,17 +261,7 @@ def timeline(track: Track) -> Timeline:
         "app_healthy": _settled(track.apps, kernel_back) if kernel_back and track.app_checked else None,
         "dump_found": track.dump_found or None,
     }
-    why = {
-        "panic_seen": "no panic after the NMI on the console",
-        "went_down": "every status check looked at was ok",
-        "kernel_back": "no answer yet from a kernel started after the NMI",
-        "status_ok": "status checks not seen ok in the new boot",
-        "agent_online": "the SSM agent has not answered in the new boot",
-        "app_healthy": "no application check configured"
-        if not track.app_checked
-        else "the application check has not passed in the new boot",
-        "dump_found": "no crash dump looked for or found",
-    }
+    why = {**WHY_MISSING, "app_healthy": APP_NOT_PASSED} if track.app_checked else WHY_MISSING
     missing = {m: why[m] for m in MILESTONES if seen[m] is None}
     needed = ["kernel_back", "status_ok", "agent_online"] + (["app_healthy"] if track.app_checked else [])
     healthy = max(str(seen[m]) for m in needed) if all(seen[m] for m in needed) else None

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import pytest
 from conftest import ROOT, opted_in, run_experiment
 
-from chaosec2panic.recovery import MILESTONES, iso, seconds_between
+from chaosec2panic.recovery import MILESTONES, WHY_MISSING, iso, seconds_between
 from chaosec2panic.report import (
     MILESTONE_STYLES,
     PAGE_WIDTH,
@@ -56,15 +56,6 @@ def result(func: str, output: Any, end: float, module: str = "chaosec2panic.prob
 
 def timeline(sent: float, times: Dict[str, float | None]) -> Dict[str, Any]:
     """A timeline in the recovery output's shape, from seconds after T0 (None: missing)."""
-    why = {
-        "panic_seen": "no panic after the NMI on the console",
-        "went_down": "every status check looked at was ok",
-        "kernel_back": "no answer yet from a kernel started after the NMI",
-        "status_ok": "status checks not seen ok in the new boot",
-        "agent_online": "the SSM agent has not answered in the new boot",
-        "app_healthy": NO_APP,
-        "dump_found": "no crash dump looked for or found",
-    }
     milestones = {m: None if times.get(m) is None else at(times[m]) for m in MILESTONES}
     milestones["nmi_sent"] = at(sent)
     healthy = [times.get(m) for m in ("kernel_back", "status_ok", "agent_online")]
@@ -75,7 +66,7 @@ def timeline(sent: float, times: Dict[str, float | None]) -> Dict[str, Any]:
 
     return {
         "milestones": milestones,
-        "missing": {m: why[m] for m, t in milestones.items() if t is None},
+        "missing": {m: WHY_MISSING[m] for m, t in milestones.items() if t is None},
         "durations": {
             "time_to_crash": span(sent, times.get("panic_seen")),
             "time_to_reboot": span(sent, times.get("kernel_back")),
