@@ -555,6 +555,19 @@ HATCH = (
 )
 
 
+def _svg(svg_id: str, parts: Sequence[str], height: float) -> str:
+    """A chart: its ``parts`` in an SVG element the page's width and ``height`` tall."""
+    return _tag(
+        "svg",
+        "".join(parts),
+        id=svg_id,
+        xmlns="http://www.w3.org/2000/svg",
+        width=SVG_WIDTH,
+        height=height,
+        viewBox=f"0 0 {SVG_WIDTH} {height:g}",
+    )
+
+
 def _histogram_svg(model: Mapping[str, Any]) -> str:
     hist, fleet, slo = model["histogram"], model["fleet"], model["slo"]
     left, right, top, bottom = 60.0, SVG_WIDTH - 130.0, 58.0, 250.0
@@ -647,15 +660,7 @@ def _histogram_svg(model: Mapping[str, Any]) -> str:
             fill=NOT_BACK_COLOUR,
         )
     )
-    return _tag(
-        "svg",
-        "".join(parts),
-        id="histogram",
-        xmlns="http://www.w3.org/2000/svg",
-        width=SVG_WIDTH,
-        height=bottom + 44,
-        viewBox=f"0 0 {SVG_WIDTH} {bottom + 44:g}",
-    )
+    return _svg("histogram", parts, bottom + 44)
 
 
 def _segments(row: Mapping[str, Any], scale: Scale, y: float) -> List[str]:
@@ -806,15 +811,7 @@ def _timeline_svg(model: Mapping[str, Any]) -> str:
                 )
             )
     parts += _slo_marks(scale, model["slo"], top, bottom, top - 26)
-    return _tag(
-        "svg",
-        "".join(parts),
-        id="timeline",
-        xmlns="http://www.w3.org/2000/svg",
-        width=SVG_WIDTH,
-        height=bottom + 44,
-        viewBox=f"0 0 {SVG_WIDTH} {bottom + 44:g}",
-    )
+    return _svg("timeline", parts, bottom + 44)
 
 
 def _legend(model: Mapping[str, Any]) -> str:
