@@ -158,9 +158,10 @@ def watch_recovery(
     if not watches:
         return known
     completed: Dict[str, int] = {}
+    back_ids: set[str] = set()
 
     def look() -> Dict[str, Timeline]:
-        pending = {i: w for i, w in watches.items() if not timeline(w.track).back}
+        pending = {i: w for i, w in watches.items() if i not in back_ids}
         at = now_iso()
         for i, status in instance_status(ec2, list(pending)).items():
             w = watches[i]
@@ -206,6 +207,7 @@ def watch_recovery(
                 watches[i].track = watches[i].track.with_app(at, ok)
         lines = {i: timeline(w.track) for i, w in watches.items()}
         back = {i: lines[i] for i in pending if lines[i].back}
+        back_ids.update(back)
         for i, line in back.items():
             logger.info("%s back %.1fs after its NMI", i, line.recovery_seconds)
         ledger.update(
