@@ -43,7 +43,8 @@ def test_windows_memory_dump_runs_green_against_a_windows_fleet(make_lab, tmp_pa
     assert dump["format"] in ("windows-full", "windows-kernel") and dump["bugcheck"] == 0x80
     assert dump["nmi_panic"] is True and "NMI_HARDWARE_FAILURE" in dump["panic_message"]
     assert dump["path"] == "C:\\Windows\\MEMORY.DMP" == lab.events("dump-written", hit)[0]["detail"]
-    assert dump["written_at"] >= injection["sent_at"]
+    # The dump's time is its file's, in whole seconds: it may fall in the NMI's own second.
+    assert dump["written_at"][:19] >= injection["sent_at"][:19]
     seconds = outputs["recovery-seconds"]["instances"][instance_id]
     assert seconds is not None and 0 < seconds <= 900
     assert journal["rollbacks"][0]["output"] == {"instances": {}}
