@@ -56,6 +56,7 @@ GUEST_ACTIONS = {
 }
 
 BOOT_TIMEOUT = 180.0
+CLOSE_WAIT = 30.0  # seconds the lab waits, when it ends, for its guests' commands to finish
 MIN_FREE_BYTES = 1024 * 2**20
 
 StartResponse = Callable[..., Any]
@@ -143,6 +144,7 @@ class Lab:
         self.faults: List[Dict[str, Any]] = []
         self.commands: Dict[str, Dict[str, Any]] = {}
         self._undelivered: set[str] = set()
+        self._running: set[threading.Thread] = set()  # guests' commands under way
         self._lock = threading.RLock()
         # Guests report events while holding their own lock: a lock of its own for the events,
         # so a guest never waits for the lab's lock while the lab waits for the guest's.
@@ -221,9 +223,15 @@ class Lab:
         return kit, choose_accel(kit, self.workdir)
 
     def close(self) -> None:
-        """End every guest (real guests are QEMU processes)."""
+        """End every guest (real guests are QEMU processes), then wait for the commands they
+        were running, so nothing writes into a guest's files once the lab is gone."""
         for guest in self.guests.values():
             guest.close()
+        deadline = time.monotonic() + CLOSE_WAIT
+        with self._lock:
+            running = list(self._running)
+        for thread in running:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _emit(self, at: float, instance_id: str, kind: str, detail: str) -> None:
         name = self.guests[instance_id].spec.name if instance_id in self.guests else ""
@@ -480,20 +488,28 @@ class Lab:
                 inv.update(Status="InProgress", StatusDetails="InProgress")
                 # A real agent takes a waiting command the moment it comes online.
                 taken = min(now, max(command["requested"], guest.agent_since()))
-                threading.Thread(target=self._execute, args=(guest, command, inv, taken), daemon=True).start()
+                thread = threading.Thread(
+                    target=self._execute, args=(guest, command, inv, taken), daemon=True
+                )
+                self._running.add(thread)
+                thread.start()
 
     def _execute(self, guest: Guest, command: Dict[str, Any], inv: Dict[str, Any], delivered: float) -> None:
-        outcome = guest.run_command(command["script"], command["execution_timeout"], delivered)
-        with self._lock:
-            inv.update(
-                Status=outcome.status,
-                StatusDetails=outcome.status,
-                ResponseCode=outcome.code,
-                stdout=outcome.stdout,
-                stderr=outcome.stderr,
-                started=outcome.started,
-                ended=outcome.ended,
-            )
+        try:
+            outcome = guest.run_command(command["script"], command["execution_timeout"], delivered)
+            with self._lock:
+                inv.update(
+                    Status=outcome.status,
+                    StatusDetails=outcome.status,
+                    ResponseCode=outcome.code,
+                    stdout=outcome.stdout,
+                    stderr=outcome.stderr,
+                    started=outcome.started,
+                    ended=outcome.ended,
+                )
+        finally:
+            with self._lock:
+                self._running.discard(threading.current_thread())
 
     def _ssm_SendCommand(self, request: Request) -> Dict[str, Any]:
         params = request.json
@@ -709,10 +725,10 @@ class LabServer:
         self._stopping.set()
         if self._courier.is_alive():
             self._courier.join(timeout=10)
-        self.lab.close()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+        self.lab.close()
         if self._tmp:
             self._tmp.cleanup()
 
