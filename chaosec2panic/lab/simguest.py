@@ -105,6 +105,8 @@ KDUMP_CONFIG = {
     "systemctl": 'KDUMP_SAVEDIR="file:///var/crash"\n',
 }
 # The package manager and boot loader tools on each distribution's PATH (simulated in sim-bin).
+# The kernel files a command may write (sysctl -w, kdump loading the crash kernel).
+WRITABLE = ("proc/sys/kernel/unknown_nmi_panic", "proc/sys/kernel/panic", "sys/kernel/kexec_crash_loaded")
 OS_TOOLS = {
     "amazon-linux-2": ("yum", "rpm", "grubby"),
     "amazon-linux-2023": ("dnf", "yum", "rpm", "grubby"),
@@ -168,6 +170,8 @@ class SimGuest:
         self.crashkernel_mib = spec.crashkernel_mib
         self.crash_loaded = spec.armed
         self.unknown_nmi_panic = spec.unknown_nmi_panic
+        # What each file of :meth:`_files` holds on disk, so a command rewrites only what changed.
+        self._shown: Dict[str, str] = {}
         self._prepare_root()
         self._boot_messages(self.booted_at)
 
@@ -598,15 +602,33 @@ class SimGuest:
             )
         return files
 
+    def _show(self, files: Dict[str, str]) -> None:
+        """Write each of ``files`` whose text differs from what is on disk."""
+        for rel, text in files.items():
+            text = text if text.endswith("\n") else text + "\n"
+            if self._shown.get(rel) == text:
+                continue
+            path = self.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            if rel.startswith("sim-bin/"):
+                path.chmod(0o755)
+            self._shown[rel] = text
+
     def _read_back(self) -> None:
-        """What a command changed in the running kernel: sysctl -w, the crash kernel (un)loaded."""
-        if self.phase != "up":
-            return
-        nmi = (self.root / "proc/sys/kernel/unknown_nmi_panic").read_text().strip()
-        if nmi.isdigit():
-            self.unknown_nmi_panic = int(nmi)
-        loaded = (self.root / "sys/kernel/kexec_crash_loaded").read_text().strip()
-        self.crash_loaded = loaded == "1" and self.crashkernel_mib > 0
+        """What a command changed in the running kernel: sysctl -w, the crash kernel (un)loaded.
+        A kernel file a command wrote is shown again from the kernel's state at the next command
+        (the kernel keeps only what it accepts)."""
+        for rel in WRITABLE:
+            text = (self.root / rel).read_text() if (self.root / rel).is_file() else ""
+            if text != self._shown.get(rel):
+                self._shown.pop(rel, None)
+            if self.phase != "up":
+                continue
+            if rel == "proc/sys/kernel/unknown_nmi_panic" and text.strip().isdigit():
+                self.unknown_nmi_panic = int(text)
+            elif rel == "sys/kernel/kexec_crash_loaded":
+                self.crash_loaded = text.strip() == "1" and self.crashkernel_mib > 0
 
     def run_command(
         self, script: str, timeout: float = 30.0, delivered: float | None = None
@@ -620,12 +642,7 @@ class SimGuest:
         with self._lock:
             self.advance()
             at = self.clock() if delivered is None else delivered
-            for rel, text in self._files(at).items():
-                path = self.root / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text if text.endswith("\n") else text + "\n")
-                if rel.startswith("sim-bin/"):
-                    path.chmod(0o755)
+            self._show(self._files(at))
             env = {
                 "CHAOSEC2PANIC_ROOT": str(self.root),
                 "CHAOSEC2PANIC_CLOCK": f"{at:.6f}",
