@@ -283,8 +283,9 @@ class Lab:
 
 
 def _command_cost(samples: int = 30) -> Dict[str, float]:
-    """What one SSM command costs the lab: simulated guests running the identity script one
-    after another in this process (the lab's Python side, then the guest's ``sh``)."""
+    """What one SSM command costs the lab: simulated guests that ran a command before (as the
+    watched guests had) running the identity script one after another in this process (the
+    lab's Python side, then the guest's ``sh``)."""
     with tempfile.TemporaryDirectory(prefix="chaosec2panic-bench-") as tmp:
         guests = [
             SimGuest(
@@ -293,6 +294,8 @@ def _command_cost(samples: int = 30) -> Dict[str, float]:
             for n in range(samples)
         ]
         text = script(PLATFORMS["linux"], "identity")
+        for guest in guests:
+            guest.run_command(text)
         own, children, started = (
             resource.getrusage(resource.RUSAGE_SELF),
             resource.getrusage(resource.RUSAGE_CHILDREN),
@@ -818,8 +821,8 @@ HOW_MEASURED = """\
 - **The lab's side**: the bench wraps the lab's WSGI application to time each answer (per
   operation, while watching) and its SSM courier to time each delivery pass, reads when each
   command was handed to its guest (the lab's invocation records), counts the SSM commands the
-  guests ran, and times one guest command outside any load (30 identity commands on fresh
-  simulated guests, one after another) to show what the lab pays per command.
+  guests ran, and times one guest command outside any load (30 identity commands, one
+  after another, on simulated guests that each ran one command before) to show what the lab pays per command.
 - Time scale: the lab's `time_scale` (wall seconds per model second) applies to the guests
   only; both watchers run at their default real-time settings. The naive baseline's call count
   grows with the number of polls, so with a slower crash cycle (a larger time scale) the ratio
