@@ -6,12 +6,12 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping
 
 from botocore.exceptions import ClientError
 
 from . import guest
-from .app import AppCheck
+from .app import AppWatch
 from .aws import DESCRIBE_STATUS_CHUNK, chunks, paginate
 from .dumps import ConsoleFindings, console_findings
 from .guest.parsers import parse_report
@@ -132,7 +132,7 @@ def watch_recovery(
     platforms: Mapping[str, guest.Platform],
     deadline: float,
     interval: float,
-    app: Tuple[AppCheck, Mapping[str, str]] | None = None,
+    app: AppWatch | None = None,
 ) -> Dict[str, Timeline]:
     """Follow each hit instance until it is back or ``deadline`` (a ``time.monotonic()``
     value) passes, and return its timeline; each recovery is written to the ledger.
@@ -145,13 +145,24 @@ def watch_recovery(
     are read only when ListCommands shows new answers, and each console at most twice (when
     first seen down, and when back if the panic was not seen yet). Looks come every
     ``interval`` seconds, and every ``FAST_INTERVAL`` while an instance is expected to change
-    soon (booting, or up again and not yet answering). With ``app`` (a check and its target
-    per instance), an instance is back only once its application check passes in the new boot.
+    soon (booting, or up again and not yet answering). With ``app``, an instance is back only
+    once its application check passes in the new boot (a target group is read at every look,
+    one call for all, and counts only once it has reported the instance unhealthy).
     """
     since = min(e.sent_at for e in hits.values()) if hits else now_iso()
     known = {i: line for i, e in hits.items() if (line := _known(e, bool(app))) is not None}
     watches = {
-        i: _Watch(Track(i, e.sent_at, e.boot_id_before, dump_found=e.dump_found, app_checked=bool(app)), e)
+        i: _Watch(
+            Track(
+                i,
+                e.sent_at,
+                e.boot_id_before,
+                dump_found=e.dump_found,
+                app_checked=bool(app),
+                app_lags=bool(app and app.lags),
+            ),
+            e,
+        )
         for i, e in hits.items()
         if i not in known
     }
@@ -199,11 +210,10 @@ def watch_recovery(
         _read_consoles(
             ec2, [watches[i] for i in answers if watches[i].track.boot and not watches[i].track.panic_seen]
         )
-        if app:
-            check, targets = app
-            booted = {i: targets[i] for i, w in pending.items() if w.track.boot}
+        checked = [i for i, w in pending.items() if app.lags or w.track.boot] if app else []
+        if app and checked:
             at = now_iso()
-            for i, ok in check.run(booted).items():
+            for i, ok in app.run(checked).items():
                 watches[i].track = watches[i].track.with_app(at, ok)
         lines = {i: timeline(w.track) for i, w in watches.items()}
         back = {i: lines[i] for i in pending if lines[i].back}

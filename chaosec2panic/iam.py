@@ -10,6 +10,7 @@ import importlib
 from typing import Any, Callable, Dict, Iterable, List, Sequence, TypeVar
 
 __all__ = [
+    "APP_CHECK",
     "OBSERVE",
     "RESOLVE",
     "RESOLVE_GUARDED",
@@ -41,6 +42,8 @@ WATCH_RECOVERY = (
     "ssm:ListCommands",
     "ssm:ListCommandInvocations",
 )
+# An application check through an ELB target group (a URL or port check calls no AWS API).
+APP_CHECK = ("elasticloadbalancing:DescribeTargetHealth",)
 STOP_ALARMS = ("cloudwatch:DescribeAlarms", "cloudwatch:ListTagsForResource")
 # Controls are not activities; their actions are listed under the name the policy uses.
 CONTROL_ACTIONS = {"stop_alarms": STOP_ALARMS}

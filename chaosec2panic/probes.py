@@ -7,14 +7,14 @@ from typing import Any, Dict, List
 
 from chaoslib.types import Configuration, Secrets
 
-from .app import parse_app_check
+from .app import AppWatch, parse_app_check
 from .aws import client
 from .dumps import Inspection, console_findings, inspect_source
 from .errors import Ec2PanicError, InvalidRequest
 from .guest import platform_of
 from .guest.parsers import dump_files, parse_report
 from .health import console_after, observe, watch_recovery
-from .iam import RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, WATCH_RECOVERY, requires
+from .iam import APP_CHECK, RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, WATCH_RECOVERY, requires
 from .ledger import RUN_ID, Injection, Ledger
 from .readiness import kdump_verdicts, readiness
 from .recovery import Timeline, fleet_summary, iso, parse_iso
@@ -290,11 +290,20 @@ def _watch(
     deadline: float,
     check: Dict[str, Any] | None,
 ) -> Dict[str, Timeline]:
-    app = parse_app_check(check)
+    app_check = parse_app_check(check)
     ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
     instances = resolve(ec2, Request(sorted(hits)), None).chosen
     platforms = {i["InstanceId"]: platform_of(i) for i in instances}
-    targets = {i["InstanceId"]: app.target(i) for i in instances} if app else {}
+    app = None
+    if app_check:
+        elbv2 = client("elbv2", configuration, secrets) if app_check.target_group else None
+        app = AppWatch(app_check, {i["InstanceId"]: app_check.target(i) for i in instances}, elbv2)
+        unregistered = app.unregistered()
+        if unregistered:
+            raise InvalidRequest(
+                f"{', '.join(unregistered)} not registered in target group {app_check.target_group}:"
+                " register them or check another group"
+            )
     return watch_recovery(
         ec2,
         ssm,
@@ -303,11 +312,11 @@ def _watch(
         platforms,
         deadline,
         settings(configuration).poll_interval,
-        (app, targets) if app else None,
+        app,
     )
 
 
-@requires(*RESOLVE, *WATCH_RECOVERY)
+@requires(*RESOLVE, *WATCH_RECOVERY, *APP_CHECK)
 def recovery_seconds(
     timeout: float = 600,
     slo: float = None,
@@ -323,8 +332,10 @@ def recovery_seconds(
     kernel_back, status_ok, agent_online, app_healthy, dump_found; null and the reason when not
     seen) and the durations derived from them. With ``app_check`` (``{"url":
     "http://{private_ip}:8080/health"}`` or ``{"tcp": "{private_ip}:5432"}``, optional
-    ``expect_status`` and ``timeout``), back also needs the application to answer in the new
-    boot. Before any NMI it returns at once."""
+    ``expect_status`` and ``timeout``; or ``{"target_group": ARN}``, which every hit instance
+    must be registered in), back also needs the application to answer in the new boot (a
+    target group: to be reported healthy again after it reported the instance unhealthy).
+    Before any NMI it returns at once."""
     hits = _hits(configuration, instance_ids)
     deadline = time.monotonic() + float(timeout)
     lines = _watch(configuration, secrets, hits, deadline, app_check) if hits else {}
@@ -336,7 +347,7 @@ def recovery_seconds(
     }
 
 
-@requires(*RESOLVE, *WATCH_RECOVERY)
+@requires(*RESOLVE, *WATCH_RECOVERY, *APP_CHECK)
 def recovered_within(
     seconds: float,
     app_check: Dict[str, Any] = None,

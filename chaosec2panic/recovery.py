@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Dict, Mapping, Tuple
 
 __all__ = [
+    "APP_NOT_FALLEN",
     "APP_NOT_PASSED",
     "MILESTONES",
     "WHY_MISSING",
@@ -125,6 +126,10 @@ WHY_MISSING = {
     "dump_found": "no crash dump looked for or found",
 }
 APP_NOT_PASSED = "the application check has not passed in the new boot"
+APP_NOT_FALLEN = (
+    "the load balancer has not reported the target unhealthy since the NMI, so its healthy may predate"
+    " the crash"
+)
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,7 @@ class Track:
     panic_seen: str = ""
     dump_found: str = ""
     app_checked: bool = False
+    app_lags: bool = False  # the check counts only once it has failed since the NMI (a load balancer)
 
     def with_status(self, at: str, ok: bool) -> "Track":
         return replace(self, statuses=(*self.statuses, (at, ok)))
@@ -244,6 +250,24 @@ def _span(start: str | None, end: str | None) -> float | None:
     return seconds_between(start, end) if start and end else None
 
 
+def _app_fell(track: Track) -> str | None:
+    """When the application check first failed after the NMI."""
+    return next((at for at, ok in track.apps if not ok and at >= track.nmi_sent), None)
+
+
+def _app_healthy(track: Track, kernel_back: str | None) -> str | None:
+    if not (kernel_back and track.app_checked):
+        return None
+    if not track.app_lags:
+        return _settled(track.apps, kernel_back)
+    fell = _app_fell(track)
+    return _settled(track.apps, max(kernel_back, fell)) if fell else None
+
+
+def _why_no_app(track: Track) -> str:
+    return APP_NOT_FALLEN if track.app_lags and not _app_fell(track) else APP_NOT_PASSED
+
+
 def timeline(track: Track) -> Timeline:
     """Milestones and durations of ``track``: time to crash (NMI to panic seen), to reboot
     (NMI to the new kernel starting), to healthy (new kernel to the last of status ok, agent
@@ -258,10 +282,10 @@ def timeline(track: Track) -> Timeline:
         "kernel_back": kernel_back,
         "status_ok": _settled(track.statuses, kernel_back) if kernel_back else None,
         "agent_online": boot.answered_at if boot else None,
-        "app_healthy": _settled(track.apps, kernel_back) if kernel_back and track.app_checked else None,
+        "app_healthy": _app_healthy(track, kernel_back),
         "dump_found": track.dump_found or None,
     }
-    why = {**WHY_MISSING, "app_healthy": APP_NOT_PASSED} if track.app_checked else WHY_MISSING
+    why = {**WHY_MISSING, "app_healthy": _why_no_app(track)} if track.app_checked else WHY_MISSING
     missing = {m: why[m] for m in MILESTONES if seen[m] is None}
     needed = ["kernel_back", "status_ok", "agent_online"] + (["app_healthy"] if track.app_checked else [])
     healthy = max(str(seen[m]) for m in needed) if all(seen[m] for m in needed) else None

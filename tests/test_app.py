@@ -9,6 +9,7 @@ import pytest
 from chaosec2panic.app import AppCheck, parse_app_check
 from chaosec2panic.errors import InvalidRequest
 
+ARN = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/73e2d6bc24d8a067"
 INSTANCE = {"InstanceId": "i-0abc", "PrivateIpAddress": "10.0.0.7", "PrivateDnsName": "ip-10-0-0-7"}
 
 
@@ -25,6 +26,10 @@ INSTANCE = {"InstanceId": "i-0abc", "PrivateIpAddress": "10.0.0.7", "PrivateDnsN
         ({"url": "http://{address}/"}, "placeholders ['address'] are unknown"),
         ({"url": "http://x", "expect_status": "200"}, "HTTP status code"),
         ({"url": "http://x", "timeout": 0}, "seconds > 0"),
+        ({"url": "http://x", "target_group": ARN}, "exactly one of url"),
+        ({"target_group": "web"}, "must be a target group ARN"),
+        ({"target_group": ARN.replace("targetgroup", "loadbalancer/app")}, "must be a target group ARN"),
+        ({"target_group": ARN, "timeout": 3}, "takes no expect_status or timeout"),
     ],
 )
 def test_a_bad_check_says_what_to_fix(spec, why):
@@ -37,6 +42,7 @@ def test_placeholders_come_from_the_instance():
     assert check.target(INSTANCE) == "http://10.0.0.7:8080/health?id=i-0abc"
     assert parse_app_check({"tcp": "{private_dns}:22"}).target(INSTANCE) == "ip-10-0-0-7:22"
     assert parse_app_check(None) is None
+    assert parse_app_check({"target_group": ARN}).target(INSTANCE) == "i-0abc"
 
 
 class Health(http.server.BaseHTTPRequestHandler):

@@ -1,6 +1,9 @@
 """Recovery verdicts, timelines and fleet aggregates."""
 
+from dataclasses import replace
+
 from chaosec2panic.recovery import (
+    APP_NOT_FALLEN,
     MILESTONES,
     Boot,
     Observation,
@@ -148,6 +151,22 @@ def test_an_application_check_must_pass_in_the_new_boot():
     line = timeline(track.with_app(t(38), True))
     assert line.milestones["app_healthy"] == t(38) and line.recovery_seconds == 38.0
     assert line.durations["time_to_healthy"] == 13.0
+
+
+def test_a_load_balancer_counts_only_once_it_has_seen_the_instance_fail():
+    lagging = replace(crashed_and_back(), app_lags=True)
+    # Healthy all along: the balancer never noticed the crash, so its healthy proves nothing.
+    stale = lagging.with_app(t(1), True).with_app(t(30), True).with_app(t(40), True)
+    assert timeline(stale).milestones["app_healthy"] is None and not timeline(stale).back
+    assert timeline(stale).missing["app_healthy"] == APP_NOT_FALLEN
+    # It failed its checks while the instance was down, then passed again in the new boot.
+    line = timeline(lagging.with_app(t(1), True).with_app(t(20), False).with_app(t(30), True))
+    assert line.milestones["app_healthy"] == t(30) and line.recovery_seconds == 35.0
+    # It noticed only after the new kernel was back: healthy counts from its next pass.
+    late = lagging.with_app(t(26), True).with_app(t(33), False).with_app(t(44), True)
+    assert timeline(late).milestones["app_healthy"] == t(44)
+    # The same sightings from a direct check count from the new boot on.
+    assert timeline(replace(stale, app_lags=False)).milestones["app_healthy"] == t(30)
 
 
 def test_guest_boot_takes_the_guest_clock_within_what_the_caller_saw():

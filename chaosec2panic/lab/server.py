@@ -25,12 +25,15 @@ from typing import Any, Callable, Dict, Iterable, List
 from urllib.parse import parse_qs
 
 import boto3
+from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models.instance_types import INSTANCE_TYPES
+from moto.elbv2.models import elbv2_backends
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.utilities.utils import load_resource
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from ..targets import INSTANCE_ID, nmi_support
+from .balancer import HealthChecker
 from .fleet import Fleet
 from .kit import Kit, KitError, ensure_kit
 from .protocol import ApiError, Request, cbor_error, ec2_error, ec2_xml, json_error, list_param
@@ -145,6 +148,7 @@ class Lab:
         self.commands: Dict[str, Dict[str, Any]] = {}
         self._undelivered: set[str] = set()
         self._running: set[threading.Thread] = set()  # guests' commands under way
+        self.balancer = HealthChecker(self._emit)
         self._lock = threading.RLock()
         # Guests report events while holding their own lock: a lock of its own for the events,
         # so a guest never waits for the lab's lock while the lab waits for the guest's.
@@ -269,6 +273,8 @@ class Lab:
         except ApiError as error:
             return self._answer(start_response, error.status, request, error)
         environ["wsgi.input"] = io.BytesIO(body)
+        if request.service == "elasticloadbalancing" and request.operation == "DescribeTargetHealth":
+            return self._target_health(environ, start_response, request.param("TargetGroupArn"))
         act = GUEST_ACTIONS.get(request.operation) if request.service == "ec2" else None
         if act is None:
             return self.moto(environ, start_response)
@@ -294,6 +300,33 @@ class Lab:
                 if instance_id in self.guests:
                     getattr(self.guests[instance_id], act)()
         return [payload]
+
+    def _target_health(self, environ: Dict[str, Any], start_response: StartResponse, arn: str) -> List[bytes]:
+        """Moto's answer on which targets are registered, with each lab instance's health as the
+        lab's load balancer sees it (moto calls every running instance healthy)."""
+        seen: Dict[str, Any] = {}
+
+        def capture(status: str, headers: List[Any], exc_info: Any = None) -> Any:
+            seen.update(status=status, headers=headers)
+            return lambda data: None
+
+        payload = b"".join(self.moto(environ, capture))
+        if seen["status"].startswith("200"):
+            self.check_targets()
+            payload = self.balancer.rewrite(payload, arn)
+        headers = [(k, v) for k, v in seen["headers"] if k.lower() != "content-length"]
+        start_response(seen["status"], [*headers, ("Content-Length", str(len(payload)))])
+        return [payload]
+
+    def check_targets(self) -> None:
+        """Let the lab's load balancer run the health checks that are due."""
+        groups = elbv2_backends[DEFAULT_ACCOUNT_ID][self.fleet.region].target_groups
+        with self._lock:
+            for group in list(groups.values()):
+                for target in list(group.targets.values()):
+                    guest = self.guests.get(target["Id"])
+                    if guest is not None:
+                        self.balancer.check(group, guest, self.fleet.time_scale, self.clock())
 
     def _answer(
         self, start_response: StartResponse, status: int, request: Request, result: Any
@@ -698,6 +731,7 @@ class LabServer:
     def _deliver_until_stopped(self) -> None:
         while not self._stopping.wait(DELIVERY_TICK):
             self.lab.deliver_pending()
+            self.lab.check_targets()
 
     @property
     def url(self) -> str:

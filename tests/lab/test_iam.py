@@ -93,6 +93,19 @@ def test_every_activity_calls_only_what_it_declares_and_the_policy_covers_them_a
         dump.write(os.urandom(56 * 1024))
     observed["crash_dumps"] |= calls_of(lab, lambda: probes.crash_dumps(configuration=conf))
     assert "ssm:GetCommandInvocation" in observed["crash_dumps"]
+    # An application check through a load balancer's target group.
+    elbv2 = boto3.client("elbv2")
+    vpc = boto3.client("ec2").describe_vpcs()["Vpcs"][0]["VpcId"]
+    group = elbv2.create_target_group(Name="web", Protocol="HTTP", Port=80, VpcId=vpc)["TargetGroups"][0]
+    elbv2.register_targets(TargetGroupArn=group["TargetGroupArn"], Targets=[{"Id": web[0]}])
+    balanced = {"target_group": group["TargetGroupArn"]}
+    observed["recovery_seconds"] |= calls_of(
+        lab, lambda: probes.recovery_seconds(timeout=30, app_check=balanced, configuration=conf)
+    )
+    observed["recovered_within"] |= calls_of(
+        lab, lambda: probes.recovered_within(30, app_check=balanced, configuration=conf)
+    )
+    assert "elasticloadbalancing:DescribeTargetHealth" in observed["recovered_within"]
     actions.send_nmi(instance_ids=stuck, allow_unarmed=True, configuration=conf)
     observed["recover_instances"] = calls_of(
         lab, lambda: rollbacks.recover_instances(timeout=2, configuration=conf)

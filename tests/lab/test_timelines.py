@@ -1,13 +1,15 @@
 """Recovery timelines against the lab's own record of what each guest did, and what they cost."""
 
+import pytest
 from conftest import opted_in
 
 from chaosec2panic.actions import send_nmi
 from chaosec2panic.aws import client
+from chaosec2panic.errors import InvalidRequest
 from chaosec2panic.lab.simguest import MODEL_SECONDS
 from chaosec2panic.ledger import Ledger
 from chaosec2panic.probes import crash_dumps, instance_healthy, recovered_within, recovery_seconds
-from chaosec2panic.recovery import parse_iso
+from chaosec2panic.recovery import APP_NOT_FALLEN, parse_iso
 
 SCALE = 0.2  # a 40-second model cycle in about 8 wall seconds
 DEFAULT_SETTINGS = {"chaosec2panic_poll_interval": 5}  # the extension's default pace
@@ -143,3 +145,74 @@ def test_a_second_look_reuses_the_timeline_and_adds_the_dump_found(make_lab):
     assert again["milestones"] == {**first["milestones"], "dump_found": dump["written_at"]}
     assert "dump_found" not in again["missing"]
     assert recovered_within(1, configuration=conf) is (first["durations"]["total_recovery"] <= 1)
+
+
+def target_group(lab, *names: str, interval: int = 5, unhealthy_after: int = 2) -> str:
+    """A target group of the lab's load balancer (checks every ``interval`` model seconds,
+    healthy after 2 passes) with the named instances registered; its ARN."""
+    elbv2 = client("elbv2", lab.configuration(), None)
+    vpc = client("ec2", lab.configuration(), None).describe_vpcs()["Vpcs"][0]["VpcId"]
+    arn = elbv2.create_target_group(
+        Name="web",
+        Protocol="HTTP",
+        Port=80,
+        VpcId=vpc,
+        TargetType="instance",
+        HealthCheckIntervalSeconds=interval,
+        HealthyThresholdCount=2,
+        UnhealthyThresholdCount=unhealthy_after,
+    )["TargetGroups"][0]["TargetGroupArn"]
+    if names:
+        elbv2.register_targets(TargetGroupArn=arn, Targets=[{"Id": lab.id(n), "Port": 80} for n in names])
+    return arn
+
+
+def balancer_says(lab, arn: str) -> dict:
+    found = client("elbv2", lab.configuration(), None).describe_target_health(TargetGroupArn=arn)
+    return {d["Target"]["Id"]: d["TargetHealth"]["State"] for d in found["TargetHealthDescriptions"]}
+
+
+def test_a_target_group_holds_recovery_until_the_balancer_reports_the_instance_healthy_again(make_lab):
+    lab = make_lab([opted_in("web-1"), opted_in("web-2")], time_scale=SCALE)
+    conf = lab.configuration(**DEFAULT_SETTINGS)
+    arn = target_group(lab, "web-1", "web-2")
+    assert balancer_says(lab, arn) == {lab.id("web-1"): "healthy", lab.id("web-2"): "healthy"}
+    send_nmi(instance_ids=[lab.id("web-1")], configuration=conf)
+    result = recovery_seconds(timeout=60, app_check={"target_group": arn}, configuration=conf)
+    line = result["timelines"][lab.id("web-1")]
+    events = {e["kind"]: e["epoch"] for e in lab.events(name="web-1")}
+    real = truth(lab, "web-1")
+    # The balancer saw the instance fail after the NMI, and pass again only after the app was up.
+    assert real["nmi"] < events["balancer-unhealthy"] < real["agent_online"]
+    assert events["balancer-healthy"] >= real["agent_online"] + MODEL_SECONDS["app"] * SCALE
+    assert abs(epoch(line["milestones"]["app_healthy"]) - events["balancer-healthy"]) <= 1.0
+    assert abs(line["durations"]["total_recovery"] - (events["balancer-healthy"] - real["nmi"])) <= 1.0
+    assert "app_healthy" not in line["missing"] and result["recovered"] == 1
+    assert not [e for e in lab.events(name="web-2") if e["kind"].startswith("balancer-")]
+    assert balancer_says(lab, arn) == {lab.id("web-1"): "healthy", lab.id("web-2"): "healthy"}
+
+
+def test_a_balancer_that_never_saw_the_instance_fail_does_not_count_as_healthy(make_lab):
+    lab = make_lab([opted_in("web")], time_scale=SCALE)
+    conf = lab.configuration(chaosec2panic_poll_interval=0.5)
+    # Ten failed checks 30 model seconds apart: far longer than the crash cycle, so it never notices.
+    arn = target_group(lab, "web", interval=30, unhealthy_after=10)
+    send_nmi(instance_ids=[lab.id("web")], configuration=conf)
+    result = recovery_seconds(timeout=20, app_check={"target_group": arn}, configuration=conf)
+    line = result["timelines"][lab.id("web")]
+    assert line["milestones"]["agent_online"] and line["milestones"]["app_healthy"] is None
+    assert line["missing"]["app_healthy"] == APP_NOT_FALLEN
+    assert result["pending"] == [lab.id("web")]
+    assert not [e for e in lab.events(name="web") if e["kind"].startswith("balancer-")]
+
+
+def test_a_target_group_must_hold_every_hit_instance(make_lab):
+    lab = make_lab([opted_in("web"), opted_in("db")], time_scale=SCALE)
+    conf = lab.configuration()
+    arn = target_group(lab, "web")
+    send_nmi(instance_ids=[lab.id("db")], configuration=conf)
+    with pytest.raises(InvalidRequest, match=f"{lab.id('db')} not registered in target group {arn}"):
+        recovery_seconds(timeout=5, app_check={"target_group": arn}, configuration=conf)
+    gone = arn.replace(arn.rsplit("/", 1)[1], "0123456789abcdef")
+    with pytest.raises(InvalidRequest, match="not found: give the ARN of a target group in this region"):
+        recovered_within(5, app_check={"target_group": gone}, configuration=conf)
