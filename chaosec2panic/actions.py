@@ -468,9 +468,11 @@ def arm_kdump(
     """Arm the selected instances so that an NMI leaves a crash dump, through SSM.
 
     Linux: installs what is missing (kexec-tools or kdump-utils with dnf/yum, kdump-tools with
-    apt-get, kdump with zypper), reserves crash memory (``crashkernel``, through grubby or
-    /etc/default/grub; without it an existing reservation is kept, else the kernel picks by
-    memory size as RHEL does: 1G-4G:192M,4G-64G:256M,64G-:512M), sets kernel.unknown_nmi_panic=1
+    apt-get, kdump with zypper), reserves crash memory (``crashkernel``, through grubby, a
+    /etc/default/grub.d file read after kdump-tools' own on Debian and Ubuntu, or
+    /etc/default/grub; the kernel takes the last crashkernel= and the result is checked to be
+    it; without it an existing reservation is kept, else the kernel picks by memory size as
+    RHEL does: 1G-4G:192M,4G-64G:256M,64G-:512M), sets kernel.unknown_nmi_panic=1
     now and in /etc/sysctl.d, enables and starts the kdump service. Windows: CrashControl
     CrashDumpEnabled (``windows_dump_type``: complete, kernel or automatic), NMICrashDump=1,
     AutoReboot=1. Targets as for send_nmi; every matched instance must carry the opt-in tag and

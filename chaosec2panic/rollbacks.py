@@ -140,11 +140,13 @@ def restore_kdump_settings(
     kernel.unknown_nmi_panic value and its sysctl file, USE_KDUMP, the kdump service's enabled and
     running state (Windows: the CrashControl values, removed when they were absent). Packages
     arm_kdump installed stay installed (removing them could take other packages with them; with
-    the service off they do nothing). Acts on the named instances, or on every instance arm_kdump
-    recorded (in this run or an earlier one). An instance whose reservation changed is rebooted
-    (unless ``reboot`` is false) and waited for up to ``timeout`` seconds. Safe to run twice: what
-    was restored is forgotten. Returns, per instance, each setting's before, after and changed,
-    the packages left installed and the reboot.
+    the service off they do nothing, but kdump-tools' grub.d file keeps its crashkernel=: on
+    Debian and Ubuntu the next boot reserves the package's default). Acts on the named
+    instances, or on every instance arm_kdump recorded (in this run or an earlier one). An
+    instance whose reservation changed is rebooted (unless ``reboot`` is false) and waited for up
+    to ``timeout`` seconds. Safe to run twice: what was restored is forgotten. Returns, per
+    instance, each setting's before, after and changed, the packages left installed and the
+    reboot.
     """
     record = ArmedSettings.of(configuration)
     recorded = record.instances()

@@ -24,7 +24,7 @@ from chaosec2panic.guest.parsers import (
     settings_change,
 )
 from chaosec2panic.lab.fleet import OS_FAMILIES
-from chaosec2panic.lab.simguest import SimGuest, crashkernel_reservation
+from chaosec2panic.lab.simguest import SimGuest, crashkernel_reservation, kernel_crashkernel
 
 LINUX = guest.PLATFORMS["linux"]
 
@@ -300,8 +300,11 @@ def test_restoring_puts_back_the_values_before(tmp_path):
         **{n: armed.settings[n]["before"] for n in names},
         "use_kdump": "1",  # the package's file stays, and nothing was there to put back
         "kdump_enabled": "disabled",  # the unit stays with its package, disabled
+        "crashkernel": "384M-:128M",  # so does its grub.d file, with its own reservation
     }
-    assert "crashkernel" not in (g.root / "boot/grub/grub.cfg").read_text()
+    assert not (g.root / "etc/default/grub.d/zz-chaosec2panic-crashkernel.cfg").exists()
+    assert "crashkernel" not in (g.root / "etc/default/grub").read_text()
+    assert (g.root / "boot/grub/grub.cfg").read_text().count("crashkernel=") == 1
     assert not (g.root / "etc/sysctl.d/99-chaosec2panic.conf").exists()
 
 
@@ -335,3 +338,61 @@ def test_an_absent_nmi_crash_dump_passes_from_windows_server_2012(version, statu
         "os_id=windows", f"os_id=windows\nos_version={version}"
     )
     assert kdump_verdict(parse_report(text, "kdump_status"), 1.0).checks["nmi_crash_dump"].status == status
+
+
+# crashkernel=: the kernel takes the last one (kernel/crash_reserve.c, get_last_crashkernel) -------
+@pytest.mark.parametrize(
+    ("words", "used"),
+    [
+        ("crashkernel=384M-:128M crashkernel=256M", "256M"),
+        ("crashkernel=256M crashkernel=512M,high crashkernel=64M,low", "256M"),  # a plain one first
+        ("crashkernel=128M,low crashkernel=512M,high", "512M,high"),
+        ("", ""),
+    ],
+)
+def test_the_running_crashkernel_is_the_one_the_kernel_takes(tmp_path, words, used):
+    g = make_guest(tmp_path, os="ubuntu", crashkernel_mib=0)
+    g.kernel_args = f"root=/dev/nvme0n1p1 ro console=ttyS0,115200n8 {words}".strip()
+    assert kernel_crashkernel(g.kernel_args) == used  # the lab's kernel agrees
+    assert run(g, "kdump_status").get("cmdline_crashkernel") == used
+    assert run(g, "kdump_settings").get("running_crashkernel") == used
+
+
+def test_a_reservation_there_was_survives_the_kdump_tools_grub_default(tmp_path):
+    # crashkernel=256M in GRUB_CMDLINE_LINUX; installing kdump-tools appends its own after it
+    g = make_guest(tmp_path, os="debian", kdump=False, crashkernel_mib=256)
+    grub = (g.root / "etc/default/grub").read_text()
+    change = settings_change(run(g, "kdump_settings", ACTION="arm"))
+    assert change.error == "" and change.reboot == ""
+    assert change.settings["crashkernel"] == {"before": "256M", "after": "256M", "changed": False}
+    assert (g.root / "etc/default/grub.d/kdump-tools.cfg").is_file()
+    assert (g.root / "etc/default/grub").read_text() == grub
+    g._boot_from_files()
+    assert (g.crashkernel, g.crashkernel_mib, g.crash_loaded) == ("256M", 256, True)
+
+
+def test_a_crashkernel_a_later_file_overrides_is_an_error(tmp_path):
+    g = make_guest(tmp_path, os="ubuntu")
+    (g.root / "etc/default/grub.d/zzz-site.cfg").write_text(
+        'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT crashkernel=64M"\n'
+    )
+    report = run(g, "kdump_settings", ACTION="arm", CRASHKERNEL="512M", CRASHKERNEL_FORCE="1")
+    change = settings_change(report)
+    assert change.error.startswith("crashkernel=512M was written but the next boot would use crashkernel=64M")
+    assert "/etc/default/grub.d/zzz-site.cfg" in change.error
+    assert not (g.root / "etc/default/grub.d/zz-chaosec2panic-crashkernel.cfg").exists()  # taken back
+    assert change.settings["crashkernel"] == {"before": "64M", "after": "64M", "changed": False}
+
+
+def test_a_crashkernel_grub_cmdline_linux_default_overrides_is_an_error_and_undone(tmp_path):
+    # SUSE: arm_kdump writes GRUB_CMDLINE_LINUX; one in GRUB_CMDLINE_LINUX_DEFAULT comes after it
+    g = make_guest(tmp_path, os="suse", crashkernel_mib=0)
+    grub = g.root / "etc/default/grub"
+    grub.write_text(grub.read_text() + 'GRUB_CMDLINE_LINUX_DEFAULT="quiet crashkernel=192M"\n')
+    before = grub.read_text()
+    assert run(g, "kdump_settings").get("crashkernel_before") == "192M"  # seen, kept without a size
+    report = run(g, "kdump_settings", ACTION="arm", CRASHKERNEL="512M", CRASHKERNEL_FORCE="1")
+    change = settings_change(report)
+    assert change.error.startswith("crashkernel=512M was written but the next boot would use")
+    assert "would use crashkernel=192M (crashkernel= is set in: /etc/default/grub)" in change.error
+    assert grub.read_text() == before

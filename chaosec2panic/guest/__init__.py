@@ -2,9 +2,12 @@
 
 The scripts print ``key=value`` lines and always exit 0; :mod:`.parsers` reads them.
 Paths are read below ``$CHAOSEC2PANIC_ROOT`` (unset on a real instance), so the lab
-and the tests run the very same scripts against a prepared tree.
+and the tests run the very same scripts against a prepared tree. Each is sent whole, one per
+command: a line ``#include NAME`` is replaced by the text of the platform's file NAME, so
+scripts share code without depending on anything installed on the instance.
 """
 
+import re
 import shlex
 from dataclasses import dataclass
 from importlib.resources import files
@@ -25,6 +28,7 @@ PLATFORMS = {
     "windows": Platform("windows", "AWS-RunPowerShellScript", ".ps1"),
 }
 SCRIPTS = ("kdump_status", "identity", "crash_dumps", "kdump_settings", "collect_crash_dump")
+INCLUDE = re.compile(r"^#include (\w+)$", re.M)
 
 
 def platform_of(instance: Mapping[str, Any]) -> Platform:
@@ -36,7 +40,9 @@ def script(platform: Platform, name: str, variables: Mapping[str, str] | None = 
     """The text of guest script ``name`` for ``platform``, preceded by ``variables``."""
     if name not in SCRIPTS:
         raise ValueError(f"unknown guest script {name!r}; valid: {', '.join(SCRIPTS)}")
-    text = files(__package__).joinpath(platform.name, name + platform.suffix).read_text()
+    folder = files(__package__).joinpath(platform.name)
+    text = folder.joinpath(name + platform.suffix).read_text()
+    text = INCLUDE.sub(lambda m: folder.joinpath(m.group(1) + platform.suffix).read_text(), text)
     if not variables:
         return text
     if platform.name == "windows":

@@ -44,6 +44,7 @@ __all__ = [
     "crash_control_after",
     "crashkernel_reservation",
     "interpret_windows_script",
+    "kernel_crashkernel",
     "windows_script_name",
 ]
 
@@ -120,6 +121,16 @@ OS_TOOLS = {
 PACKAGE_DB = "var/lib/chaosec2panic-lab/packages"  # the simulated package database: a name a line
 SYSCTL_FILES = ("etc/sysctl.d", "etc/sysctl.conf")
 BASE_CMDLINE = "console=ttyS0,115200n8"
+ROOT_ARGS = "root=/dev/nvme0n1p1 ro"
+# kdump-tools' grub.d file, as the package ships it (debian/kdump-tools.grub.default, installed
+# as /etc/default/grub.d/kdump-tools.cfg; its postinst then runs update-grub when grub.cfg exists).
+# Ubuntu's reserves by memory size from 2G (Canonical's kernel crash dump guide); Debian's is the
+# postinst's DEF_PRESET. grub-mkconfig on Debian and Ubuntu reads it after /etc/default/grub.
+KDUMP_TOOLS_GRUB = "etc/default/grub.d/kdump-tools.cfg"
+KDUMP_TOOLS_CRASHKERNEL = {
+    "ubuntu": "2G-4G:320M,4G-32G:512M,32G-64G:1024M,64G-128G:2048M,128G-:4096M",
+    "debian": "384M-:128M",
+}
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,8 @@ class SimGuest:
         # crash kernel loaded, unknown_nmi_panic. Set at each boot from the guest's files.
         self.crashkernel = f"{spec.crashkernel_mib}M" if spec.crashkernel_mib else ""
         self.crashkernel_mib = spec.crashkernel_mib
+        crash = f" crashkernel={self.crashkernel}" if self.crashkernel else ""
+        self.kernel_args = f"{ROOT_ARGS} {BASE_CMDLINE}{crash}"  # /proc/cmdline after BOOT_IMAGE=
         self.crash_loaded = spec.armed
         self.unknown_nmi_panic = spec.unknown_nmi_panic
         # What each file of :meth:`_files` holds on disk, so a command rewrites only what changed.
@@ -416,12 +429,10 @@ class SimGuest:
 
     def _boot_messages(self, at: float) -> None:
         release = self.spec.family.kernel_release
-        crash = f" crashkernel={self.crashkernel}" if self.crashkernel else ""
         self._say(
             at,
             f"Linux version {release} (builder@lab) #1 SMP",
-            f"Command line: BOOT_IMAGE=/boot/vmlinuz-{release} root=/dev/nvme0n1p1 ro "
-            f"console=ttyS0,115200n8{crash}",
+            f"Command line: BOOT_IMAGE=/boot/vmlinuz-{release} {self.kernel_args}",
             f"{self.spec.family.pretty}",
             f"{self.spec.name} login:",
         )
@@ -464,6 +475,10 @@ class SimGuest:
                         "{use}", "0" if spec.os == "debian" else "1"
                     ),
                     "config_path": self._kdump_package()[3],
+                    # Debian's grub-mkconfig also reads /etc/default/grub.d/*.cfg; kdump-tools
+                    # lays down one of them.
+                    "grub_d": spec.os in KDUMP_TOOLS_CRASHKERNEL,
+                    "kdump_grub": KDUMP_TOOLS_CRASHKERNEL.get(spec.os, ""),
                 }
             )
         )
@@ -479,13 +494,19 @@ class SimGuest:
             self._sim_tool("install", package)
             self._sim_tool("systemctl", "enable", unit)
         crash = f" crashkernel={self.crashkernel}" if self.crashkernel else ""
+        if (self.root / KDUMP_TOOLS_GRUB).is_file():
+            # The image's reservation where Canonical's guide says to change it: kdump-tools.cfg
+            # (the kernel would take its crashkernel= over one in GRUB_CMDLINE_LINUX).
+            line = f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT{crash}"\n'
+            self._write(KDUMP_TOOLS_GRUB, line)
+            crash = ""
         self._write("etc/default/grub", f'GRUB_TIMEOUT=0\nGRUB_CMDLINE_LINUX="{BASE_CMDLINE}{crash}"\n')
         if "grubby" in OS_TOOLS.get(spec.os, ()):
             self._write(
                 f"boot/loader/entries/lab-{family.kernel_release}.conf",
                 f"title {family.pretty} ({family.kernel_release})\nversion {family.kernel_release}\n"
                 f"linux /boot/vmlinuz-{family.kernel_release}\n"
-                f"options root=/dev/nvme0n1p1 ro {BASE_CMDLINE}{crash}\n",
+                f"options {ROOT_ARGS} {BASE_CMDLINE}{crash}\n",
             )
         else:
             self._sim_tool("grub-mkconfig", "-o", self._grub_cfg())
@@ -544,13 +565,12 @@ class SimGuest:
         return value
 
     def _boot_from_files(self) -> None:
-        """A new boot takes its crashkernel= from the boot loader's files, its sysctl values from
-        /etc/sysctl.d, and loads the crash kernel when the kdump service is installed, enabled
-        (and, for kdump-tools, USE_KDUMP=1) and memory was reserved."""
-        crash = ""
-        for word in self._next_cmdline().split():
-            if word.startswith("crashkernel="):
-                crash = word[len("crashkernel=") :]
+        """A new boot takes its command line from the boot loader's files (its crashkernel= as
+        the kernel picks it: :func:`kernel_crashkernel`), its sysctl values from /etc/sysctl.d,
+        and loads the crash kernel when the kdump service is installed, enabled (and, for
+        kdump-tools, USE_KDUMP=1) and memory was reserved."""
+        self.kernel_args = self._next_cmdline() or f"{ROOT_ARGS} {BASE_CMDLINE}"
+        crash = kernel_crashkernel(self.kernel_args)
         self.crashkernel = crash
         self.crashkernel_mib = crashkernel_reservation(crash, self.spec.memory_mib)
         self.unknown_nmi_panic = self._boot_sysctl()
@@ -567,15 +587,13 @@ class SimGuest:
         answers follow it (``date`` tells ``$CHAOSEC2PANIC_CLOCK``)."""
         spec, family = self.spec, self.spec.family
         loaded = self.phase == "up" and self.crash_loaded
-        crash = f" crashkernel={self.crashkernel}" if self.crashkernel else ""
         uptime = max(0.0, now - self.booted_at)
         free_kb = int(spec.disk_free_gib * 1024 * 1024)
         files = {
             "proc/sys/kernel/random/boot_id": self.boot_id,
             "proc/uptime": f"{uptime:.2f} {uptime * 0.9:.2f}",
             "proc/sys/kernel/osrelease": family.kernel_release,
-            "proc/cmdline": f"BOOT_IMAGE=/boot/vmlinuz-{family.kernel_release} root=/dev/nvme0n1p1 ro"
-            f" {BASE_CMDLINE}{crash}",
+            "proc/cmdline": f"BOOT_IMAGE=/boot/vmlinuz-{family.kernel_release} {self.kernel_args}",
             "proc/meminfo": f"MemTotal:       {spec.memory_mib * 1024 - 180000} kB\n",
             "proc/sys/kernel/unknown_nmi_panic": str(self.unknown_nmi_panic),
             "proc/sys/kernel/panic": str(spec.panic_timeout),
@@ -680,6 +698,19 @@ def _mib(text: str) -> float | None:
     return int(found.group(1)) * UNITS_MIB[found.group(2).upper()] if found else None
 
 
+# The suffixes that make a crashkernel= a part of a split reservation (kernel/crash_reserve.c).
+CRASHKERNEL_SUFFIXES = (",high", ",low", ",cma")
+
+
+def kernel_crashkernel(cmdline: str) -> str:
+    """The crashkernel= value the kernel reserves by, from its command line: the last one
+    without a suffix, else the last ``,high`` one (get_last_crashkernel; "" when none)."""
+    values = [w[len("crashkernel=") :] for w in cmdline.split() if w.startswith("crashkernel=")]
+    plain = [v for v in values if not v.endswith(CRASHKERNEL_SUFFIXES)]
+    high = [v for v in values if v.endswith(",high")]
+    return (plain or high or [""])[-1]
+
+
 def crashkernel_reservation(value: str, memory_mib: int) -> int:
     """MiB the kernel reserves for ``crashkernel=value`` on a machine with ``memory_mib``: a size
     (``256M``, ``256M@16M``, ``512M,high``) or ranges (``1G-4G:192M,4G-64G:256M,64G-:512M``, the
@@ -703,7 +734,7 @@ def crashkernel_reservation(value: str, memory_mib: int) -> int:
 # run as (or $SIMTOOL). It changes the guest's files as the real tool would change the system;
 # the guest reads them back after the command (sysctl, the crash kernel) and at boot.
 SIM_TOOL = r"""
-import json, os, re, sys
+import json, os, re, subprocess, sys
 from pathlib import Path
 
 R = Path(os.environ["CHAOSEC2PANIC_ROOT"])
@@ -740,6 +771,14 @@ def install(names):
             if not config.exists():
                 config.parent.mkdir(parents=True, exist_ok=True)
                 config.write_text(CONF["config"])
+            grub_d = R / "etc/default/grub.d/kdump-tools.cfg"
+            if CONF["kdump_grub"] and not grub_d.exists():  # a conffile: one changed is kept
+                grub_d.parent.mkdir(parents=True, exist_ok=True)
+                value = CONF["kdump_grub"]
+                grub_d.write_text(f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT '
+                                  f'crashkernel={value}"\n')
+                if (R / "boot/grub/grub.cfg").exists():  # the postinst's update-grub
+                    mkconfig(["-o", "/boot/grub/grub.cfg"])
     DB.write_text("".join(n + "\n" for n in have))
 
 
@@ -818,10 +857,24 @@ def grubby(args):
         path.write_text(re.sub(r'^GRUB_CMDLINE_LINUX=.*$', f'GRUB_CMDLINE_LINUX="{new}"', text, flags=re.M))
 
 
+def grub_args():
+    # grub-mkconfig sources /etc/default/grub, then (Debian's grub) /etc/default/grub.d/*.cfg in
+    # name order, and gives the default entry GRUB_CMDLINE_LINUX then GRUB_CMDLINE_LINUX_DEFAULT.
+    files = [R / "etc/default/grub"]
+    if CONF["grub_d"]:
+        files += sorted((R / "etc/default/grub.d").glob("*.cfg"))
+    script = ('GRUB_CMDLINE_LINUX=; GRUB_CMDLINE_LINUX_DEFAULT=; for f in "$@"; do [ ! -e "$f" ] || '
+              '. "$f" >/dev/null || exit 1; done; echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT"')
+    done = subprocess.run([str(R / "bin/sh"), "-c", script, "sh", *map(str, files)], capture_output=True,
+                          text=True, env={"LC_ALL": "C", "PATH": str(R / "bin")})
+    if done.returncode:
+        err(f"grub-mkconfig: sourcing the defaults failed: {done.stderr.strip()}")
+    return " ".join(done.stdout.split())
+
+
 def mkconfig(args):
     out = args[args.index("-o") + 1] if "-o" in args else "/boot/grub/grub.cfg"
-    _, text = grub_default()
-    line = " ".join(x for x in (cmdline_of(text), cmdline_of(text, "GRUB_CMDLINE_LINUX_DEFAULT")) if x)
+    line = grub_args()
     target = R / out.lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(f"menuentry '{CONF['pretty']}' {{\n\tlinux /boot/vmlinuz-{CONF['release']} "

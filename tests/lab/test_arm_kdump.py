@@ -2,6 +2,8 @@
 guest's files for real, and the guest boots from them."""
 
 import json
+import time
+from typing import List
 
 import pytest
 from conftest import opted_in, sim_guest
@@ -13,9 +15,32 @@ from chaosec2panic.guest.parsers import parse_report, settings_change
 from chaosec2panic.probes import crash_dump_present, kdump_armed, recovered_within
 from chaosec2panic.rollbacks import restore_kdump_settings
 
+# What kdump-tools' /etc/default/grub.d/kdump-tools.cfg appends to GRUB_CMDLINE_LINUX_DEFAULT.
+KDUMP_TOOLS_DEFAULT = {
+    "ubuntu": "2G-4G:320M,4G-32G:512M,32G-64G:1024M,64G-128G:2048M,128G-:4096M",
+    "debian": "384M-:128M",
+}
+GRUB_DROPIN = "etc/default/grub.d/zz-chaosec2panic-crashkernel.cfg"
+
 
 def armed(lab, name: str) -> bool:
     return kdump_armed(instance_ids=[lab.id(name)], configuration=lab.configuration())["armed"]
+
+
+def reboot_and_wait(guest) -> None:
+    """Reboot a guest by hand (not through arm_kdump) and wait until its agent is back."""
+    boot_id = guest.boot_id
+    guest.reboot()
+    deadline = time.monotonic() + 30
+    while not (guest.agent_online() and guest.boot_id != boot_id):
+        assert time.monotonic() < deadline, "the guest did not come back"
+        time.sleep(0.02)
+
+
+def crashkernels(guest) -> List[str]:
+    """The crashkernel= values on the running kernel's command line, in order."""
+    cmdline = guest.root.joinpath("proc/cmdline").read_text()
+    return [w.split("=", 1)[1] for w in cmdline.split() if w.startswith("crashkernel=")]
 
 
 @pytest.mark.parametrize("os_name", ["rhel", "amazon-linux-2", "ubuntu", "debian", "suse"])
@@ -59,20 +84,24 @@ def test_a_second_arm_changes_nothing_and_says_so(make_lab):
 def test_restore_undoes_exactly_what_arm_changed_and_is_idempotent(make_lab):
     lab = make_lab([opted_in("bare", os="ubuntu", kdump=False, crashkernel_mib=0, unknown_nmi_panic=0)])
     conf = lab.configuration()
+    guest = lab.lab.guests[lab.id("bare")]
+    grub_before = (guest.root / "etc/default/grub").read_text()
     arm_kdump(instance_ids=[lab.id("bare")], configuration=conf)
     record = json.loads((lab.ledger.parent / f"{lab.ledger.stem}-kdump-settings.json").read_text())
     assert record["instances"][lab.id("bare")]["settings"]["crashkernel"]["before"] == ""
+    assert (guest.root / GRUB_DROPIN).is_file()
     done = restore_kdump_settings(configuration=conf)["instances"][lab.id("bare")]
     assert done["rebooted"] and done["back"] and done["error"] == ""
-    assert done["settings"]["crashkernel"]["after"] == ""
+    # arm_kdump's grub.d file is gone; kdump-tools stays installed, and its grub.d file with it
+    assert done["settings"]["crashkernel"]["after"] == KDUMP_TOOLS_DEFAULT["ubuntu"]
     assert done["settings"]["unknown_nmi_panic"]["after"] == "0"
     assert done["settings"]["nmi_sysctl_file"]["after"] == "absent"
     assert done["settings"]["kdump_enabled"]["after"] == "disabled"
     assert done["packages_left_installed"] == ["kdump-tools"]
-    guest = lab.lab.guests[lab.id("bare")]
-    assert (guest.crashkernel, guest.crashkernel_mib, guest.crash_loaded, guest.unknown_nmi_panic) == (
-        "",
-        0,
+    assert not (guest.root / GRUB_DROPIN).exists()
+    assert (guest.root / "etc/default/grub").read_text() == grub_before
+    assert (guest.crashkernel, guest.crash_loaded, guest.unknown_nmi_panic) == (
+        KDUMP_TOOLS_DEFAULT["ubuntu"],
         False,
         0,
     )
@@ -183,3 +212,57 @@ def test_the_real_guests_system_is_refused_by_the_script(tmp_path):
     assert change.error.startswith("unsupported system crashlab") and change.error.endswith(
         "nothing was changed"
     )
+
+
+@pytest.mark.parametrize("os_name", ["ubuntu", "debian"])
+def test_an_explicit_crashkernel_wins_over_kdump_tools_grub_default(make_lab, os_name):
+    # kdump-tools' grub.d file is read after /etc/default/grub and appends its crashkernel= to
+    # GRUB_CMDLINE_LINUX_DEFAULT, after GRUB_CMDLINE_LINUX: the kernel takes the last one.
+    lab = make_lab([opted_in("deb", os=os_name, kdump=False, crashkernel_mib=0, unknown_nmi_panic=0)])
+    conf = lab.configuration()
+    guest = lab.lab.guests[lab.id("deb")]
+    assert guest.run_command("apt-get -y install kdump-tools").code == 0  # the package's postinst
+    default = KDUMP_TOOLS_DEFAULT[os_name]
+    package_cfg = (guest.root / "etc/default/grub.d/kdump-tools.cfg").read_text()
+    assert package_cfg == f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT crashkernel={default}"\n'
+    reboot_and_wait(guest)
+    assert guest.crashkernel == default and guest.crashkernel_mib > 0
+    grub_before = (guest.root / "etc/default/grub").read_text()
+
+    result = arm_kdump(instance_ids=[lab.id("deb")], crashkernel="256M", configuration=conf)
+    found = result["instances"][lab.id("deb")]
+    assert found["error"] == "" and found["rebooted"] and result["armed"]
+    assert found["settings"]["crashkernel"] == {"before": default, "after": "256M", "changed": True}
+    status = kdump_armed(instance_ids=[lab.id("deb")], configuration=conf)["instances"][lab.id("deb")]
+    assert status["verdict"] == "armed"
+    assert "(crashkernel=256M)" in status["checks"]["crashkernel_reserved"]["found"]
+    assert crashkernels(guest) == [default, "256M"]  # both on the command line, ours the last
+    assert (guest.crashkernel, guest.crashkernel_mib, guest.crash_loaded) == ("256M", 256, True)
+    assert (guest.root / "etc/default/grub.d/kdump-tools.cfg").read_text() == package_cfg
+    assert (guest.root / "etc/default/grub").read_text() == grub_before
+    assert "crashkernel=256M" in (guest.root / GRUB_DROPIN).read_text()
+    dropin = (guest.root / GRUB_DROPIN).read_text()
+
+    again = arm_kdump(instance_ids=[lab.id("deb")], crashkernel="256M", configuration=conf)
+    assert again["changed"] is False and again["armed"] is True
+    assert not any(s["changed"] for s in again["instances"][lab.id("deb")]["settings"].values())
+    assert (guest.root / GRUB_DROPIN).read_text() == dropin
+    assert len(lab.events("reboot", "deb")) == 2  # ours by hand, then arm_kdump's
+
+    done = restore_kdump_settings(configuration=conf)["instances"][lab.id("deb")]
+    assert done["error"] == "" and done["rebooted"] and done["back"]
+    assert done["settings"]["crashkernel"] == {"before": "256M", "after": default, "changed": True}
+    assert not (guest.root / GRUB_DROPIN).exists()
+    assert (guest.root / "etc/default/grub.d/kdump-tools.cfg").read_text() == package_cfg
+    assert (guest.root / "etc/default/grub").read_text() == grub_before
+    assert crashkernels(guest) == [default] and guest.crashkernel == default
+
+
+def test_without_a_size_the_reservation_there_was_is_kept(make_lab):
+    # The image's reservation lives in kdump-tools.cfg (where Canonical's guide changes it).
+    lab = make_lab([opted_in("deb", os="ubuntu", kdump=True, crashkernel_mib=384, unknown_nmi_panic=0)])
+    guest = lab.lab.guests[lab.id("deb")]
+    result = arm_kdump(instance_ids=[lab.id("deb")], configuration=lab.configuration())
+    found = result["instances"][lab.id("deb")]
+    assert found["settings"]["crashkernel"] == {"before": "384M", "after": "384M", "changed": False}
+    assert result["armed"] and not found["rebooted"] and not (guest.root / GRUB_DROPIN).exists()

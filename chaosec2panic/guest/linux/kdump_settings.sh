@@ -1,6 +1,7 @@
 # chaosec2panic: arm kdump on this Linux instance, or put back what arming changed.
 # ACTION=arm: install what is missing (kexec-tools, kdump-utils, kdump-tools or kdump), reserve
-#   crash memory (CRASHKERNEL, only when no crashkernel= is configured or CRASHKERNEL_FORCE=1),
+#   crash memory (CRASHKERNEL, only when no crashkernel= is configured or CRASHKERNEL_FORCE=1;
+#   on Debian and Ubuntu in a grub.d file read after kdump-tools.cfg, see set_crashkernel),
 #   set kernel.unknown_nmi_panic=1 now and in /etc/sysctl.d/99-chaosec2panic.conf, enable and
 #   start the kdump service. Nothing already as wanted is touched.
 # ACTION=restore: put each setting named in RESTORE back to BEFORE_<setting>. Packages stay.
@@ -13,6 +14,10 @@ CRASHKERNEL="${CRASHKERNEL:-1G-4G:192M,4G-64G:256M,64G-:512M}"
 CRASHKERNEL_FORCE="${CRASHKERNEL_FORCE:-0}"
 RESTORE="${RESTORE:-}"
 SYSCTL_FILE=/etc/sysctl.d/99-chaosec2panic.conf
+# Debian and Ubuntu: grub-mkconfig reads /etc/default/grub.d/*.cfg after /etc/default/grub, in
+# name order, and kdump-tools.cfg appends its crashkernel= to GRUB_CMDLINE_LINUX_DEFAULT (after
+# GRUB_CMDLINE_LINUX on the kernel's line). A name after kdump-tools.cfg makes ours the last.
+GRUB_DROPIN=/etc/default/grub.d/zz-chaosec2panic-crashkernel.cfg
 SETTINGS="packages crashkernel nmi_sysctl_file unknown_nmi_panic use_kdump kdump_enabled kdump_active"
 ERR=""
 
@@ -61,23 +66,47 @@ installed() {
   echo "${found# }"
 }
 
+# The crashkernel= the kernel uses from the words given: the last one without a ,high, ,low or
+# ,cma suffix, else the last ,high one (kernel/crash_reserve.c, get_last_crashkernel).
+effective_crashkernel() {
+  plain=""; high=""
+  for word in $(echo "$*" | tr -d "\"'"); do
+    case "$word" in
+      crashkernel=*,low | crashkernel=*,cma) ;;
+      crashkernel=*,high) high=${word#crashkernel=} ;;
+      crashkernel=*) plain=${word#crashkernel=} ;;
+    esac
+  done
+  echo "${plain:-$high}"
+}
+
+# The default entry's arguments as grub-mkconfig writes them: GRUB_CMDLINE_LINUX then
+# GRUB_CMDLINE_LINUX_DEFAULT, from /etc/default/grub and (Debian, Ubuntu) /etc/default/grub.d/*.cfg
+# read after it in name order, as grub-mkconfig reads them (in a subshell: nothing leaks here).
+grub_args() {
+  (
+    GRUB_CMDLINE_LINUX=""; GRUB_CMDLINE_LINUX_DEFAULT=""
+    {
+      [ -r "$R/etc/default/grub" ] && . "$R/etc/default/grub"
+      if [ "$family" = debian ]; then
+        for x in "$R"/etc/default/grub.d/*.cfg; do [ -r "$x" ] && . "$x"; done
+      fi
+    } >/dev/null 2>&1 </dev/null
+    echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT"
+  )
+}
+
 configured_crashkernel() {
   if has grubby; then
     args=$(grubby --info=DEFAULT 2>/dev/null | grep '^args=' | head -n 1)
-    args=${args#args=}
+    effective_crashkernel "${args#args=}"
   else
-    args=$(grep '^GRUB_CMDLINE_LINUX=' "$R/etc/default/grub" 2>/dev/null | tail -n 1)
-    args=${args#GRUB_CMDLINE_LINUX=}
+    effective_crashkernel "$(grub_args)"
   fi
-  for word in $(echo "$args" | tr -d "\"'"); do
-    case "$word" in crashkernel=*) echo "${word#crashkernel=}"; return ;; esac
-  done
 }
 
 running_crashkernel() {
-  for word in $(val /proc/cmdline); do
-    case "$word" in crashkernel=*) echo "${word#crashkernel=}"; return ;; esac
-  done
+  effective_crashkernel "$(val /proc/cmdline)"
 }
 
 sysctl_file() {
@@ -111,6 +140,12 @@ snapshot() {
   eval "$1_kdump_active=\$(service_state is-active)"
 }
 
+# Make $1 the crashkernel= of the next boot ("" for none). grubby edits every boot entry. Debian
+# and Ubuntu: $1 goes in GRUB_DROPIN, written only when the files without it would not give $1
+# (kdump-tools.cfg may), so removing it undoes it; /etc/default/grub and kdump-tools.cfg (a
+# package's conffile) are left alone. Elsewhere: GRUB_CMDLINE_LINUX in /etc/default/grub. Then the
+# boot menu is rebuilt, and $1 is checked to be what it now gives the kernel: when a crashkernel=
+# after it wins, the files are put back and it fails.
 set_crashkernel() {
   if has grubby; then
     if [ -n "$1" ]; then
@@ -122,11 +157,43 @@ set_crashkernel() {
   fi
   f="$R/etc/default/grub"
   [ -w "$f" ] || { fail "no grubby and no writable /etc/default/grub: cannot set crashkernel"; return; }
-  grep -q '^GRUB_CMDLINE_LINUX=' "$f" || echo 'GRUB_CMDLINE_LINUX=""' >>"$f"
-  sed -i -e '/^GRUB_CMDLINE_LINUX=/ s/[[:space:]]*crashkernel=[^[:space:]"]*//g' "$f" || fail "cannot edit $f"
-  if [ -n "$1" ]; then
-    sed -i -e "/^GRUB_CMDLINE_LINUX=/ s|\"\$| crashkernel=$1\"|" -e '/^GRUB_CMDLINE_LINUX=/ s/=" /="/' "$f"
+  grub_was=$(cat "$f"); dropin_was=$(cat "$R$GRUB_DROPIN" 2>/dev/null)
+  if [ "$family" = debian ] && [ -n "$1" ]; then
+    rm -f "$R$GRUB_DROPIN" || { fail "cannot remove $GRUB_DROPIN"; return; }
+    if [ "$(configured_crashkernel)" != "$1" ]; then
+      {
+        mkdir -p "$R${GRUB_DROPIN%/*}" && {
+          echo "# Written by chaosec2panic arm_kdump: the crash kernel reservation it set. Read after"
+          echo "# kdump-tools.cfg, so this crashkernel= is the last on the kernel's command line, the"
+          echo "# one the kernel uses. restore_kdump_settings removes it (or: remove it, run update-grub)."
+          echo "GRUB_CMDLINE_LINUX_DEFAULT=\"\$GRUB_CMDLINE_LINUX_DEFAULT crashkernel=$1\""
+        } >"$R$GRUB_DROPIN"
+      } || { fail "cannot write $GRUB_DROPIN"; return; }
+    fi
+  else
+    [ "$family" != debian ] || rm -f "$R$GRUB_DROPIN" || { fail "cannot remove $GRUB_DROPIN"; return; }
+    grep -q '^GRUB_CMDLINE_LINUX=' "$f" || echo 'GRUB_CMDLINE_LINUX=""' >>"$f"
+    sed -i -e '/^GRUB_CMDLINE_LINUX=/ s/[[:space:]]*crashkernel=[^[:space:]"]*//g' "$f" || fail "cannot edit $f"
+    if [ -n "$1" ]; then
+      sed -i -e "/^GRUB_CMDLINE_LINUX=/ s|\"\$| crashkernel=$1\"|" -e '/^GRUB_CMDLINE_LINUX=/ s/=" /="/' "$f"
+    fi
   fi
+  boot_menu || return
+  now=$(configured_crashkernel)
+  if [ -n "$1" ] && [ "$now" != "$1" ]; then
+    from=$(grep -l 'crashkernel=' "$f" "$R"/etc/default/grub.d/*.cfg 2>/dev/null | sed "s|^$R||" | tr '\n' ' ')
+    fail "crashkernel=$1 was written but the next boot would use crashkernel=${now:-(none)}" \
+      "(crashkernel= is set in: ${from% }): the kernel takes the last one"
+    # What was written is not the last: put the files back as they were.
+    printf '%s\n' "$grub_was" >"$f"
+    if [ -n "$dropin_was" ]; then printf '%s\n' "$dropin_was" >"$R$GRUB_DROPIN"; else rm -f "$R$GRUB_DROPIN"; fi
+    boot_menu
+    return 1
+  fi
+}
+
+# Rebuild the boot menu from /etc/default/grub (and grub.d).
+boot_menu() {
   if has update-grub; then
     out=$(update-grub 2>&1) || fail "update-grub: $(last "$out")"
   elif has grub2-mkconfig; then
@@ -181,9 +248,11 @@ arm() {
   if [ "$family" = debian ] && [ "$(use_kdump)" = 0 ]; then
     sed -i 's/^USE_KDUMP=.*/USE_KDUMP=1/' "$R/etc/default/kdump-tools" || fail "cannot set USE_KDUMP=1"
   fi
-  if [ -z "$before_crashkernel" ] || { [ "$CRASHKERNEL_FORCE" = 1 ] && [ "$before_crashkernel" != "$CRASHKERNEL" ]; }; then
-    set_crashkernel "$CRASHKERNEL" || return
-  fi
+  # Keep the reservation there was before (a package installed above may bring its own, as
+  # kdump-tools does in grub.d), unless there was none or CRASHKERNEL is forced.
+  want=$before_crashkernel
+  if [ -z "$want" ] || [ "$CRASHKERNEL_FORCE" = 1 ]; then want=$CRASHKERNEL; fi
+  [ "$(configured_crashkernel)" = "$want" ] || set_crashkernel "$want" || return
   [ "$(sysctl_file)" = 1 ] || set_sysctl_file 1 || return
   if [ "$before_unknown_nmi_panic" != 1 ]; then
     out=$(sysctl -w kernel.unknown_nmi_panic=1 2>&1) || { fail "sysctl: $(last "$out")"; return; }

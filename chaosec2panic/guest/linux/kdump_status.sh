@@ -17,23 +17,23 @@ if [ -r "$R/etc/os-release" ]; then
 fi
 echo "crash_loaded=$(val /sys/kernel/kexec_crash_loaded)"
 echo "crash_size=$(val /sys/kernel/kexec_crash_size)"
+# The crashkernel= the kernel used: the last one without a ,high, ,low or ,cma suffix, else the
+# last ,high one (kernel/crash_reserve.c, get_last_crashkernel); kdump-tools' grub.d file and
+# /etc/default/grub may both have put one on the command line.
+plain=""; high=""
 for word in $(val /proc/cmdline); do
-  case "$word" in crashkernel=*) echo "cmdline_crashkernel=${word#crashkernel=}" ;; esac
+  case "$word" in
+    crashkernel=*,low | crashkernel=*,cma) ;;
+    crashkernel=*,high) high=${word#crashkernel=} ;;
+    crashkernel=*) plain=${word#crashkernel=} ;;
+  esac
 done
+echo "cmdline_crashkernel=${plain:-$high}"
 echo "unknown_nmi_panic=$(val /proc/sys/kernel/unknown_nmi_panic)"
 echo "panic_timeout=$(val /proc/sys/kernel/panic)"
 echo "mem_total_kb=$(grep '^MemTotal:' "$R/proc/meminfo" 2>/dev/null | tr -s ' ' | cut -d ' ' -f 2)"
 
-dump_dir=/var/crash
-for conf in /etc/kdump.conf /etc/default/kdump-tools /etc/sysconfig/kdump; do
-  [ -r "$R$conf" ] || continue
-  line=$(grep -E '^[[:space:]]*(path[[:space:]]|KDUMP_COREDIR=|KDUMP_SAVEDIR=)' "$R$conf" | tail -n 1)
-  case "$line" in
-    *KDUMP_SAVEDIR=*) v=${line#*=}; v=$(echo "$v" | tr -d '"'); dump_dir=${v#file://} ;;
-    *KDUMP_COREDIR=*) v=${line#*=}; dump_dir=$(echo "$v" | tr -d '"') ;;
-    *path*) dump_dir=$(echo "$line" | tr -s ' \t' ' ' | sed 's/^ *//' | cut -d ' ' -f 2) ;;
-  esac
-done
+#include kdump_dir
 echo "dump_dir=$dump_dir"
 echo "dump_dir_free_kb=$(df -P -k "$R$dump_dir" 2>/dev/null | tail -n 1 | tr -s ' ' | cut -d ' ' -f 4)"
 
