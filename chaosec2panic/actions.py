@@ -647,7 +647,7 @@ def collect_crash_dump(
     bucket: str,
     prefix: str = "chaosec2panic/",
     instance_ids: List[str] = None,
-    dump_dir: str = "/var/crash",
+    dump_dir: str = "",
     include_incomplete: bool = False,
     timeout: float = 3600,
     configuration: Configuration = None,
@@ -656,10 +656,10 @@ def collect_crash_dump(
     """Copy the crash dump of the last NMI on each hit instance (this run's, or the named
     instances' latest in the ledger) to S3 through SSM, for analysis with ``crash`` (WinDbg).
 
-    The newest dump written after the NMI (as crash_dumps finds it, below ``dump_dir`` on Linux)
-    goes with the files beside it (vmcore, dmesg) to
-    ``s3://<bucket>/<prefix><instance id>/<its directory's name>/``; on Windows MEMORY.DMP goes
-    to ``.../MEMORY-<written at, UTC>/``. The instance uploads it itself (``aws s3 cp``; on
+    The newest dump written after the NMI (as crash_dumps finds it: on Linux where kdump
+    writes, unless ``dump_dir`` names the directory) goes with the files beside it (vmcore,
+    dmesg) to ``s3://<bucket>/<prefix><instance id>/<its directory's name>/``; on Windows
+    MEMORY.DMP goes to ``.../MEMORY-<written at, UTC>/``. The instance uploads it itself (``aws s3 cp``; on
     Windows Write-S3Object or the AWS CLI), so the instance's role needs s3:PutObject on the
     bucket (and kms:GenerateDataKey for an SSE-KMS bucket). The caller needs s3:ListBucket
     besides the SSM calls: it checks the bucket first (HeadBucket), and after each upload that

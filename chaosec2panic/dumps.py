@@ -5,10 +5,12 @@ the parts that say whether it is whole: headers, the makedumpfile bitmaps and pa
 the flattened record headers, ELF program headers and notes, the Windows header; page data is
 never read. The same readers judge the first blocks and last bytes of a dump that the
 ``crash_dumps`` guest script sends, held at their offsets in a ``SparseSource``: what a reader
-needs and was not sent is a problem that says what could not be checked, never zeros.
+needs and was not sent is never read as zeros; it is named in ``unchecked`` (what could not be
+verified from the bytes at hand), apart from ``problems`` (what is wrong with the bytes read).
 
-Parsers never raise on bad input; they return what they could read and a list of problems,
-each naming the field, the offset, what was expected and what was found.
+Parsers never raise on bad input; they return what they could read, a list of problems, each
+naming the field, the offset, what was expected and what was found, and a list of what they
+could not check. A note in ``unchecked`` never changes a verdict: ``complete`` says it.
 """
 
 import bisect
@@ -124,7 +126,7 @@ class Source(Protocol):
 
 class NotHeld(Exception):
     """A read of bytes a source does not hold (not sent by the guest; in no flattened record
-    read): what depends on them cannot be judged, and a reader says so in its problems."""
+    read): what depends on them cannot be judged, and a reader says so in its ``unchecked``."""
 
     def __init__(self, offset: int, size: int, why: str):
         super().__init__(f"{size} bytes at offset {offset}: {why}")
@@ -165,12 +167,12 @@ class SparseSource:
         raise NotHeld(offset, end - offset, "not sent by the guest")
 
 
-def _held(src: Source, offset: int, size: int, name: str, problems: List[str]) -> bytes | None:
-    """``src.read``, or None and a problem when the source does not hold those bytes."""
+def _held(src: Source, offset: int, size: int, name: str, unchecked: List[str]) -> bytes | None:
+    """``src.read``, or None and a note in ``unchecked`` when the source does not hold those bytes."""
     try:
         return src.read(offset, size)
     except NotHeld as e:
-        problems.append(e.problem(name))
+        unchecked.append(e.problem(name))
         return None
 
 
@@ -210,7 +212,12 @@ class FileSource:
 
 @dataclass(frozen=True)
 class Inspection:
-    """What one file is and whether it is whole. ``to_dict`` gives the ``inspect --json`` shape."""
+    """What one file is and whether it is whole. ``to_dict`` gives the ``inspect --json`` shape.
+
+    ``problems`` are what is wrong with the bytes read; ``unchecked`` what could not be verified
+    from the bytes at hand (parts a guest did not send, text past the read limit). Only
+    ``complete`` is a verdict.
+    """
 
     path: str
     kind: str  # vmcore | dmesg | console | windows-dump | unknown
@@ -223,6 +230,7 @@ class Inspection:
     panic_message: str = ""
     problems: Tuple[str, ...] = ()
     details: Dict[str, object] = field(default_factory=dict)
+    unchecked: Tuple[str, ...] = ()
 
     def to_dict(self) -> Dict[str, object]:
         return {
@@ -236,6 +244,7 @@ class Inspection:
             "nmi_panic": self.nmi_panic,
             "panic_message": self.panic_message or None,
             "problems": list(self.problems),
+            "unchecked": list(self.unchecked),
         }
 
 
@@ -300,17 +309,18 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
     zero-filled page at one shared copy written first, so the last descriptors of a real dump
     (those of the Debian fixture included) often point back at the start of the page data.
     From a source that does not hold the bitmap or the descriptors (the first blocks a guest
-    sends), the file is judged by its flag and by the size its header implies, and a problem
+    sends), the file is judged by its flag and by the size its header implies, and ``unchecked``
     says that missing page data was not checked.
     """
     name = "kdump-compressed"
     problems: List[str] = []
-    head = _held(src, 0, KDUMP_HEADER_SIZE, "header", problems)
+    unchecked: List[str] = []
+    head = _held(src, 0, KDUMP_HEADER_SIZE, "header", unchecked)
     fields = None if head is None else _unpack("<8si390s6xqqIiiIIIIIIi", head, 0)
     if fields is None:
         if head is not None:
             problems.append(_problem("header", len(head), f"{KDUMP_HEADER_SIZE} bytes", "end of file"))
-        return Inspection("", "vmcore", name, None, problems=tuple(problems))
+        return Inspection("", "vmcore", name, None, problems=tuple(problems), unchecked=tuple(unchecked))
     _sig, version, uts, seconds, _usec, status, block, sub_blocks, bitmap_blocks, max_mapnr = fields[:10]
     release = _cstr(uts, 2 * UTS_FIELD, UTS_FIELD)
     machine = _cstr(uts, 4 * UTS_FIELD, UTS_FIELD)
@@ -341,6 +351,7 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
             crash_time=_crash_time(info, header_time),
             problems=tuple(problems),
             details=details,
+            unchecked=tuple(unchecked),
         )
 
     if block < 512 or block > 1 << 20 or block & (block - 1):
@@ -354,7 +365,7 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
         )
         return result(None)
 
-    sub = _held(src, block, KDUMP_SUB_HEADER_SIZE, "sub-header", problems) if sub_blocks else b""
+    sub = _held(src, block, KDUMP_SUB_HEADER_SIZE, "sub-header", unchecked) if sub_blocks else b""
     info: Dict[str, str] = {}
     erase_end = 0
     if version >= 3 and sub_blocks and sub is not None:
@@ -375,7 +386,7 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
                 )
             )
         elif vi_size:
-            text = _held(src, vi_offset, vi_size, "VMCOREINFO", problems)
+            text = _held(src, vi_offset, vi_size, "VMCOREINFO", unchecked)
             info = _vmcoreinfo(text) if text is not None else {}
             details["dump_level"] = (_unpack("<i", sub, 8) or (None,))[0]
     if version >= 5 and sub:
@@ -400,7 +411,7 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
             chunk = src.read(at, min(BITMAP_CHUNK, bitmap2 + half - at))
             dumpable += int.from_bytes(chunk, "little").bit_count()
     except NotHeld as e:
-        problems.append(e.problem("second bitmap", UNCHECKED_PAGES))
+        unchecked.append(e.problem("second bitmap", UNCHECKED_PAGES))
         return result(complete, info)
     table = bitmap2 + half
     data_start = table + dumpable * PAGE_DESC.size
@@ -422,7 +433,7 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
         try:
             chunk = src.read(table + first * PAGE_DESC.size, count * PAGE_DESC.size)
         except NotHeld as e:
-            problems.append(e.problem("page descriptors", UNCHECKED_PAGES))
+            unchecked.append(e.problem("page descriptors", UNCHECKED_PAGES))
             return result(complete, info)
         for n, (offset, size, _flags, _pflags) in enumerate(PAGE_DESC.iter_unpack(chunk), first):
             if offset < data_start or not 0 < size <= block:
@@ -531,13 +542,14 @@ def read_flattened(src: Source) -> Inspection:
     """
     name = "flattened"
     problems: List[str] = []
-    head = _held(src, 0, 32, "signature", problems)
+    unchecked: List[str] = []
+    head = _held(src, 0, 32, "signature", unchecked)
     fields = None if head is None else _unpack(">16sqq", head, 0)
     if fields is None or not fields[0].startswith(FLAT_SIGNATURE):
         if head is not None:
             found = "end of file" if fields is None else fields[0].hex()
             problems.append(_problem("signature", 0, "makedumpfile", found))
-        return Inspection("", "vmcore", name, None, problems=tuple(problems))
+        return Inspection("", "vmcore", name, None, problems=tuple(problems), unchecked=tuple(unchecked))
     if (fields[1], fields[2]) != (FLAT_TYPE, FLAT_VERSION):
         problems.append(_problem("type, version", 16, (FLAT_TYPE, FLAT_VERSION), (fields[1], fields[2])))
     records: List[FlatRecord] = []
@@ -577,24 +589,30 @@ def read_flattened(src: Source) -> Inspection:
     whole = ended and not defects
     end_record: bool | None = ended
     if unread is not None:
-        problems.append(unread.problem("record header", "the records from there on are not checked"))
-        end_record = _end_record(src, problems)
+        unchecked.append(unread.problem("record header", "the records from there on are not checked"))
+        end_record = _end_record(src, problems, unchecked)
     inner = FlattenedSource(src, records, whole)
     details: Dict[str, object] = {
         "records": len(records),
         "end_record": end_record,
         "rebuilt_size": inner.size,
     }
-    signature = _held(inner, 0, 8, "rebuilt file signature", problems)
+    signature = _held(inner, 0, 8, "rebuilt file signature", unchecked)
     if signature is None or not signature.startswith(KDUMP_SIGNATURE):
         if signature is not None:
             found = signature.hex() or "no record at offset 0"
             problems.append(_problem("rebuilt file signature", 0, "KDUMP   ", found))
         return Inspection(
-            "", "vmcore", name, False if end_record is False else None, problems=tuple(problems)
+            "",
+            "vmcore",
+            name,
+            False if end_record is False else None,
+            problems=tuple(problems),
+            unchecked=tuple(unchecked),
         )
     rebuilt = read_kdump(inner, check_pages=whole)
     problems.extend(f"rebuilt file: {p}" for p in rebuilt.problems)
+    unchecked.extend(f"rebuilt file: {u}" for u in rebuilt.unchecked)
     complete = False if defects or end_record is False else (rebuilt.complete if end_record else None)
     return replace(
         rebuilt,
@@ -602,13 +620,14 @@ def read_flattened(src: Source) -> Inspection:
         complete=complete,
         problems=tuple(problems),
         details={**rebuilt.details, **details},
+        unchecked=tuple(unchecked),
     )
 
 
-def _end_record(src: Source, problems: List[str]) -> bool | None:
+def _end_record(src: Source, problems: List[str], unchecked: List[str]) -> bool | None:
     """Whether the last 16 bytes are the end record (None when the source does not hold them)."""
     at = max(0, src.size - 16)
-    tail = _held(src, at, 16, "end record", problems)
+    tail = _held(src, at, 16, "end record", unchecked)
     if tail is None:
         return None
     if tail != FLAT_END_RECORD:
@@ -650,11 +669,12 @@ def read_elf(src: Source) -> Inspection:
     """An ELF core: ET_CORE, the incomplete flag, every segment inside the file, VMCOREINFO."""
     name = "elf"
     problems: List[str] = []
-    head = _held(src, 0, 64, "ELF header", problems)
+    unchecked: List[str] = []
+    head = _held(src, 0, 64, "ELF header", unchecked)
     if head is None or len(head) < 52:
         if head is not None:
             problems.append(_problem("ELF header", len(head), "52 bytes", "end of file"))
-        return Inspection("", "vmcore", name, None, problems=tuple(problems))
+        return Inspection("", "vmcore", name, None, problems=tuple(problems), unchecked=tuple(unchecked))
     layout = ELF_LAYOUTS.get(head[4])
     if head[5] not in (1, 2) or layout is None or len(head) < layout.header_size:
         return Inspection(
@@ -685,29 +705,47 @@ def read_elf(src: Source) -> Inspection:
         complete = False
     if phnum == PN_XNUM:  # the real count is in section header 0's sh_info
         (shoff,) = struct.unpack_from(end + layout.phoff, head, layout.shoff_at)
-        sh_info = _held(src, shoff + layout.sh_info_at, 4, "section header 0 sh_info", problems)
+        sh_info = _held(src, shoff + layout.sh_info_at, 4, "section header 0 sh_info", unchecked)
         got = None if sh_info is None else _unpack(end + "I", sh_info, 0)
         if got is None:
             if sh_info is not None:
                 problems.append(
                     _problem("section header 0 sh_info", shoff + layout.sh_info_at, "e_phnum", "end of file")
                 )
-            return Inspection("", "vmcore", name, None, machine=machine, problems=tuple(problems))
+            return Inspection(
+                "",
+                "vmcore",
+                name,
+                None,
+                machine=machine,
+                problems=tuple(problems),
+                unchecked=tuple(unchecked),
+            )
         (phnum,) = got
     entry = struct.calcsize(end + layout.phdr)
     if phentsize != entry:
         problems.append(_problem("e_phentsize", layout.phentsize_at, entry, phentsize))
-        return Inspection("", "vmcore", name, None, machine=machine, problems=tuple(problems))
-    table = _held(src, phoff, phnum * entry, "program headers", problems)
+        return Inspection(
+            "", "vmcore", name, None, machine=machine, problems=tuple(problems), unchecked=tuple(unchecked)
+        )
+    table = _held(src, phoff, phnum * entry, "program headers", unchecked)
     if table is None:
         return Inspection(
-            "", "vmcore", name, None if complete else False, machine=machine, problems=tuple(problems)
+            "",
+            "vmcore",
+            name,
+            None if complete else False,
+            machine=machine,
+            problems=tuple(problems),
+            unchecked=tuple(unchecked),
         )
     if len(table) < phnum * entry:
         problems.append(
             _problem("program headers", phoff + len(table), f"{phnum} of {entry} bytes", "end of file")
         )
-        return Inspection("", "vmcore", name, False, machine=machine, problems=tuple(problems))
+        return Inspection(
+            "", "vmcore", name, False, machine=machine, problems=tuple(problems), unchecked=tuple(unchecked)
+        )
     info: Dict[str, str] = {}
     notes_held = True
     expected = 0
@@ -716,7 +754,7 @@ def read_elf(src: Source) -> Inspection:
         p_type, p_offset, p_filesz = (values[i] for i in layout.phdr_fields)
         expected = max(expected, p_offset + p_filesz)
         if p_type == PT_NOTE and not info and p_offset + p_filesz <= src.size and p_filesz <= NOTE_MAX:
-            notes = _held(src, p_offset, p_filesz, "PT_NOTE", problems)
+            notes = _held(src, p_offset, p_filesz, "PT_NOTE", unchecked)
             notes_held = notes is not None
             if notes is not None:
                 info, note_problems = _elf_notes(notes, p_offset, end)
@@ -744,6 +782,7 @@ def read_elf(src: Source) -> Inspection:
         crash_time=_crash_time(info, ""),
         problems=tuple(problems),
         details=details,
+        unchecked=tuple(unchecked),
     )
 
 
@@ -791,13 +830,16 @@ BUGCHECK_NAMES = {0x80: "NMI_HARDWARE_FAILURE"}
 def read_windows(src: Source) -> Inspection:
     """A Windows 64-bit kernel/full dump: bugcheck, dump type, time, and size against RequiredDumpSpace."""
     problems: List[str] = []
-    head = _held(src, 0, WINDOWS_HEADER_SIZE + 8, "DUMP_HEADER64", problems)
+    unchecked: List[str] = []
+    head = _held(src, 0, WINDOWS_HEADER_SIZE + 8, "DUMP_HEADER64", unchecked)
     if head is None or len(head) < WINDOWS_TIME_OFFSET + 8:
         if head is not None:
             problems.append(
                 _problem("DUMP_HEADER64", len(head), f"{WINDOWS_HEADER_SIZE} bytes", "end of file")
             )
-        return Inspection("", "windows-dump", "unknown", None, problems=tuple(problems))
+        return Inspection(
+            "", "windows-dump", "unknown", None, problems=tuple(problems), unchecked=tuple(unchecked)
+        )
     (code,) = struct.unpack_from("<I", head, WINDOWS_BUGCHECK_OFFSET)
     params = struct.unpack_from("<4Q", head, 0x40)
     (dump_type,) = struct.unpack_from("<I", head, WINDOWS_DUMPTYPE_OFFSET)
@@ -991,10 +1033,10 @@ def inspect_source(src: Source, name: str = "") -> Inspection:
 
 def _judge(src: Source, name: str) -> Inspection:
     """The reader of the file's magic, else kernel text, else unknown."""
-    problems: List[str] = []
-    head = _held(src, 0, 4096, "signature", problems)
+    unchecked: List[str] = []
+    head = _held(src, 0, 4096, "signature", unchecked)
     if head is None:
-        return Inspection("", "unknown", "unknown", None, problems=tuple(problems))
+        return Inspection("", "unknown", "unknown", None, unchecked=tuple(unchecked))
     for magic, reader in READERS:
         if head.startswith(magic):
             return reader(src)
@@ -1007,13 +1049,13 @@ def _judge(src: Source, name: str) -> Inspection:
             None,
             problems=(_problem("signature", 0, "a dump magic or kernel text", seen),),
         )
-    raw = _held(src, 0, TEXT_LIMIT, "text", problems)
+    raw = _held(src, 0, TEXT_LIMIT, "text", unchecked)
     if raw is None:
-        return Inspection("", "unknown", "text", None, problems=tuple(problems))
+        return Inspection("", "unknown", "text", None, unchecked=tuple(unchecked))
     found = read_text(raw.decode("utf-8", "replace"), name)
     if src.size > TEXT_LIMIT:
         found = replace(
-            found, problems=(*found.problems, f"text: only the first {TEXT_LIMIT} bytes were read")
+            found, unchecked=(*found.unchecked, f"text: only the first {TEXT_LIMIT} bytes were read")
         )
     return found
 

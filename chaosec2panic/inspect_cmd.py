@@ -38,14 +38,16 @@ def render_text(found: Inspection) -> str:
             shown = f"0x{value:x}" if key == "bugcheck" and isinstance(value, int) else value
             lines.append(f"  {key.replace('_', ' ')}: {shown}")
     lines.extend(f"  problem: {p}" for p in found.problems)
+    lines.extend(f"  not checked: {u}" for u in found.unchecked)
     return "\n".join(lines)
 
 
 def run(paths: List[str], as_json: bool) -> Tuple[int, str]:
     """Inspect each path; return the exit code and the text to print.
 
-    Exit 0 when every path is a recognised artefact judged complete, else 1. A missing or
-    unreadable path is a problem of that path, not an error.
+    Exit 0 when every path is a recognised artefact judged complete, else 1: what could not be
+    checked (``unchecked``) is reported, never counted against it. A missing or unreadable path
+    is a problem of that path, not an error.
     """
     found = [replace(inspect_path(Path(p)), path=p) for p in paths]
     code = 0 if found and all(_ok(f) for f in found) else 1

@@ -148,15 +148,18 @@ def kdump_armed(
 def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
     report = parse_report(stdout, "crash_dumps")
     if not report.complete:
-        return {"verdict": "unknown", "problems": report.problems}
+        return {"verdict": "unknown", "problems": report.problems, "unchecked": []}
     files, problems = dump_files(report)
+    searched = report.get("dump_dir")
     sent = parse_iso(injection.sent_at).timestamp()
     # mtime has whole seconds: a dump written in the second of the NMI still counts.
     newer = [f for f in files if f.mtime >= int(sent)]
     if not newer:
         return {
             "verdict": "only-older-dumps" if files else "no-dump",
+            "dump_dir": searched,
             "problems": problems,
+            "unchecked": [],
             "older": [f.path for f in files],
         }
     # The first listed is the newest, and the only one whose first blocks were sent.
@@ -165,6 +168,7 @@ def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
     running = report.get("kernel_release")
     return {
         "verdict": "complete-dump" if found.complete else "incomplete-dump",
+        "dump_dir": searched,
         "path": newest.path,
         "size": newest.size,
         "written_at": iso(datetime.fromtimestamp(newest.mtime, UTC)),
@@ -177,6 +181,7 @@ def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
         "bugcheck": found.details.get("bugcheck"),
         **_cause(found, newest.dmesg_panic),
         "problems": problems + list(found.problems),
+        "unchecked": list(found.unchecked),
         "running_kernel": running,
         "same_kernel": found.kernel_release == running if found.kernel_release and running else None,
     }
@@ -196,7 +201,7 @@ def _cause(found: Inspection, dmesg_panic: str | None) -> Dict[str, Any]:
 @requires(*RESOLVE, *RUN_SCRIPT)
 def crash_dumps(
     instance_ids: List[str] = None,
-    dump_dir: str = "/var/crash",
+    dump_dir: str = "",
     configuration: Configuration = None,
     secrets: Secrets = None,
 ) -> Dict[str, Any]:
@@ -206,25 +211,32 @@ def crash_dumps(
     Reads only the dump directory listing with sizes and times and, of the newest dump, its
     first blocks (up to 64 KiB, compressed), its last 16 bytes and the panic lines of the
     dmesg saved beside it (on Windows: MEMORY.DMP's header pages), and judges them with the
-    readers of ``chaosec2panic inspect``; what they cannot check from those bytes (a
-    kdump-compressed file's page data) is named in ``problems``. Per instance:
-    ``no-dump``, ``only-older-dumps``, ``incomplete-dump`` or ``complete-dump``, with path,
-    size, format, kernel release (and whether it is the running kernel's), and whether the
-    crash was the NMI (``nmi_panic``); or ``unknown`` when it cannot be read. ``dump_dir`` is
-    where Linux kdump writes (Windows reads its CrashControl DumpFile).
+    readers of ``chaosec2panic inspect``. What is wrong with the dump is in ``problems``; what
+    they cannot check from those bytes (a kdump-compressed file's page data) is in
+    ``unchecked``, and does not make a dump incomplete. Per instance: ``no-dump``,
+    ``only-older-dumps``, ``incomplete-dump`` or ``complete-dump``, with the directory searched
+    (``dump_dir``), path, size, format, kernel release (and whether it is the running kernel's),
+    and whether the crash was the NMI (``nmi_panic``); or ``unknown`` when it cannot be read.
+    On Linux the dumps are looked for where the instance's kdump configuration writes them
+    (kdump.conf ``path``, kdump-tools ``KDUMP_COREDIR``, SUSE ``KDUMP_SAVEDIR``, else
+    /var/crash), unless ``dump_dir`` names the directory; Windows reads its CrashControl
+    DumpFile.
     """
     ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
     hits = _hits(configuration, instance_ids)
-    results = run_script(
-        ssm, _platforms(ec2, sorted(hits)), "crash_dumps", {"DUMP_DIR": dump_dir}, timeout=60
-    )
+    variables = {"DUMP_DIR": dump_dir} if dump_dir else None
+    results = run_script(ssm, _platforms(ec2, sorted(hits)), "crash_dumps", variables, timeout=60)
     instances = {}
     for i, injection in hits.items():
         r = results[i]
         instances[i] = (
             _dump_verdict(injection, r.stdout)
             if r.ok
-            else {"verdict": "unknown", "problems": [f"not read: {r.status} {r.error}".rstrip()]}
+            else {
+                "verdict": "unknown",
+                "problems": [f"not read: {r.status} {r.error}".rstrip()],
+                "unchecked": [],
+            }
         )
         instances[i]["nmi_sent_at"] = injection.sent_at
     # The recovery timelines take the dump_found milestone from here.
@@ -241,13 +253,14 @@ def crash_dumps(
 @requires(*RESOLVE, *RUN_SCRIPT)
 def crash_dump_present(
     instance_ids: List[str] = None,
-    dump_dir: str = "/var/crash",
+    dump_dir: str = "",
     configuration: Configuration = None,
     secrets: Secrets = None,
 ) -> bool:
     """True when every hit instance holds a complete crash dump written after its last NMI, of
     a crash the NMI caused (the dmesg saved beside it shows the NMI panic; on Windows, bugcheck
-    0x80). True at once before any NMI of this run."""
+    0x80). True at once before any NMI of this run. Linux dumps are looked for as ``crash_dumps``
+    looks for them: where kdump is configured to write, unless ``dump_dir`` is given."""
     found = crash_dumps(instance_ids, dump_dir, configuration, secrets)["instances"]
     proven = {i: v["verdict"] == "complete-dump" and v.get("nmi_panic") is True for i, v in found.items()}
     for i, ok in proven.items():

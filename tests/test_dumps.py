@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from chaosec2panic.dumps import (
+    TEXT_LIMIT,
     BytesSource,
     FileSource,
     NotHeld,
@@ -428,21 +429,22 @@ def test_the_first_blocks_of_a_real_kdump_give_its_header_and_vmcoreinfo():
     )
     assert found.details["compression"] == "lzo" and found.details["dump_level"] == 31
     assert found.details["dumpable_pages"] == 20821  # the second bitmap was sent
-    assert found.problems == (UNCHECKED_KDUMP_PAGES,)
+    # Nothing is wrong with it; what its first blocks cannot show is said apart.
+    assert (found.problems, found.unchecked) == ((), (UNCHECKED_KDUMP_PAGES,))
+    assert found.to_dict()["problems"] == [] and found.to_dict()["unchecked"] == [UNCHECKED_KDUMP_PAGES]
 
 
 def test_the_first_blocks_show_the_incomplete_flag_and_a_file_cut_in_its_descriptors():
     flagged = inspect_source(sent("kdump-compressed-incomplete-flag"))
     assert flagged.complete is False
-    assert flagged.problems == (
-        "status at offset 424: expected incomplete flag 0x8 clear, found 0xa",
-        UNCHECKED_KDUMP_PAGES,
-    )
+    assert flagged.problems == ("status at offset 424: expected incomplete flag 0x8 clear, found 0xa",)
+    assert flagged.unchecked == (UNCHECKED_KDUMP_PAGES,)
     cut = inspect_source(sent("kdump-compressed-cut-in-descriptors"))
     assert cut.complete is False and cut.problems == (
         "page descriptors at offset 100000: expected 20821 descriptors of 24 bytes from 32768 to "
         "532472, found end of file",
     )
+    assert cut.unchecked == ()
 
 
 @pytest.mark.parametrize("cut", [8, 100, 300, 463])
@@ -451,9 +453,10 @@ def test_a_kdump_header_cut_short_or_not_sent_is_a_problem_not_an_error(cut):
     short = read_kdump(BytesSource(head))
     assert (short.format, short.complete) == ("kdump-compressed", None)
     assert short.problems == (f"header at offset {cut}: expected 464 bytes, found end of file",)
+    assert short.unchecked == ()
     unsent = read_kdump(SparseSource(KDUMP_SIZE, [(0, head)]))
-    assert unsent.complete is None
-    assert unsent.problems == ("header at offset 0: expected 464 bytes, found not sent by the guest",)
+    assert (unsent.complete, unsent.problems) == (None, ())
+    assert unsent.unchecked == ("header at offset 0: expected 464 bytes, found not sent by the guest",)
 
 
 def test_lab_writer_and_reader_agree():
@@ -464,7 +467,8 @@ def test_lab_writer_and_reader_agree():
         "2026-01-01T00:00:00Z",
         True,
     )
-    assert found.problems == (
+    assert found.problems == ()
+    assert found.unchecked == (
         "sub-header at offset 4096: expected 104 bytes, found not sent by the guest",
         "second bitmap at offset 12288: expected 4096 bytes, found not sent by the guest: "
         "whether page data is missing is not checked",
@@ -477,19 +481,25 @@ def test_a_flattened_stream_sent_in_part_is_judged_by_its_end_record():
         "the records from there on are not checked"
     )
     found = inspect_source(sent("flattened"))
-    assert (found.format, found.complete, found.problems) == ("flattened", True, (unread,))
+    assert (found.format, found.complete, found.problems, found.unchecked) == (
+        "flattened",
+        True,
+        (),
+        (unread,),
+    )
     assert (found.kernel_release, found.crash_time) == ("6.1.0-57-amd64", "2026-11-29T12:09:27Z")
     assert found.details["end_record"] is True
     parts, size = fixture_extents("flattened")
     zeros = SparseSource(size, [(0, span(parts, 0, 65536)), (size - 16, bytes(16))])
     assert read_flattened(zeros).complete is False
-    assert read_flattened(zeros).problems[1] == (
-        "end record at offset 23246814: expected 16 bytes of 0xff at the end of the file, found " + "00" * 16
+    assert read_flattened(zeros).problems == (
+        "end record at offset 23246814: expected 16 bytes of 0xff at the end of the file, found " + "00" * 16,
     )
     no_tail = read_flattened(sent("flattened", last=0))
-    assert no_tail.complete is None
-    assert (
-        no_tail.problems[1] == "end record at offset 23246814: expected 16 bytes, found not sent by the guest"
+    assert (no_tail.complete, no_tail.problems) == (None, ())
+    assert no_tail.unchecked == (
+        unread,
+        "end record at offset 23246814: expected 16 bytes, found not sent by the guest",
     )
 
 
@@ -499,7 +509,8 @@ def test_a_record_the_walk_did_not_reach_is_never_read_as_zeros():
     # VMCOREINFO's records are not sent.
     found = read_flattened(SparseSource(size, [(0, span(parts, 0, 4576)), (size - 16, b"\xff" * 16)]))
     assert found.complete is True and found.kernel_release == "6.1.0-57-amd64"
-    assert found.problems[1] == (
+    assert found.problems == ()
+    assert found.unchecked[1] == (
         "rebuilt file: sub-header at offset 4096: expected 104 bytes, found in none of the records read"
     )
 
@@ -508,15 +519,16 @@ def test_a_record_the_walk_did_not_reach_is_never_read_as_zeros():
 def test_name_of_a_dump_being_written_means_incomplete(name):
     found = inspect_source(sent("kdump-compressed"), f"/var/crash/a/{name}")
     assert found.complete is False
-    assert found.problems[-1] == f"name: {name} (makedumpfile did not finish)"
+    assert found.problems == (f"name: {name} (makedumpfile did not finish)",)
+    assert found.unchecked == (UNCHECKED_KDUMP_PAGES,)
 
 
 def test_elf_core_from_its_first_blocks_and_without_its_notes():
     assert inspect_source(sent("elf")).problems == () and inspect_source(sent("elf")).complete is True
     parts, size = fixture_extents("elf")
     found = read_elf(SparseSource(size, [(0, span(parts, 0, 176))]))
-    assert (found.complete, found.kernel_release) == (True, "")
-    assert found.problems == ("PT_NOTE at offset 176: expected 3680 bytes, found not sent by the guest",)
+    assert (found.complete, found.kernel_release, found.problems) == (True, "", ())
+    assert found.unchecked == ("PT_NOTE at offset 176: expected 3680 bytes, found not sent by the guest",)
     not_core = bytearray(head_bytes("elf"))
     struct.pack_into("<H", not_core, 16, 2)
     assert read_elf(BytesSource(bytes(not_core))).problems == (
@@ -533,8 +545,9 @@ def test_windows_dump_from_its_header_pages():
         0x80,
     )
     short = read_windows(sent("windows-kernel", 4096))
-    assert (short.complete, short.problems) == (
+    assert (short.complete, short.problems, short.unchecked) == (
         None,
+        (),
         ("DUMP_HEADER64 at offset 0: expected 8200 bytes, found not sent by the guest",),
     )
 
@@ -545,8 +558,11 @@ def test_unknown_or_unsent_first_bytes_name_what_was_found():
     assert found.problems == (
         "signature at offset 0: expected a dump magic or kernel text, found 010268656c6c6f000000000000000000",
     )
-    assert inspect_source(SparseSource(1 << 20, [])).problems == (
-        "signature at offset 0: expected 4096 bytes, found not sent by the guest",
+    unsent = inspect_source(SparseSource(1 << 20, []))
+    assert (unsent.complete, unsent.problems, unsent.unchecked) == (
+        None,
+        (),
+        ("signature at offset 0: expected 4096 bytes, found not sent by the guest",),
     )
 
 
@@ -563,8 +579,8 @@ def test_the_judge_of_random_first_blocks_never_raises(name):
         declared = rng.choice([len(head), size, rng.randrange(len(head), 2 * size + 1)])
         tail = bytes(rng.randrange(256) for _ in range(rng.randrange(17)))
         found = inspect_source(SparseSource(declared, [(0, bytes(head)), (declared - len(tail), tail)]), "x")
-        assert found.complete is True or found.problems, (name, len(head), declared)
-        assert all(isinstance(p, str) for p in found.problems)
+        assert found.complete is True or found.problems or found.unchecked, (name, len(head), declared)
+        assert all(isinstance(p, str) for p in (*found.problems, *found.unchecked))
 
 
 READERS_AND_SEEDS = [
@@ -618,6 +634,20 @@ def test_text_files():
     assert cut.complete is False
     assert cut.problems == ("panic: expected a 'Kernel panic - not syncing' line, found none",)
     assert read_text("hello\n", "notes.txt").kind == "unknown"
+
+
+def test_text_past_the_read_limit_is_unchecked_not_a_problem():
+    text = real("vmcore-dmesg.txt")
+
+    class Long:  # a dmesg file claiming one byte more than the readers read of text
+        size = TEXT_LIMIT + 1
+
+        def read(self, offset: int, size: int) -> bytes:
+            return text[offset : offset + size]
+
+    found = inspect_source(Long(), "/var/crash/x/vmcore-dmesg.txt")
+    assert (found.kind, found.complete, found.problems) == ("dmesg", True, ())
+    assert found.unchecked == (f"text: only the first {TEXT_LIMIT} bytes were read",)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import base64
 import gzip
 import os
 import random
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -95,38 +96,73 @@ def test_crash_dumps_lists_nothing_on_a_fresh_guest(tmp_path):
     assert report.complete and dump_files(report) == ([], [])
 
 
+def _move_dumps(g: SimGuest, to: str) -> None:
+    """Point the guest's kdump configuration (whichever file its distribution has) at ``to``."""
+    config = g.root / g._kdump_package()[3]
+    config.write_text(config.read_text().replace("/var/crash", to))
+
+
+@pytest.mark.parametrize("os_name", ["amazon-linux-2023", "ubuntu", "suse"])
+def test_crash_dumps_looks_where_kdump_is_configured_to_write(tmp_path, os_name):
+    g = make_guest(tmp_path, os=os_name)
+    default = run(g, "crash_dumps")
+    assert (default.get("dump_dir"), default.get("dump_dir_from")) == ("/var/crash", "kdump")
+    _move_dumps(g, "/srv/dumps")
+    directory = g.root / "srv" / "dumps" / "127.0.0.1-2026-01-01-00:00:00"
+    directory.mkdir(parents=True)
+    (directory / "vmcore").write_bytes(b"KDUMP   " + bytes(5000))
+    report = run(g, "crash_dumps")
+    assert (report.get("dump_dir"), report.get("dump_dir_from")) == ("/srv/dumps", "kdump")
+    assert [f.path for f in dump_files(report)[0]] == ["/srv/dumps/127.0.0.1-2026-01-01-00:00:00/vmcore"]
+    # The same directory kdump_status reports (and measures the free space of).
+    assert run(g, "kdump_status").get("dump_dir") == "/srv/dumps"
+    # A directory the caller names wins.
+    named = run(g, "crash_dumps", DUMP_DIR="/var/crash")
+    assert (named.get("dump_dir"), named.get("dump_dir_from")) == ("/var/crash", "argument")
+    assert dump_files(named) == ([], [])
+
+
+def test_scripts_share_code_by_inclusion_and_are_sent_whole():
+    kdump_dir = (files(guest) / "linux" / "kdump_dir.sh").read_text()
+    for name in ("crash_dumps", "kdump_status"):
+        text = guest.script(LINUX, name)
+        assert "#include" not in text and kdump_dir in text
+
+
 UNSENT_RECORDS = (
     "record header at offset 104854: expected 16 bytes, found not sent by the guest: "
     "the records from there on are not checked"
 )
 # What the readers say of each real dump (tests/fixtures/dumps.json) from what crash_dumps.sh
-# sends of it: None where they say what they say of the whole file.
+# sends of it (complete, problems, unchecked): None where they say what they say of the whole
+# file. What the bytes sent cannot show is unchecked, never a problem.
 FROM_FIRST_BLOCKS = {
-    "kdump-compressed": (True, (UNCHECKED_KDUMP_PAGES,)),
+    "kdump-compressed": (True, (), (UNCHECKED_KDUMP_PAGES,)),
     # The one verdict the first blocks cannot give: page data cut from a file whose flag and
     # name say it is whole. Only a scan of every page descriptor shows it.
-    "kdump-compressed-cut-in-page-data": (True, (UNCHECKED_KDUMP_PAGES,)),
+    "kdump-compressed-cut-in-page-data": (True, (), (UNCHECKED_KDUMP_PAGES,)),
     "kdump-compressed-cut-in-descriptors": None,
     "kdump-compressed-incomplete-flag": (
         False,
-        ("status at offset 424: expected incomplete flag 0x8 clear, found 0xa", UNCHECKED_KDUMP_PAGES),
+        ("status at offset 424: expected incomplete flag 0x8 clear, found 0xa",),
+        (UNCHECKED_KDUMP_PAGES,),
     ),
-    "flattened": (True, (UNSENT_RECORDS,)),
+    "flattened": (True, (), (UNSENT_RECORDS,)),
     "flattened-cut-in-records": (
         False,
         (
-            UNSENT_RECORDS,
             "end record at offset 19999984: expected 16 bytes of 0xff at the end of the file, "
             "found 000000000000000011a7340100000000",
         ),
+        (UNSENT_RECORDS,),
     ),
     "flattened-no-end-record": (
         False,
         (
-            UNSENT_RECORDS,
             "end record at offset 23246798: expected 16 bytes of 0xff at the end of the file, "
             "found 00100000000000000000000000000000",
         ),
+        (UNSENT_RECORDS,),
     ),
     "elf": None,
     "elf-incomplete-flag": None,
@@ -155,7 +191,9 @@ def test_what_the_script_sends_of_a_real_dump_is_judged_as_the_whole_file(tmp_pa
     fields = ("kind", "format", "kernel_release", "machine", "crash_time")
     assert [getattr(sparse, f) for f in fields] == [getattr(whole, f) for f in fields]
     assert whole.kernel_release == "6.1.0-57-amd64"
-    assert (sparse.complete, sparse.problems) == (FROM_FIRST_BLOCKS[name] or (whole.complete, whole.problems))
+    judged = (sparse.complete, sparse.problems, sparse.unchecked)
+    assert judged == (FROM_FIRST_BLOCKS[name] or (whole.complete, whole.problems, whole.unchecked))
+    assert whole.unchecked == ()  # a file on disk holds every byte a reader needs
     if name != "kdump-compressed-cut-in-page-data":
         assert sparse.complete == whole.complete
 

@@ -4,8 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-from test_dumps import FIXTURES, MANIFEST, materialise
+from test_dumps import FIXTURES, MANIFEST, UNCHECKED_KDUMP_PAGES, materialise, sent
 
+from chaosec2panic import inspect_cmd
+from chaosec2panic.dumps import inspect_source
 from chaosec2panic.inspect_cmd import run
 
 REAL = FIXTURES / "real"
@@ -20,6 +22,7 @@ KEYS = [
     "nmi_panic",
     "panic_message",
     "problems",
+    "unchecked",
 ]
 
 
@@ -39,6 +42,7 @@ def test_json_for_a_whole_capture(tmp_path):
         "nmi_panic": None,
         "panic_message": None,
         "problems": [],
+        "unchecked": [],
     }
     assert found[1] == {
         "path": paths[1],
@@ -51,6 +55,7 @@ def test_json_for_a_whole_capture(tmp_path):
         "nmi_panic": True,
         "panic_message": "NMI: Not continuing",
         "problems": [],
+        "unchecked": [],
     }
 
 
@@ -85,6 +90,33 @@ def test_one_truncated_dump_makes_exit_1(tmp_path):
         "page data at offset 20000000: expected a file of 23283460 bytes (the end of the last page), "
         "found end of file, 3283460 bytes missing"
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "complete", "problems"),
+    [
+        ("kdump-compressed", 0, True, []),
+        (
+            "kdump-compressed-incomplete-flag",
+            1,
+            False,
+            ["status at offset 424: expected incomplete flag 0x8 clear, found 0xa"],
+        ),
+    ],
+)
+def test_what_could_not_be_checked_is_said_apart_and_does_not_change_the_exit_code(
+    monkeypatch, name, code, complete, problems
+):
+    """A dump judged from its first blocks (as a guest sends them): its page data is unchecked,
+    which is no problem and no reason to exit 1; a real problem still is."""
+    monkeypatch.setattr(inspect_cmd, "inspect_path", lambda path: inspect_source(sent(name), str(path)))
+    got, out = run(["vmcore"], as_json=True)
+    (found,) = json.loads(out)
+    assert (got, found["complete"], found["problems"]) == (code, complete, problems)
+    assert found["unchecked"] == [UNCHECKED_KDUMP_PAGES]
+    text = run(["vmcore"], as_json=False)[1].splitlines()
+    assert f"  not checked: {UNCHECKED_KDUMP_PAGES}" in text
+    assert [line for line in text if line.startswith("  problem: ")] == [f"  problem: {p}" for p in problems]
 
 
 def test_missing_path_is_a_problem_not_a_crash(tmp_path):

@@ -351,9 +351,24 @@ class SimGuest:
             "suse": (f"{moment:%Y-%m-%d-%H-%M}", "vmcore", "vmcore", "dmesg"),
         }[self.spec.family.layout]
 
+    def _kdump_dir(self) -> str:
+        """Where kdump writes its dumps: the directory its configuration file names (kdump.conf
+        ``path``, kdump-tools ``KDUMP_COREDIR``, SUSE ``KDUMP_SAVEDIR``; the last line wins), else
+        /var/crash, as each distribution's kdump reads it."""
+        config = self.root / self._kdump_package()[3]
+        found = "/var/crash"
+        for line in (config.read_text() if config.is_file() else "").splitlines():
+            words = line.split()
+            key, sep, value = line.strip().partition("=")
+            if sep and key in ("KDUMP_COREDIR", "KDUMP_SAVEDIR"):
+                found = value.strip().strip('"').removeprefix("file://") or found
+            elif len(words) > 1 and words[0] == "path":
+                found = words[1]
+        return found
+
     def _write_dump(self, at: float, started: float, complete: bool) -> Path:
         directory, final, partial, _ = self._dump_names(started)
-        path = self.root / "var" / "crash" / directory
+        path = self.root / self._kdump_dir().lstrip("/") / directory
         path.mkdir(parents=True, exist_ok=True)
         header = kdump_header(
             self.spec.family.kernel_release,
@@ -376,7 +391,7 @@ class SimGuest:
         self._say(
             at,
             f"Linux version {self.spec.family.kernel_release} (capture kernel)",
-            "kdump: dump target is /var/crash",
+            f"kdump: dump target is {self._kdump_dir()}",
             "kdump: saving vmcore-dmesg.txt",
         )
         self._event(at, "capture-start")

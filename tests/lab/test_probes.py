@@ -90,12 +90,36 @@ def test_armed_instance_crashes_dumps_and_comes_back(make_lab, os_name, fmt, dir
     dump = crash_dumps(configuration=conf)["instances"][lab.id("web")]
     assert dump["verdict"] == "complete-dump" and dump["format"] == fmt and dirname in dump["path"]
     assert dump["path"] == lab.events("dump-written", "web")[0]["detail"]
+    assert dump["dump_dir"] == "/var/crash"
+    # Nothing wrong with it; what the first blocks cannot show is unchecked, not a problem.
+    assert dump["problems"] == [] and dump["unchecked"]
     assert (dump["nmi_panic"], dump["panic_message"]) == (True, "NMI: Not continuing")
     if fmt == "kdump-compressed":
         assert dump["kernel_release"] == dump["running_kernel"] and dump["same_kernel"] is True
     assert crash_dump_present(configuration=conf) is True
     assert panic_on_console(configuration=conf) is True
     assert Ledger(lab.ledger).unrecovered() == {}
+
+
+@pytest.mark.parametrize("os_name", ["amazon-linux-2023", "ubuntu", "suse"])
+def test_dumps_are_found_where_the_kdump_configuration_puts_them(make_lab, os_name):
+    lab = make_lab([opted_in("web", os=os_name)])
+    g = lab.lab.guests[lab.id("web")]
+    config = g.root / g._kdump_package()[3]  # kdump.conf, kdump-tools or sysconfig/kdump
+    config.write_text(config.read_text().replace("/var/crash", "/srv/dumps"))
+    hit(lab, "web")
+    conf = lab.configuration()
+    assert recovered_within(30, configuration=conf) is True
+    written = lab.events("dump-written", "web")[0]["detail"]
+    assert written.startswith("/srv/dumps/") and not list((g.root / "var" / "crash").iterdir())
+    dump = crash_dumps(configuration=conf)["instances"][lab.id("web")]
+    assert (dump["verdict"], dump["dump_dir"], dump["path"]) == ("complete-dump", "/srv/dumps", written)
+    assert (dump["nmi_panic"], dump["problems"]) == (True, [])
+    assert crash_dump_present(configuration=conf) is True
+    # A directory the caller names wins, even where kdump does not write.
+    named = crash_dumps(dump_dir="/var/crash", configuration=conf)["instances"][lab.id("web")]
+    assert (named["verdict"], named["dump_dir"]) == ("no-dump", "/var/crash")
+    assert crash_dump_present(dump_dir="/var/crash", configuration=conf) is False
 
 
 def test_unknown_nmi_panic_off_means_no_crash_and_every_check_fails(make_lab):

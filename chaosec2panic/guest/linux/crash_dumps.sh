@@ -2,10 +2,18 @@
 # readers judge it by: its first blocks (up to 64 KiB, gzip then base64), its last 16 bytes and
 # the panic lines of the dmesg saved beside it. Reads only directory listings, the first blocks
 # and the tail of one dump, and a few lines of text. Always exits 0.
-# Arguments (set before this text by the caller): DUMP_DIR, MAX_DUMPS.
+# Arguments (set before this text by the caller): DUMP_DIR, MAX_DUMPS. Without DUMP_DIR, the
+# dumps are looked for where kdump writes them: the directory its configuration names
+# (kdump.conf path, kdump-tools KDUMP_COREDIR, SUSE KDUMP_SAVEDIR), else /var/crash.
 R="${CHAOSEC2PANIC_ROOT:-}"
-DUMP_DIR="${DUMP_DIR:-/var/crash}"
 MAX_DUMPS="${MAX_DUMPS:-5}"
+#include kdump_dir
+if [ -n "${DUMP_DIR:-}" ]; then
+  dump_dir_from=argument
+else
+  DUMP_DIR=$dump_dir
+  dump_dir_from=kdump
+fi
 # SSM returns at most 24,000 characters of output: the first blocks get at most 16,000 of them,
 # halved from 64 KiB until they fit, down to 8 KiB (8 KiB of any bytes fit).
 BLOCKS_MAX=65536
@@ -15,6 +23,7 @@ echo "schema=crash_dumps/2"
 echo "boot_id=$(head -n 1 "$R/proc/sys/kernel/random/boot_id" 2>/dev/null)"
 echo "kernel_release=$(head -n 1 "$R/proc/sys/kernel/osrelease" 2>/dev/null)"
 echo "dump_dir=$DUMP_DIR"
+echo "dump_dir_from=$dump_dir_from"
 hex() { od -A n -t x1 -v "$@" 2>/dev/null | tr -d ' \n'; }
 blocks() {
   n=$BLOCKS_MAX
