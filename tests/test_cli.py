@@ -254,3 +254,12 @@ def test_the_summary_takes_an_slo_given_by_reference_as_unknown():
         ],
     }
     assert summarise(journal)[-1] == "i-1 back after 12.5 s"
+
+
+def test_python_dash_m_runs_the_same_command():
+    command = ["policy", "--activity", "panic_on_console"]
+    installed = subprocess.run([CLI, *command], capture_output=True, text=True, timeout=60, check=True)
+    python_m = [sys.executable, "-m", "chaosec2panic", *command]
+    module = subprocess.run(python_m, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(module.stdout) == json.loads(installed.stdout)
+    assert json.loads(module.stdout)["Statement"][0]["Action"] == ["ec2:GetConsoleOutput"]

@@ -1,0 +1,5 @@
+"""``python -m chaosec2panic``: the ``chaosec2panic`` command."""
+
+from .cli import main
+
+raise SystemExit(main())
