@@ -55,9 +55,9 @@ class HealthChecker:
             else:
                 target.passed, target.failed = 0, target.failed + 1
                 target.healthy = target.healthy and target.failed < int(group.unhealthy_threshold_count)
-        if target.healthy != was:
-            kind = "balancer-healthy" if target.healthy else "balancer-unhealthy"
-            self._emit(now, guest.instance_id, kind, group.name)
+            if target.healthy != was:
+                kind = "balancer-healthy" if target.healthy else "balancer-unhealthy"
+                self._emit(now, guest.instance_id, kind, group.name)
 
     def rewrite(self, payload: bytes, arn: str) -> bytes:
         """A DescribeTargetHealth answer for target group ``arn`` with the checked instances'
@@ -75,5 +75,5 @@ class HealthChecker:
             health = member.find(f"{ns}TargetHealth")
             for tag, text in zip(("Reason", "Description"), FAILED, strict=True):
                 ET.SubElement(health, f"{ns}{tag}").text = text
-        ET.register_namespace("", ns.strip("{}"))
-        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        namespace = ns.strip("{}") or None
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True, default_namespace=namespace)
