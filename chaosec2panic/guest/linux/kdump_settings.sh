@@ -66,19 +66,7 @@ installed() {
   echo "${found# }"
 }
 
-# The crashkernel= the kernel uses from the words given: the last one without a ,high, ,low or
-# ,cma suffix, else the last ,high one (kernel/crash_reserve.c, get_last_crashkernel).
-effective_crashkernel() {
-  plain=""; high=""
-  for word in $(echo "$*" | tr -d "\"'"); do
-    case "$word" in
-      crashkernel=*,low | crashkernel=*,cma) ;;
-      crashkernel=*,high) high=${word#crashkernel=} ;;
-      crashkernel=*) plain=${word#crashkernel=} ;;
-    esac
-  done
-  echo "${plain:-$high}"
-}
+#include crashkernel
 
 # The default entry's arguments as grub-mkconfig writes them: GRUB_CMDLINE_LINUX then
 # GRUB_CMDLINE_LINUX_DEFAULT, from /etc/default/grub and (Debian, Ubuntu) /etc/default/grub.d/*.cfg

@@ -17,18 +17,10 @@ if [ -r "$R/etc/os-release" ]; then
 fi
 echo "crash_loaded=$(val /sys/kernel/kexec_crash_loaded)"
 echo "crash_size=$(val /sys/kernel/kexec_crash_size)"
-# The crashkernel= the kernel used: the last one without a ,high, ,low or ,cma suffix, else the
-# last ,high one (kernel/crash_reserve.c, get_last_crashkernel); kdump-tools' grub.d file and
-# /etc/default/grub may both have put one on the command line.
-plain=""; high=""
-for word in $(val /proc/cmdline); do
-  case "$word" in
-    crashkernel=*,low | crashkernel=*,cma) ;;
-    crashkernel=*,high) high=${word#crashkernel=} ;;
-    crashkernel=*) plain=${word#crashkernel=} ;;
-  esac
-done
-echo "cmdline_crashkernel=${plain:-$high}"
+# The crashkernel= the kernel used (kdump-tools' grub.d file and /etc/default/grub may both have
+# put one on the command line).
+#include crashkernel
+echo "cmdline_crashkernel=$(effective_crashkernel "$(val /proc/cmdline)")"
 echo "unknown_nmi_panic=$(val /proc/sys/kernel/unknown_nmi_panic)"
 echo "panic_timeout=$(val /proc/sys/kernel/panic)"
 echo "mem_total_kb=$(grep '^MemTotal:' "$R/proc/meminfo" 2>/dev/null | tr -s ' ' | cut -d ' ' -f 2)"
