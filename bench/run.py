@@ -41,6 +41,7 @@ if not Path(CHAOS).exists():
 
 from chaosec2panic.guest import PLATFORMS, script  # noqa: E402
 from chaosec2panic.lab.fleet import GuestSpec, parse_fleet  # noqa: E402
+from chaosec2panic.lab.sandbox import Sandbox  # noqa: E402
 from chaosec2panic.lab.server import LabServer  # noqa: E402
 from chaosec2panic.lab.simguest import MODEL_SECONDS, SimGuest  # noqa: E402
 
@@ -286,10 +287,17 @@ def _command_cost(samples: int = 30) -> Dict[str, float]:
     """What one SSM command costs the lab: simulated guests that ran a command before (as the
     watched guests had) running the identity script one after another in this process (the
     lab's Python side, then the guest's ``sh``)."""
+    sandbox = Sandbox()
     with tempfile.TemporaryDirectory(prefix="chaosec2panic-bench-") as tmp:
         guests = [
             SimGuest(
-                f"i-{n:017x}", GuestSpec(name=f"c{n}"), Path(tmp) / str(n), 1.0, time.time, lambda *a: None
+                f"i-{n:017x}",
+                GuestSpec(name=f"c{n}"),
+                Path(tmp) / str(n),
+                1.0,
+                time.time,
+                lambda *a: None,
+                sandbox,
             )
             for n in range(samples)
         ]
@@ -306,6 +314,7 @@ def _command_cost(samples: int = 30) -> Dict[str, float]:
         wall = time.perf_counter() - started
         cpu_own = _cpu(resource.getrusage(resource.RUSAGE_SELF)) - _cpu(own)
         cpu_children = _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - _cpu(children)
+    sandbox.close()
     return {
         "wall_ms": round(wall / samples * 1000, 1),
         "cpu_lab_ms": round(cpu_own / samples * 1000, 1),

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import urllib.request
+import urllib.error
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -73,17 +73,23 @@ def lab_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _get(endpoint: str, path: str) -> Any:
-    with urllib.request.urlopen(endpoint.rstrip("/") + path, timeout=10) as answer:
-        return json.load(answer)
-
-
 def lab_events(args: argparse.Namespace) -> int:
     endpoint = args.endpoint or os.environ.get("AWS_ENDPOINT_URL")
     if not endpoint:
         print("chaosec2panic: no lab endpoint: pass --endpoint or set AWS_ENDPOINT_URL", file=sys.stderr)
         return 2
-    events = _get(endpoint, "/_lab/events")
+    from .lab.server import lab_control
+
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    try:
+        events = lab_control(endpoint, "/_lab/events", secret)
+    except urllib.error.HTTPError as exc:
+        print(
+            f"chaosec2panic: the lab at {endpoint} refused: {exc.read().decode(errors='replace')[:300]} "
+            "(export the lab's AWS_SECRET_ACCESS_KEY from its `export` line)",
+            file=sys.stderr,
+        )
+        return 2
     if args.json:
         print(json.dumps(events, indent=1))
         return 0

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from chaosec2panic.lab.fleet import GuestSpec, parse_fleet
-from chaosec2panic.lab.server import LabServer
+from chaosec2panic.lab.sandbox import Sandbox
+from chaosec2panic.lab.server import LabServer, lab_control
 from chaosec2panic.lab.simguest import SimGuest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,10 @@ class RunningLab:
     def nmi_names(self) -> List[str]:
         return sorted(e["name"] for e in self.events("nmi"))
 
+    def control(self, path: str, body: Any = None) -> Any:
+        """``/_lab/...`` of this lab, with its operator's secret."""
+        return lab_control(self.server.url, path, self.lab.operator.secret_key, body)
+
 
 def start_lab(
     instances: List[Dict[str, Any]], ledger: Path, monkeypatch: pytest.MonkeyPatch, time_scale: float = FAST
@@ -63,6 +68,7 @@ def start_lab(
     server = LabServer(parse_fleet({"time_scale": time_scale, "instances": instances})).start()
     for key, value in server.environment().items():
         monkeypatch.setenv(key, value)
+    boto3.DEFAULT_SESSION = None  # each lab issues its own credentials: no session may keep old ones
     return RunningLab(server, ledger)
 
 
@@ -82,10 +88,22 @@ def make_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callab
         lab.server.stop()
 
 
+_SANDBOX: List[Sandbox] = []
+
+
 def sim_guest(root: Path, **spec: Any) -> SimGuest:
-    """A simulated guest outside any lab, for running guest scripts against its file system."""
+    """A simulated guest outside any lab, for running guest scripts in its own files (one
+    sandbox for the whole test session)."""
+    if not _SANDBOX:
+        _SANDBOX.append(Sandbox())
     return SimGuest(
-        "i-0123456789abcdef0", GuestSpec(name="g", **spec), root, FAST, clock=time.time, emit=lambda *a: None
+        "i-0123456789abcdef0",
+        GuestSpec(name="g", **spec),
+        root,
+        FAST,
+        clock=time.time,
+        emit=lambda *a: None,
+        sandbox=_SANDBOX[0],
     )
 
 

@@ -58,8 +58,8 @@ def test_lab_up_prints_the_endpoint_and_the_fleet_and_stops_on_ctrl_c(lab_up):
         "ec2",
         endpoint_url=env["AWS_ENDPOINT_URL"],
         region_name=env["AWS_REGION"],
-        aws_access_key_id="lab",
-        aws_secret_access_key="lab",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )
     names = sorted(
         t["Value"]
@@ -111,8 +111,8 @@ def test_lab_events_text_lists_what_the_fleet_received(lab_up):
         "ec2",
         endpoint_url=env["AWS_ENDPOINT_URL"],
         region_name=env["AWS_REGION"],
-        aws_access_key_id="lab",
-        aws_secret_access_key="lab",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     ).reboot_instances(InstanceIds=[web])
     done = cli("lab", "events", env=env)
     assert done.returncode == 0

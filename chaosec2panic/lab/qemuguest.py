@@ -9,22 +9,20 @@ ping and the source of the status checks.
 
 import base64
 import contextlib
-import ctypes
 import json
 import os
 import re
 import select
-import signal
 import socket
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 from .fleet import GuestSpec
 from .kit import Kit
+from .processes import spawn
 from .simguest import STDOUT_LIMIT, CommandOutcome
 
 __all__ = ["HEARTBEAT_FRESH", "QemuError", "QemuGuest", "choose_accel"]
@@ -32,30 +30,23 @@ __all__ = ["HEARTBEAT_FRESH", "QemuError", "QemuGuest", "choose_accel"]
 HEARTBEAT_FRESH = 5.0  # seconds: two missed heartbeats and the agent is offline
 CONSOLE_LIMIT = 65536
 DISK_SIZE = 512 * 1024 * 1024
-PR_SET_PDEATHSIG = 1
 
 
 class QemuError(RuntimeError):
     """A guest cannot be started or driven; the message says why."""
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-# The kernel sends PDEATHSIG when the *thread* that forked the child ends. Every QEMU is
-# forked by this one long-lived thread, so a VM dies with the lab's process, however it ends,
-# and never with the short-lived request thread that asked for it.
-_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qemu-spawner")
-
-
-def _spawn(command: List[str], **options: Any) -> subprocess.Popen:
-    return _SPAWNER.submit(subprocess.Popen, command, preexec_fn=_die_with_parent, **options).result()
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+def _connect(path: Path, proc: subprocess.Popen, timeout: float) -> socket.socket:
+    """A connection to QEMU's unix socket at ``path``, once QEMU listens there (its file appears
+    at bind, before QEMU listens)."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
         if proc.poll() is not None:
             raise QemuError(f"qemu exited with {proc.returncode} before opening {path.name}")
         if time.monotonic() > deadline:
@@ -66,10 +57,9 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
 class Qmp:
     """A QMP client on a unix socket: one command at a time."""
 
-    def __init__(self, path: Path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
         self.sock.settimeout(10)
-        self.sock.connect(str(path))
         self.reader = self.sock.makefile("rb")
         self.lock = threading.Lock()
         self.reader.readline()  # greeting
@@ -108,7 +98,7 @@ def choose_accel(kit: Kit, workdir: Path) -> str:
     if remembered.exists():
         return remembered.read_text().strip()
     console = workdir / "kvm-probe.log"
-    probe = _spawn(
+    probe = spawn(
         [
             "qemu-system-x86_64",
             "-accel",
@@ -248,16 +238,13 @@ class QemuGuest:
             (self.root / name).unlink(missing_ok=True)
         try:
             with open(self.root / "qemu.log", "ab") as log:
-                self._proc = _spawn(self.command_line(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                self._proc = spawn(self.command_line(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         except FileNotFoundError as exc:
             raise QemuError(
                 "qemu-system-x86_64 is missing (as root: apt-get install qemu-system-x86)"
             ) from exc
-        _wait_for(self.root / "qmp.sock", self._proc, 30)
-        _wait_for(self.root / "agent.sock", self._proc, 30)
-        self._qmp = Qmp(self.root / "qmp.sock")
-        self._agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._agent.connect(str(self.root / "agent.sock"))
+        self._qmp = Qmp(_connect(self.root / "qmp.sock", self._proc, 30))
+        self._agent = _connect(self.root / "agent.sock", self._proc, 30)
         self.launched_at = self.clock()
         self.phase = "booting"
         self._monitor = threading.Thread(target=self._watch, args=(self._proc, self._agent), daemon=True)

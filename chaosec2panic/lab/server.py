@@ -6,11 +6,21 @@ DescribeInstances, DescribeInstanceTypes, tags, filters, CloudWatch and STS beha
 implements them. Reboot, stop, start and terminate go to moto and then to the guest.
 Under ``/_lab/`` it serves what it saw (events, calls, fleet) and takes injected faults
 (API errors on an operation, an SSM agent cut off).
+
+It trusts no request it cannot prove (:mod:`.auth`): every AWS call must be SigV4-signed with
+the credentials the lab issued when it started (the operator's, printed in its ``export``
+line, or a guest's own, which its AWS tools use); ``/_lab/`` takes the operator's secret as a
+bearer token; a request from a web page (an ``Origin`` header) or for another host name (DNS
+rebinding) is refused, and moto's own ``/moto-api/`` is closed. Whatever is malformed gets an
+AWS error answer in its protocol's shape, from bodies of bounded size.
 """
 
 import base64
+import hmac
 import io
 import json
+import logging
+import re
 import shutil
 import tempfile
 import threading
@@ -22,27 +32,29 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List
-from urllib.parse import parse_qs
 
 import boto3
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models.instance_types import INSTANCE_TYPES
 from moto.elbv2.models import elbv2_backends
+from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.utilities.utils import load_resource
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from ..targets import INSTANCE_ID, nmi_support
+from .auth import AuthError, KeyPair, issue, parse_authorization, verify
 from .balancer import HealthChecker
 from .fleet import Fleet
 from .kit import Kit, KitError, ensure_kit
-from .protocol import ApiError, Request, cbor_error, ec2_error, ec2_xml, json_error, list_param
+from .protocol import SERVICES, ApiError, Request, ec2_xml, error_body, list_param
 from .qemuguest import QemuError, QemuGuest, choose_accel
+from .sandbox import Sandbox, SandboxError
 from .simguest import SimGuest, WindowsSimGuest
 
-__all__ = ["LAB_CREDENTIALS", "Guest", "Lab", "LabError", "LabServer"]
+__all__ = ["Guest", "Lab", "LabError", "LabServer", "lab_control"]
 
-LAB_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": "lab"}
+logger = logging.getLogger("chaosec2panic.lab")
 STATE_CODES = {"running": 16, "stopped": 80}
 DOCUMENTS = {"AWS-RunShellScript": "Linux", "AWS-RunPowerShellScript": "Windows"}
 PLUGINS = {"AWS-RunShellScript": "aws:runShellScript", "AWS-RunPowerShellScript": "aws:runPowerShellScript"}
@@ -58,6 +70,11 @@ GUEST_ACTIONS = {
     "TerminateInstances": "stop",
 }
 
+# Bodies the lab reads at most (a larger one is refused unread): S3 takes dump uploads in parts.
+MAX_BODY = {"s3": 64 * 2**20}
+MAX_BODY_DEFAULT = 8 * 2**20
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+CORS_HEADERS = "access-control-"
 BOOT_TIMEOUT = 180.0
 CLOSE_WAIT = 30.0  # seconds the lab waits, when it ends, for its guests' commands to finish
 MIN_FREE_BYTES = 1024 * 2**20
@@ -83,49 +100,29 @@ def _ami(platform: str) -> str:
     return next((i for i in amis if preferred in i.get("name", "")), amis[0])["ami_id"]
 
 
-def _aws_environment(url: str, region: str) -> Dict[str, str]:
-    """What makes boto3 and the AWS CLI talk to the lab at ``url``: for the extension, and for
-    the guests' own AWS tools (in place of an instance role and its metadata)."""
-    return {"AWS_ENDPOINT_URL": url, "AWS_REGION": region, "AWS_DEFAULT_REGION": region, **LAB_CREDENTIALS}
+def _aws_environment(url: str, region: str, keys: KeyPair) -> Dict[str, str]:
+    """What makes boto3 and the AWS CLI talk to the lab at ``url`` with ``keys``: for the
+    extension, and for the guests' own AWS tools (in place of an instance role)."""
+    return {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_ACCESS_KEY_ID": keys.access_key,
+        "AWS_SECRET_ACCESS_KEY": keys.secret_key,
+    }
 
 
-S3_BUCKET_OPERATIONS = {
-    "GET": "ListObjects",
-    "PUT": "CreateBucket",
-    "HEAD": "HeadBucket",
-    "DELETE": "DeleteBucket",
-}
-S3_OBJECT_OPERATIONS = {
-    "GET": "GetObject",
-    "HEAD": "HeadObject",
-    "PUT": "PutObject",
-    "DELETE": "DeleteObject",
-}
-S3_PART_OPERATIONS = {
-    "GET": "ListParts",
-    "PUT": "UploadPart",
-    "POST": "CompleteMultipartUpload",
-    "DELETE": "AbortMultipartUpload",
-}
-
-
-def _s3_operation(environ: Dict[str, Any]) -> str:
-    """The operation of a path-style S3 request (S3 names it nowhere in the request), so that the
-    lab records S3 calls and takes faults on them by name; "" for what it does not name."""
-    method = environ.get("REQUEST_METHOD", "GET")
-    bucket, _, key = environ.get("PATH_INFO", "").lstrip("/").partition("/")
-    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-    if not bucket:
-        return "ListBuckets" if method == "GET" and not query else ""
-    if not key:
-        if query.get("list-type") == ["2"] and method == "GET":
-            return "ListObjectsV2"
-        return "" if query else S3_BUCKET_OPERATIONS.get(method, "")
-    if "uploadId" in query:
-        return S3_PART_OPERATIONS.get(method, "")
-    if "uploads" in query:
-        return "CreateMultipartUpload" if method == "POST" else ""
-    return "" if query else S3_OBJECT_OPERATIONS.get(method, "")
+def lab_control(endpoint: str, path: str, secret: str, body: Any = None) -> Any:
+    """Ask the lab at ``endpoint`` for ``/_lab/...`` (GET, or POST of ``body`` as JSON) with the
+    operator's secret; its JSON answer."""
+    request = urllib.request.Request(
+        endpoint.rstrip("/") + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)
 
 
 def _iso(at: float) -> str:
@@ -153,6 +150,11 @@ class Lab:
         # Guests report events while holding their own lock: a lock of its own for the events,
         # so a guest never waits for the lab's lock while the lab waits for the guest's.
         self._events_lock = threading.Lock()
+        # The credentials the lab issues: the operator's (the extension, the CLI, the tests) and
+        # the guests' own (their AWS tools). Nothing else signs a request the lab answers.
+        self.operator, self.guest_keys = issue(), issue("ASIA")
+        self._secrets = {k.access_key: k.secret_key for k in (self.operator, self.guest_keys)}
+        self.sandbox: Sandbox | None = None
 
     # set-up -----------------------------------------------------------------------------------
     def populate(self, endpoint: str) -> None:
@@ -161,8 +163,8 @@ class Lab:
             "ec2",
             endpoint_url=endpoint,
             region_name=self.fleet.region,
-            aws_access_key_id="lab",
-            aws_secret_access_key="lab",
+            aws_access_key_id=self.operator.access_key,
+            aws_secret_access_key=self.operator.secret_key,
         )
         amis = {platform: _ami(platform) for platform in DOCUMENTS.values()}
         kit, accel = None, "tcg"
@@ -196,10 +198,17 @@ class Lab:
                 alike = repr(replace(spec, name=""))
                 if alike in templates:
                     shutil.copytree(templates[alike], root, symlinks=True)
-                kind = WindowsSimGuest if spec.windows else SimGuest
-                guest = kind(instance_id, spec, root, self.fleet.time_scale, self.clock, self._emit)
+                if spec.windows:
+                    guest = WindowsSimGuest(
+                        instance_id, spec, root, self.fleet.time_scale, self.clock, self._emit
+                    )
+                else:
+                    sandbox = self._guests_sandbox()
+                    guest = SimGuest(
+                        instance_id, spec, root, self.fleet.time_scale, self.clock, self._emit, sandbox
+                    )
                 templates.setdefault(alike, root)
-                guest.aws_env = _aws_environment(endpoint, self.fleet.region)
+                guest.aws_env = _aws_environment(endpoint, self.fleet.region, self.guest_keys)
             self.guests[instance_id] = guest
             self.names[spec.name] = instance_id
         for guest in self.guests.values():
@@ -212,6 +221,14 @@ class Lab:
                     f"{guest.spec.name} did not boot within {BOOT_TIMEOUT}s (accel {accel}); "
                     f"see {guest.console_path}"
                 )
+
+    def _guests_sandbox(self) -> Sandbox:
+        if self.sandbox is None:
+            try:
+                self.sandbox = Sandbox()
+            except SandboxError as exc:
+                raise LabError(str(exc)) from exc
+        return self.sandbox
 
     def _real_guests_kit(self) -> tuple[Kit, str]:
         free = shutil.disk_usage(self.workdir).free
@@ -236,6 +253,8 @@ class Lab:
             running = list(self._running)
         for thread in running:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self.sandbox is not None:
+            self.sandbox.close()
 
     def _emit(self, at: float, instance_id: str, kind: str, detail: str) -> None:
         name = self.guests[instance_id].spec.name if instance_id in self.guests else ""
@@ -253,14 +272,44 @@ class Lab:
 
     # WSGI -------------------------------------------------------------------------------------
     def __call__(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            return self._serve(environ, start_response)
+        except ApiError as error:  # refused before its protocol was known
+            return self._error(start_response, _protocol_guess(environ), error)
+        except Exception:  # a fault of the lab's own: said as AWS says it, the traceback logged
+            logger.exception(
+                "the lab failed on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+            )
+            error = ApiError("InternalError", "the lab failed on this request; see its log", 500)
+            return self._error(start_response, _protocol_guess(environ), error)
+
+    def _serve(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if environ.get("HTTP_ORIGIN") is not None:
+            raise ApiError(
+                "AccessDenied", "the lab answers no web page: requests with an Origin are refused", 403
+            )
+        host = environ.get("HTTP_HOST", "")
+        if not host.startswith(tuple(f"{h}:" for h in LOOPBACK_HOSTS)):
+            raise ApiError(
+                "AccessDenied", f"the lab answers only for the loopback address, not {host!r}", 403
+            )
+        if path.startswith("/moto-api"):
+            raise ApiError("NotFound", "the lab does not serve moto's own API", 404)
         if path.startswith("/_lab/"):
-            return self._control(path, environ.get("REQUEST_METHOD", "GET"), body, start_response)
-        request = Request(environ, body)
-        if request.service == "s3" and not request.operation:
-            request.operation = _s3_operation(environ)
+            body = _body(environ, MAX_BODY_DEFAULT)
+            return self._control(environ, path, body, start_response)
+        scope = parse_authorization(environ.get("HTTP_AUTHORIZATION", ""))
+        if scope is not None and scope.service not in SERVICES:
+            raise ApiError(
+                "InvalidAction", f"the lab does not serve {scope.service}: it serves {sorted(SERVICES)}"
+            )
+        body = _body(environ, MAX_BODY.get(scope.service if scope else "", MAX_BODY_DEFAULT))
+        try:
+            signed = verify(environ, body, self._secrets, self.clock())
+        except AuthError as exc:
+            raise _refusal(exc, _protocol_guess(environ)) from None
+        request = Request(environ, body, signed.service, signed.region)
         with self._lock:
             self.calls[f"{request.service}:{request.operation}"] += 1
         handler = getattr(self, f"_{request.service}_{request.operation}", None)
@@ -269,16 +318,38 @@ class Lab:
             if handler is not None:
                 with self._lock:  # guests and commands change together: one lab operation at a time
                     result = handler(request)
-                return self._answer(start_response, 200, request, result)
+                return self._answer(start_response, request, result)
         except ApiError as error:
-            return self._answer(start_response, error.status, request, error)
+            return self._error(start_response, request.protocol, error)
         environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
         if request.service == "elasticloadbalancing" and request.operation == "DescribeTargetHealth":
             return self._target_health(environ, start_response, request.param("TargetGroupArn"))
         act = GUEST_ACTIONS.get(request.operation) if request.service == "ec2" else None
         if act is None:
-            return self.moto(environ, start_response)
+            return self._moto(environ, start_response, request)
         return self._moto_then_guests(environ, start_response, request, act)
+
+    def _moto(self, environ: Dict[str, Any], start_response: StartResponse, request: Request) -> List[bytes]:
+        """Moto's answer, without its CORS headers, and without a traceback when it fails."""
+        seen: Dict[str, Any] = {}
+
+        def capture(status: str, headers: List[Any], exc_info: Any = None) -> Any:
+            seen.update(status=status, headers=headers)
+            return lambda data: None
+
+        payload = b"".join(self.moto(environ, capture))
+        if int(seen["status"].split()[0]) >= 500:
+            logger.error("moto failed on %s: %s", request.operation, payload[:2000])
+            error = ApiError("InternalError", f"the lab's AWS model failed on {request.operation}", 500)
+            return self._error(start_response, request.protocol, error)
+        headers = [
+            (k, v)
+            for k, v in seen["headers"]
+            if not k.lower().startswith(CORS_HEADERS) and k.lower() != "content-length"
+        ]
+        start_response(seen["status"], [*headers, ("Content-Length", str(len(payload)))])
+        return [payload]
 
     def _moto_then_guests(
         self,
@@ -294,7 +365,7 @@ class Lab:
             seen["status"] = status
             return start_response(status, headers, exc_info)
 
-        payload = b"".join(self.moto(environ, capture))
+        payload = b"".join(self._moto(environ, capture, request))
         if seen.get("status", "").startswith("200") and not request.flag("DryRun"):
             for instance_id in list_param(request.form, "InstanceId"):
                 if instance_id in self.guests:
@@ -314,7 +385,11 @@ class Lab:
         if seen["status"].startswith("200"):
             self.check_targets()
             payload = self.balancer.rewrite(payload, arn)
-        headers = [(k, v) for k, v in seen["headers"] if k.lower() != "content-length"]
+        headers = [
+            (k, v)
+            for k, v in seen["headers"]
+            if not k.lower().startswith(CORS_HEADERS) and k.lower() != "content-length"
+        ]
         start_response(seen["status"], [*headers, ("Content-Length", str(len(payload)))])
         return [payload]
 
@@ -328,28 +403,33 @@ class Lab:
                     if guest is not None:
                         self.balancer.check(group, guest, self.fleet.time_scale, self.clock())
 
-    def _answer(
-        self, start_response: StartResponse, status: int, request: Request, result: Any
-    ) -> List[bytes]:
-        headers = []
+    def _answer(self, start_response: StartResponse, request: Request, result: Any) -> List[bytes]:
         if request.service == "ec2":
-            payload = (
-                ec2_error(result) if isinstance(result, ApiError) else ec2_xml(request.operation, result)
-            )
-            ctype = "text/xml"
-        elif request.cbor:  # the lab itself answers rpc-v2-cbor only with injected errors
-            payload, ctype = cbor_error(result), "application/cbor"
-            headers = [("smithy-protocol", "rpc-v2-cbor")]
-        else:
-            payload = json_error(result) if isinstance(result, ApiError) else json.dumps(result).encode()
-            ctype = "application/x-amz-json-1.1"
+            return self._send(start_response, 200, ec2_xml(request.operation, result), "text/xml")
+        return self._send(start_response, 200, json.dumps(result).encode(), "application/x-amz-json-1.1")
+
+    def _error(self, start_response: StartResponse, protocol: str, error: ApiError) -> List[bytes]:
+        payload, content_type = error_body(protocol, error)
+        extra = [("smithy-protocol", "rpc-v2-cbor")] if protocol == "cbor" else []
+        if protocol == "json":
+            extra = [("x-amzn-ErrorType", error.code)]
+        return self._send(start_response, error.status, payload, content_type, extra)
+
+    @staticmethod
+    def _send(
+        start_response: StartResponse,
+        status: int,
+        payload: bytes,
+        content_type: str,
+        extra: List[tuple[str, str]] | None = None,
+    ) -> List[bytes]:
         start_response(
             f"{status} {'OK' if status == 200 else 'Error'}",
             [
-                ("Content-Type", ctype),
+                ("Content-Type", content_type),
                 ("Content-Length", str(len(payload))),
                 ("x-amzn-RequestId", str(uuid.uuid4())),
-                *headers,
+                *(extra or []),
             ],
         )
         return [payload]
@@ -367,16 +447,40 @@ class Lab:
                         int(fault.get("status", 400)),
                     )
 
-    def _control(self, path: str, method: str, body: bytes, start_response: StartResponse) -> List[bytes]:
+    def _control(
+        self, environ: Dict[str, Any], path: str, body: bytes, start_response: StartResponse
+    ) -> List[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path.startswith("/_lab/app/") and method == "GET":
+            # A stand-in for each guest's application health endpoint, for app checks: what a
+            # real application tells anyone who asks, so it takes no secret.
+            key = path.removeprefix("/_lab/app/")
+            guest = self.guests.get(self.names.get(key, key))
+            healthy = guest is not None and guest.app_healthy()
+            status = "200 OK" if healthy else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "application/json")])
+            return [json.dumps({"healthy": healthy}).encode()]
+        given = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
+        if not hmac.compare_digest(given.encode(), self.operator.secret_key.encode()):
+            raise ApiError(
+                "AccessDenied",
+                "the lab's controls take its secret: Authorization: Bearer $AWS_SECRET_ACCESS_KEY",
+                403,
+            )
         with self._lock:
             if path == "/_lab/faults" and method == "POST":
-                fault = json.loads(body)
-                fault.setdefault("count", 1)
-                self.faults.append(fault)
+                self.faults.append(_fault(_json_body(body)))
                 answer: Any = {"faults": self.faults}
             elif path == "/_lab/agent" and method == "POST":
-                change = json.loads(body)
-                guest = self.guests[self.names.get(change.get("name", ""), change.get("instance_id", ""))]
+                change = _json_body(body)
+                key = change.get("name") or change.get("instance_id")
+                if not isinstance(change.get("online"), bool) or not isinstance(key, str):
+                    raise ApiError(
+                        "ValidationException", "an agent change takes name (or instance_id) and online"
+                    )
+                guest = self.guests.get(self.names.get(key, key))
+                if guest is None:
+                    raise ApiError("NotFound", f"no guest {key!r} in this lab", 404)
                 guest.agent_outage = not change["online"]
                 answer = {"instance_id": guest.instance_id, "agent_outage": guest.agent_outage}
             elif path == "/_lab/events":
@@ -384,14 +488,6 @@ class Lab:
                     guest.advance()
                 with self._events_lock:
                     answer = sorted(self.events, key=lambda e: e["epoch"])
-            elif path.startswith("/_lab/app/"):
-                # A stand-in for each guest's application health endpoint, for app checks.
-                key = path.removeprefix("/_lab/app/")
-                guest = self.guests.get(self.names.get(key, key))
-                healthy = guest is not None and guest.app_healthy()
-                status = "200 OK" if healthy else "503 Service Unavailable"
-                start_response(status, [("Content-Type", "application/json")])
-                return [json.dumps({"healthy": healthy}).encode()]
             elif path == "/_lab/calls":
                 answer = dict(self.calls)
             elif path == "/_lab/fleet":
@@ -407,8 +503,7 @@ class Lab:
                     for i, g in self.guests.items()
                 ]
             else:
-                start_response("404 Not Found", [("Content-Type", "application/json")])
-                return [json.dumps({"error": f"no lab control at {path}"}).encode()]
+                raise ApiError("NotFound", f"no lab control at {method} {path}", 404)
         payload = json.dumps(answer).encode()
         start_response(
             "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
@@ -473,8 +568,8 @@ class Lab:
                     },
                 }
             )
-        start = int(request.param("NextToken") or 0)
-        size = int(request.param("MaxResults") or 1000)
+        start = _page_start(request.param("NextToken"), "InvalidParameterValue")
+        size = request.integer("MaxResults", 1000, 5, 1000)
         page = items[start : start + size]
         more = start + size < len(items)
         return {"instanceStatusSet": page, "nextToken": str(start + size) if more else None}
@@ -559,7 +654,12 @@ class Lab:
             raise ApiError("InvalidInstanceId", f"Instances {unknown} not in a valid state for account")
         command_id = str(uuid.uuid4())
         commands = params.get("Parameters", {}).get("commands", [])
-        execution_timeout = float((params.get("Parameters", {}).get("executionTimeout") or ["3600"])[0])
+        raw_timeout = (params.get("Parameters", {}).get("executionTimeout") or ["3600"])[0]
+        if not raw_timeout.isdigit() or not 1 <= int(raw_timeout) <= 172800:
+            raise ApiError(
+                "InvalidParameters", f"executionTimeout {raw_timeout[:40]!r}: whole seconds, 1 to 172800"
+            )
+        execution_timeout = float(raw_timeout)
         now = self.clock()
         command = {
             "id": command_id,
@@ -646,8 +746,8 @@ class Lab:
                     "ErrorCount": sum(1 for s in ended if s != "Success"),
                 }
             )
-        start = int(request.json.get("NextToken") or 0)
-        size = int(request.json.get("MaxResults") or 50)
+        start = _page_start(request.json.get("NextToken"), "InvalidNextToken")
+        size = request.integer("MaxResults", 50, 1, 50)
         answer: Dict[str, Any] = {"Commands": items[start : start + size]}
         if start + size < len(items):
             answer["NextToken"] = str(start + size)
@@ -698,13 +798,118 @@ class Lab:
                     "ComputerName": g.spec.name,
                 }
             )
-        start = int(request.json.get("NextToken") or 0)
-        size = int(request.json.get("MaxResults") or 50)
+        start = _page_start(request.json.get("NextToken"), "InvalidNextToken")
+        size = request.integer("MaxResults", 50, 5, 50)
         more = start + size < len(items)
         answer: Dict[str, Any] = {"InstanceInformationList": items[start : start + size]}
         if more:
             answer["NextToken"] = str(start + size)
         return answer
+
+
+FAULT_FIELDS = {"operation": str, "code": str, "message": str, "status": int, "count": int, "dry_run": bool}
+ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9.]{0,99}")
+
+
+def _page_start(token: Any, code: str) -> int:
+    """Where the page a NextToken of the lab's asks for starts."""
+    if token in (None, ""):
+        return 0
+    if not isinstance(token, str) or not token.isdigit() or len(token) > 9:
+        raise ApiError(code, f"NextToken {str(token)[:40]!r} is not a token this lab gave")
+    return int(token)
+
+
+def _fault(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """A fault to inject, checked: an operation, an error code, and optionally its message, HTTP
+    status (400-599), how many calls it hits (from 1) and whether only DryRun calls (or only
+    others) get it."""
+    unknown = set(spec) - set(FAULT_FIELDS)
+    wrong = [
+        k
+        for k, kind in FAULT_FIELDS.items()
+        if k in spec
+        and spec[k] is not None
+        and (not isinstance(spec[k], kind) or (kind is int and isinstance(spec[k], bool)))
+    ]
+    if unknown or wrong or not spec.get("operation") or not ERROR_CODE.fullmatch(str(spec.get("code", ""))):
+        raise ApiError(
+            "ValidationException",
+            f"a fault takes operation and code (an error code), and may take {sorted(FAULT_FIELDS)}; "
+            f"unknown {sorted(unknown)}, wrong type {wrong}, code {spec.get('code')!r}",
+        )
+    if not 400 <= spec.get("status", 400) <= 599 or spec.get("count", 1) < 1:
+        raise ApiError("ValidationException", "a fault's status is 400 to 599 and its count at least 1")
+    return {"count": 1, **spec}
+
+
+def _json_body(body: bytes) -> Dict[str, Any]:
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ApiError("SerializationException", f"the body is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ApiError("SerializationException", "the body must be a JSON object")
+    return value
+
+
+def _body(environ: Dict[str, Any], limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes (a larger or malformed length is refused unread)."""
+    raw = environ.get("CONTENT_LENGTH") or ""
+    stream = environ["wsgi.input"]
+    if raw:
+        if not raw.isdigit():
+            raise ApiError("InvalidArgument", f"Content-Length {raw[:40]!r} is not a length")
+        length = int(raw)
+        if length > limit:
+            raise ApiError(
+                "RequestEntityTooLarge", f"the body of {length} bytes is over the lab's {limit}", 413
+            )
+        body = stream.read(length) if length else b""
+        if len(body) != length:
+            raise ApiError("IncompleteBody", f"the body ended after {len(body)} of {length} bytes")
+        return body
+    if environ.get("wsgi.input_terminated"):  # chunked: read up to the limit
+        body = stream.read(limit + 1)
+        if len(body) > limit:
+            raise ApiError("RequestEntityTooLarge", f"the body is over the lab's {limit} bytes", 413)
+        return body
+    return b""
+
+
+def _protocol_guess(environ: Dict[str, Any]) -> str:
+    """The protocol to answer a request in before it is parsed: by its signed service and headers."""
+    scope = parse_authorization(environ.get("HTTP_AUTHORIZATION", ""))
+    service = scope.service if scope else ""
+    if environ.get("PATH_INFO", "").startswith("/_lab/"):
+        return "json"
+    if service == "s3":
+        return "s3"
+    if environ.get("HTTP_X_AMZ_TARGET"):
+        return "json"
+    if "cbor" in environ.get("CONTENT_TYPE", ""):
+        return "cbor"
+    return "ec2" if service == "ec2" else "query"
+
+
+# How AWS words each refusal of a signature, by protocol.
+REFUSALS = {
+    "key": {"ec2": "AuthFailure", "s3": "InvalidAccessKeyId", "json": "UnrecognizedClientException"},
+    "signature": {"ec2": "AuthFailure", "json": "InvalidSignatureException"},
+    "expired": {"ec2": "RequestExpired", "s3": "RequestTimeTooSkewed", "json": "InvalidSignatureException"},
+    "missing": {"ec2": "AuthFailure", "s3": "AccessDenied", "json": "MissingAuthenticationTokenException"},
+}
+REFUSAL_DEFAULT = {
+    "key": "InvalidClientTokenId",
+    "signature": "SignatureDoesNotMatch",
+    "expired": "RequestExpired",
+    "missing": "MissingAuthenticationToken",
+}
+
+
+def _refusal(exc: AuthError, protocol: str) -> ApiError:
+    code = REFUSALS[exc.kind].get("json" if protocol == "cbor" else protocol, REFUSAL_DEFAULT[exc.kind])
+    return ApiError(code, exc.message, 403)
 
 
 class QuietHandler(MotoRequestHandler):
@@ -739,15 +944,13 @@ class LabServer:
 
     def environment(self) -> Dict[str, str]:
         """What to export so boto3 (and so the extension) talks to the lab."""
-        return _aws_environment(self.url, self.lab.fleet.region)
+        return _aws_environment(self.url, self.lab.fleet.region, self.lab.operator)
 
     def start(self) -> "LabServer":
         """Serve, with moto's (process-wide) state reset: one lab per process at a time."""
+        moto_api_backend.reset()
         self._thread.start()
         self._courier.start()
-        urllib.request.urlopen(
-            urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=30
-        )
         try:
             self.lab.populate(self.url)
         except BaseException:

@@ -13,10 +13,10 @@ guest scripts with :func:`interpret_windows_script`, an interpretation of them i
 import base64
 import gzip
 import json
+import os
 import re
-import shutil
+import shlex
 import subprocess
-import sys
 import threading
 import uuid
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ from .dumpwriter import (
     write_windows_dump,
 )
 from .fleet import CRASH_DUMP_TYPES, GuestSpec
+from .sandbox import Sandbox, host_program, python_paths
 
 __all__ = [
     "MODEL_SECONDS",
@@ -154,8 +155,10 @@ class SimGuest:
         scale: float,
         clock: Callable[[], float],
         emit: Callable[[float, str, str, str], None],
+        sandbox: Sandbox | None = None,
     ):
         self.instance_id = instance_id
+        self.sandbox = sandbox
         self.spec = spec
         self.root = root
         self.scale = scale
@@ -185,6 +188,8 @@ class SimGuest:
         self.unknown_nmi_panic = spec.unknown_nmi_panic
         # What each file of :meth:`_files` holds on disk, so a command rewrites only what changed.
         self._shown: Dict[str, str] = {}
+        if sandbox is not None:
+            sandbox.add(root)
         self._prepare_root()
         self._boot_messages(self.booted_at)
 
@@ -465,16 +470,18 @@ class SimGuest:
         tools = self.root / "bin"
         tools.mkdir(exist_ok=True)
         for tool in TOOLS:
-            found = shutil.which(tool)
-            if found and not (tools / tool).exists():
+            found = host_program(tool)
+            if found and not os.path.lexists(tools / tool):
                 (tools / tool).symlink_to(found)
         spec, family = self.spec, self.spec.family
         package, pulled, unit, _ = self._kdump_package()
         sim = self.root / "sim-bin"
         sim.mkdir(exist_ok=True)
-        (sim / "simtool").write_text(f"#!{sys.executable} -IS\n{SIM_TOOL}")
+        python, packages = python_paths()
+        (sim / "simtool").write_text(f"#!{python} -IS\n{SIM_TOOL}")
         (sim / "simtool").chmod(0o755)
-        (sim / "aws").write_text(f"#!{sys.executable} -I\n{SIM_AWS}")  # -I, not -S: it needs boto3
+        # -I, not -S, and the lab's own packages first: it needs boto3.
+        (sim / "aws").write_text(f"#!{python} -I\nimport sys\nsys.path[:0] = {packages!r}\n{SIM_AWS}")
         (sim / "aws").chmod(0o755)
         (sim / "simtool.json").write_text(
             json.dumps(
@@ -535,12 +542,21 @@ class SimGuest:
         path.write_text(text)
 
     def _sim_tool(self, *args: str) -> None:
-        """Run one of the lab's stand-in tools (to lay out the files as the tool would)."""
-        subprocess.run(
-            [str(self.root / "sim-bin" / "simtool"), *args],
-            env={"CHAOSEC2PANIC_ROOT": str(self.root), "SIMTOOL": args[0], "LC_ALL": "C"},
-            capture_output=True,
-            check=True,
+        """Run one of the lab's stand-in tools in the guest (to lay out the files as the tool would)."""
+        done = self._sandboxed(shlex.join(["/sim-bin/simtool", *args]), {"SIMTOOL": args[0]}, 60)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{self.spec.name}: simtool {' '.join(args)} exited {done.returncode}: "
+                f"{(done.stderr or done.stdout).strip()}"
+            )
+
+    def _sandboxed(self, script: str, env: Mapping[str, str], timeout: float) -> subprocess.CompletedProcess:
+        """``script`` run inside the guest, with the guest's files its own."""
+        if self.sandbox is None:
+            raise RuntimeError(f"{self.spec.name}: a simulated guest runs commands only in a sandbox")
+        self.sandbox.own(self.root)
+        return self.sandbox.run(
+            self.root, script, {"LC_ALL": "C", "HOME": "/root", "PATH": "/sim-bin:/bin", **env}, timeout
         )
 
     def _installed(self) -> List[str]:
@@ -616,13 +632,13 @@ class SimGuest:
             "sys/kernel/kexec_crash_size": str(self.crashkernel_mib * 1024 * 1024),
             "etc/os-release": f'ID="{family.os_id}"\nVERSION_ID="{family.version}"\n'
             f'PRETTY_NAME="{family.pretty}"\n',
-            "sim-bin/date": f'#!/bin/sh\nexec {shutil.which("date")} -d "@$CHAOSEC2PANIC_CLOCK" "$@"\n',
+            "sim-bin/date": f'#!/bin/sh\nexec {host_program("date")} -d "@$CHAOSEC2PANIC_CLOCK" "$@"\n',
             "sim-bin/df": "#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
             f"echo '/dev/nvme0n1p1 {free_kb * 2} {free_kb} {free_kb} 50% /'\n",
         }
         if self._kdump_package()[0] not in self._installed():
             return files
-        loaded_now = '[ "$(cat "$CHAOSEC2PANIC_ROOT/sys/kernel/kexec_crash_loaded" 2>/dev/null)" = 1 ]'
+        loaded_now = '[ "$(cat /sys/kernel/kexec_crash_loaded 2>/dev/null)" = 1 ]'
         if family.kdump_tool == "kdumpctl":
             files["sim-bin/kdumpctl"] = (
                 f'#!/bin/sh\nif {loaded_now}; then echo "Kdump is operational" >&2; exit 0; fi\n'
@@ -666,7 +682,7 @@ class SimGuest:
     def run_command(
         self, script: str, timeout: float = 30.0, delivered: float | None = None
     ) -> CommandOutcome:
-        """Run ``script`` under sh against the guest's file system, as the SSM agent would.
+        """Run ``script`` under sh inside the guest (:class:`~.sandbox.Sandbox`), as the SSM agent would.
 
         The guest's clock (``date``, /proc/uptime) reads ``delivered``, when its agent took the
         command: the lab runs its guests' commands one after another on the host's few CPUs,
@@ -676,23 +692,9 @@ class SimGuest:
             self.advance()
             at = self.clock() if delivered is None else delivered
             self._show(self._files(at))
-            env = {
-                "CHAOSEC2PANIC_ROOT": str(self.root),
-                "CHAOSEC2PANIC_CLOCK": f"{at:.6f}",
-                "LC_ALL": "C",
-                "PATH": f"{self.root / 'sim-bin'}:{self.root / 'bin'}",
-                **self.aws_env,
-            }
             started = at
             try:
-                done = subprocess.run(
-                    [str(self.root / "bin" / "sh"), "-c", script],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=timeout,
-                    cwd=self.root,
-                )
+                done = self._sandboxed(script, {"CHAOSEC2PANIC_CLOCK": f"{at:.6f}", **self.aws_env}, timeout)
                 code, out, err = done.returncode, done.stdout, done.stderr
             except subprocess.TimeoutExpired:
                 code, out, err = 124, "", f"timed out after {timeout}s"
@@ -752,7 +754,7 @@ SIM_TOOL = r"""
 import json, os, re, subprocess, sys
 from pathlib import Path
 
-R = Path(os.environ["CHAOSEC2PANIC_ROOT"])
+R = Path(os.environ.get("CHAOSEC2PANIC_ROOT") or "/")
 HERE = Path(__file__).resolve().parent
 CONF = json.loads((HERE / "simtool.json").read_text())
 DB = R / "var/lib/chaosec2panic-lab/packages"

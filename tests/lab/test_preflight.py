@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -85,12 +84,7 @@ def test_ready_for_nmi_probe(make_lab):
 
 def test_an_agent_outage_on_demand_makes_kdump_unknown_and_refuses_the_nmi(make_lab):
     lab = make_lab([opted_in("web")])
-    request = urllib.request.Request(
-        f"{lab.server.url}/_lab/agent",
-        method="POST",
-        data=json.dumps({"name": "web", "online": False}).encode(),
-    )
-    urllib.request.urlopen(request, timeout=10)
+    lab.control("/_lab/agent", {"name": "web", "online": False})
     verdict = kdump_armed(instance_ids=[lab.id("web")], configuration=lab.configuration())
     assert verdict["instances"][lab.id("web")]["verdict"] == "unknown"
     with pytest.raises(Refused, match="not checked: AgentOffline"):
