@@ -242,13 +242,21 @@ def demo(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     """Write the HTML report of a journal, then its PNG (when Chromium is installed)."""
-    from .report import ChromiumMissing, ReportError, load_journal, render_html, report_model, screenshot
+    from .report import (
+        ChromiumMissing,
+        ReportError,
+        left_out,
+        load_journal,
+        render_html,
+        report_model,
+        screenshot,
+    )
 
     out = Path(args.output)
     png = Path(args.png) if args.png else out.with_suffix(".png")
     try:
         model = report_model(load_journal(Path(args.journal)), args.slo, args.slowest)
-        out.write_text(render_html(model))
+        out.write_text(render_html(model), encoding="utf-8")
     except ReportError as exc:
         print(f"chaosec2panic: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -260,6 +268,10 @@ def report(args: argparse.Namespace) -> int:
         width, height = screenshot(out, png)
     except ChromiumMissing as exc:
         print(f"chaosec2panic: no PNG: {exc}", file=sys.stderr)
+    if model["skipped"]:
+        print(
+            f"chaosec2panic: {left_out(model['skipped'])} (all listed at the end of {out})", file=sys.stderr
+        )
         return 1 if args.png else 0
     except ReportError as exc:
         print(f"chaosec2panic: no PNG: {exc}", file=sys.stderr)

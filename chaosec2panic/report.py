@@ -1,6 +1,8 @@
 """The report of a crash-capture run: a Chaos Toolkit journal -> a report model -> one
 self-contained HTML page (inline CSS and SVG, no script, nothing fetched) -> a PNG of it.
 
+:func:`read_journal` reads the journal once, checking each value it uses against the type it
+needs: one of another type is left out and named (the page lists them), never a traceback.
 :func:`report_model` and :func:`render_html` are pure; :func:`screenshot` runs headless Chromium.
 The page stays readable at hundreds of instances: fleet aggregates and a histogram for all,
 the timeline for the slowest and for every instance not back, every instance in one table.
@@ -11,26 +13,37 @@ import json
 import math
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from .errors import Ec2PanicError
-from .recovery import fleet_summary, parse_iso, seconds_between
+from .recovery import fleet_summary, iso, parse_iso
 
 __all__ = [
     "MILESTONE_STYLES",
     "SLOWEST",
     "BadJournal",
+    "BadOption",
     "ChromiumMissing",
+    "Dump",
+    "Injection",
+    "Journal",
     "NoRecoveryData",
+    "Recovery",
     "ReportError",
+    "Result",
+    "Timeline",
     "chromium",
     "experiment_slo",
+    "left_out",
     "load_journal",
+    "read_journal",
     "render_html",
     "report_model",
     "screenshot",
@@ -75,6 +88,12 @@ class BadJournal(ReportError):
     exit_code = 2
 
 
+class BadOption(ReportError):
+    """An option of the report is out of its range."""
+
+    exit_code = 2
+
+
 class NoRecoveryData(ReportError):
     """The journal holds no recovery measurement to report."""
 
@@ -114,128 +133,533 @@ VERDICT_COLOURS = {
 }
 
 
-# journal -> model --------------------------------------------------------------------------------
-def load_journal(path: Path) -> Dict[str, Any]:
-    """The journal at ``path``, checked to be one (:class:`BadJournal` says why not)."""
+# journal -> typed data ---------------------------------------------------------------------------
+MAX_JOURNAL_BYTES = 256 * 1024 * 1024  # a journal of thousands of instances is a few MB
+MAX_SECONDS = 1e9  # about 32 years: a duration beyond it is not a measurement
+MAX_COUNT = 2**63
+SKIPPED_SHOWN = 3  # values left out, quoted in a one-line message
+SKIPPED_LISTED = 500  # values left out, listed on the page
+JOURNAL_HINT = "pass the journal.json `chaos run` writes"
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A type the report needs a journal value to have: ``read`` returns it, or None if it is not."""
+
+    name: str
+    read: Callable[[Any], Any]
+
+
+def _text(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
     try:
-        journal = json.loads(path.read_text())
-    except OSError as exc:
-        raise BadJournal(f"cannot read the journal {path}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadJournal(f"{path} is not JSON ({exc}): pass the journal.json `chaos run` writes") from exc
-    if not isinstance(journal, dict) or not isinstance(journal.get("run"), list):
-        raise BadJournal(
-            f"{path} is not a Chaos Toolkit journal (no 'run' list): pass the journal.json `chaos run` writes"
-        )
-    return journal
+        value.encode("utf-8")  # a lone surrogate (JSON's "\ud800") cannot be written to the page
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
-def _results(journal: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    """Every activity result, in the order they ran: steady state before, method, steady state after."""
-    states = journal.get("steady_states") or {}
-    before = (states.get("before") or {}).get("probes") or []
-    after = (states.get("after") or {}).get("probes") or []
-    return [r for r in [*before, *journal["run"], *after] if isinstance(r, dict)]
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if -MAX_SECONDS <= value <= MAX_SECONDS else None  # NaN compares false
 
 
-def _provider(activity: Mapping[str, Any]) -> Tuple[str, str]:
-    provider = activity.get("provider") or {}
-    return provider.get("module", ""), provider.get("func", "")
+def _slo_seconds(value: Any) -> float | None:
+    seconds = _seconds(value)
+    return seconds if seconds is not None and seconds > 0 else None
 
 
-def _outputs(results: Iterable[Mapping[str, Any]], module: str, funcs: Sequence[str]) -> List[Dict[str, Any]]:
-    """The succeeded results of ``module``.``funcs`` whose output is a mapping."""
-    return [
-        r
-        for r in results
-        if _provider(r.get("activity") or {}) in {(module, f) for f in funcs}
-        and r.get("status") == "succeeded"
-        and isinstance(r.get("output"), dict)
-    ]
+def _count(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT
+    return value if ok else None
 
 
-def _number(value: Any) -> float | None:
+def _time(value: Any) -> datetime | None:
+    """An ISO 8601 time, in UTC; one without a zone is UTC (as ``chaos run`` writes them)."""
+    text = _text(value)
+    if text is None:
+        return None
     try:
-        return None if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
+        moment = parse_iso(text)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # not ISO 8601; or in year 1 or 9999 with an offset
         return None
 
 
-def experiment_slo(experiment: Mapping[str, Any]) -> float | None:
-    """``seconds`` of the experiment's ``recovered_within`` (a number, not a ``${...}`` reference)."""
-    activities = [
-        *(experiment.get("steady-state-hypothesis") or {}).get("probes", []),
-        *experiment.get("method", []),
-    ]
-    for activity in activities:
-        if isinstance(activity, dict) and _provider(activity) == (PROBES, "recovered_within"):
-            seconds = _number((activity["provider"].get("arguments") or {}).get("seconds"))
-            if seconds is not None:
-                return seconds
-    return None
+OBJECT = Kind("an object", lambda v: v if isinstance(v, dict) else None)
+LIST = Kind("a list", lambda v: v if isinstance(v, list) else None)
+TEXT = Kind("a string", _text)
+FLAG = Kind("true or false", lambda v: v if isinstance(v, bool) else None)
+SECONDS = Kind(f"a number of seconds within ±{MAX_SECONDS:g}", _seconds)
+SLO_SECONDS = Kind(f"a positive number of seconds up to {MAX_SECONDS:g}", _slo_seconds)
+COUNT = Kind("a whole number, 0 or more", _count)
+TIME = Kind("an ISO 8601 time", _time)
 
 
-def _no_recovery(results: List[Dict[str, Any]]) -> NoRecoveryData:
-    failed = [
-        r
-        for r in results
-        if _provider(r.get("activity") or {}) in {(PROBES, f) for f in RECOVERY_FUNCS}
-        and r.get("status") != "succeeded"
-    ]
-    if failed:
-        last = failed[-1]
-        why = str((last.get("exception") or ["no exception recorded"])[-1]).strip()
-        return NoRecoveryData(
-            f"no recovery data: {last['activity'].get('name')} ({PROBES}.{_provider(last['activity'])[1]}) "
-            f"{last.get('status')}: {why}"
-        )
-    return NoRecoveryData(
-        f"no recovery data: no output of {PROBES}.recovery_seconds with any instance in the journal "
-        "(the experiment's method must run it after the NMI)"
+def _found(value: Any) -> str:
+    """What a value is, on one line and short enough for a message."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return f"an object of {_count_of(len(value), 'key')}"
+    if isinstance(value, list):
+        return f"a list of {_count_of(len(value), 'item')}"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return str(value) if value.bit_length() <= 128 else f"a number of about {digits} digits"
+    return repr(_short(str(value)))
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters, a lone surrogate written as its escape."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _key(name: str) -> str:
+    """A name from the journal (an instance id, a milestone) as a step of a path in a message."""
+    return name if name.isprintable() and len(name) <= 60 else repr(_short(name, 60))
+
+
+def _count_of(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+class _Reader:
+    """Reads journal values as the types the report needs. A value of another type is left out,
+    and named in ``skipped`` (where in the journal, what was expected, what was found)."""
+
+    def __init__(self) -> None:
+        self.skipped: List[str] = []
+
+    def skip(self, where: str, expected: str, found: str) -> None:
+        self.skipped.append(f"{where}: {expected} expected, found {found}")
+
+    def check(self, value: Any, where: str, kind: Kind, null: bool = False, required: bool = False) -> Any:
+        """``value`` as ``kind``, or None (absent, null where ``null`` allows it, or named here)."""
+        if value is _ABSENT:
+            if required:
+                self.skip(where, kind.name, "nothing")
+            return None
+        if value is None:
+            if not null:
+                self.skip(where, kind.name, "null")
+            return None
+        read = kind.read(value)
+        if read is None:
+            self.skip(where, kind.name, _found(value))
+        return read
+
+    def get(
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        where: str,
+        kind: Kind,
+        null: bool = False,
+        required: bool = False,
+    ) -> Any:
+        """``data[key]`` as ``kind`` (see :meth:`check`)."""
+        return self.check(data.get(key, _ABSENT), f"{where}.{key}" if where else key, kind, null, required)
+
+    def entries(
+        self, data: Mapping[str, Any] | None, where: str, kind: Kind, null: bool = False
+    ) -> Dict[str, Any]:
+        """The entries of an object keyed by name (instance ids, milestones) whose value is ``kind``."""
+        entries: Dict[str, Any] = {}
+        for key, value in (data or {}).items():
+            name = _text(key)
+            if name is None:
+                self.skip(f"{where}.{_found(key)}", "a name in UTF-8", "a lone surrogate")
+                continue
+            read = self.check(value, f"{where}.{_key(name)}", kind, null)
+            if read is not None or (value is None and null):
+                entries[name] = read
+        return entries
+
+    def items(self, data: Sequence[Any] | None, where: str, kind: Kind) -> List[Any]:
+        """The items of a list that are ``kind``."""
+        read = (self.check(v, f"{where}[{n}]", kind) for n, v in enumerate(data or []))
+        return [v for v in read if v is not None]
+
+
+@dataclass(frozen=True)
+class Result:
+    """One result of this extension's activities that the report reads."""
+
+    where: str
+    func: str
+    name: str
+    status: str
+    output: Dict[str, Any] | None  # as journaled; read by the reader of ``func``
+    end: datetime | None
+    exception: str
+
+
+@dataclass(frozen=True)
+class Timeline:
+    milestones: Dict[str, datetime | None]
+    missing: Dict[str, str]
+    durations: Dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """One output of a recovery probe that measured something."""
+
+    seconds: Dict[str, float | None]
+    timelines: Dict[str, Timeline]
+    slo: float | None
+    end: datetime | None  # when the probe ended: the last look at the instances not back
+
+
+@dataclass(frozen=True)
+class Injection:
+    instance_id: str
+    batch: int | None
+    sent_at: datetime | None
+    outcome: str | None
+    error: str
+
+
+@dataclass(frozen=True)
+class Dump:
+    verdict: str
+    nmi_panic: bool | None
+    path: str | None
+    size: int | None
+    format: str | None
+    kernel_release: str | None
+    written_at: datetime | None
+    problems: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Journal:
+    """What the report reads of a journal, every value of the type it needs; what did not fit
+    is named in ``skipped``."""
+
+    title: str | None
+    status: str | None
+    deviated: bool | None
+    start: datetime | None
+    end: datetime | None
+    slo: float | None  # the experiment's recovered_within
+    recoveries: List[Recovery]
+    failed: Result | None  # the last recovery probe that did not succeed
+    injections: Dict[str, Injection]
+    halted: str | None
+    dumps: Dict[str, Dump]
+    skipped: List[str]
+
+
+READ_ACTIVITIES = {*((PROBES, f) for f in RECOVERY_FUNCS), (ACTIONS, "send_nmi"), (PROBES, "crash_dumps")}
+
+
+def _provider(read: _Reader, activity: Mapping[str, Any], where: str) -> Tuple[str | None, str | None]:
+    at = f"{where}.provider"
+    provider = read.get(activity, "provider", where, OBJECT) or {}
+    return read.get(provider, "module", at, TEXT), read.get(provider, "func", at, TEXT)
+
+
+def _result(read: _Reader, value: Any, where: str) -> Result | None:
+    """The result at ``where`` if it is one of this extension's that the report reads."""
+    item = read.check(value, where, OBJECT)
+    activity = read.get(item, "activity", where, OBJECT, required=True) if item is not None else None
+    if activity is None:
+        return None
+    module, func = _provider(read, activity, f"{where}.activity")
+    if (module, func) not in READ_ACTIVITIES:
+        return None
+    status = read.get(item, "status", where, TEXT, required=True)
+    if status is None:
+        return None
+    succeeded = status == "succeeded"
+    exception = read.get(item, "exception", where, LIST) or []
+    last = read.check(exception[-1], f"{where}.exception[{len(exception) - 1}]", TEXT) if exception else None
+    return Result(
+        where=where,
+        func=func or "",
+        name=read.get(activity, "name", f"{where}.activity", TEXT) or "(unnamed)",
+        status=status,
+        output=read.get(item, "output", where, OBJECT, required=succeeded) if succeeded else None,
+        end=read.get(item, "end", where, TIME),
+        exception=(last or "no exception recorded").strip(),
     )
 
 
-def _offsets(origin: str | None, milestones: Mapping[str, str | None]) -> Dict[str, float | None]:
-    return {m: seconds_between(origin, t) if origin and t else None for m, t in milestones.items()}
+def _timeline(read: _Reader, value: Mapping[str, Any], where: str) -> Timeline:
+    return Timeline(
+        milestones=read.entries(
+            read.get(value, "milestones", where, OBJECT), f"{where}.milestones", TIME, True
+        ),
+        missing=read.entries(read.get(value, "missing", where, OBJECT), f"{where}.missing", TEXT),
+        durations=read.entries(
+            read.get(value, "durations", where, OBJECT), f"{where}.durations", SECONDS, True
+        ),
+    )
+
+
+def _recovery(read: _Reader, result: Result) -> Recovery:
+    output, where = result.output or {}, f"{result.where}.output"
+    lines = read.entries(read.get(output, "timelines", where, OBJECT), f"{where}.timelines", OBJECT)
+    return Recovery(
+        seconds=read.entries(
+            read.get(output, "instances", where, OBJECT), f"{where}.instances", SECONDS, True
+        ),
+        timelines={i: _timeline(read, t, f"{where}.timelines.{_key(i)}") for i, t in lines.items()},
+        slo=read.get(output, "slo_seconds", where, SLO_SECONDS, null=True),
+        end=result.end,
+    )
+
+
+def _injections(read: _Reader, result: Result) -> List[Injection]:
+    output, where = result.output or {}, f"{result.where}.output"
+    found = []
+    for n, value in enumerate(read.get(output, "injections", where, LIST) or []):
+        at = f"{where}.injections[{n}]"
+        entry = read.check(value, at, OBJECT)
+        instance_id = read.get(entry, "instance_id", at, TEXT, required=True) if entry is not None else None
+        if entry is None or not instance_id:
+            continue
+        never_sent = entry.get("sent_at") == ""  # an instance the rollout skipped
+        found.append(
+            Injection(
+                instance_id=instance_id,
+                batch=read.get(entry, "batch", at, COUNT, null=True),
+                sent_at=None if never_sent else read.get(entry, "sent_at", at, TIME, null=True),
+                outcome=read.get(entry, "outcome", at, TEXT, null=True),
+                error=read.get(entry, "error", at, TEXT, null=True) or "",
+            )
+        )
+    return found
+
+
+def _dumps(read: _Reader, result: Result) -> Dict[str, Dump]:
+    where = f"{result.where}.output.instances"
+    entries = read.entries(
+        read.get(result.output or {}, "instances", f"{result.where}.output", OBJECT), where, OBJECT
+    )
+    dumps = {}
+    for i, d in entries.items():
+        at = f"{where}.{_key(i)}"
+        dumps[i] = Dump(
+            verdict=read.get(d, "verdict", at, TEXT) or "unknown",
+            nmi_panic=read.get(d, "nmi_panic", at, FLAG, null=True),
+            path=read.get(d, "path", at, TEXT, null=True),
+            size=read.get(d, "size", at, COUNT, null=True),
+            format=read.get(d, "format", at, TEXT, null=True),
+            kernel_release=read.get(d, "kernel_release", at, TEXT, null=True),
+            written_at=read.get(d, "written_at", at, TIME, null=True),
+            problems=tuple(read.items(read.get(d, "problems", at, LIST, null=True), f"{at}.problems", TEXT)),
+        )
+    return dumps
+
+
+def _experiment_slo(read: _Reader, experiment: Mapping[str, Any], where: str) -> float | None:
+    hypothesis = read.get(experiment, "steady-state-hypothesis", where, OBJECT, null=True) or {}
+    lists = [
+        (
+            f"{where}.steady-state-hypothesis.probes",
+            read.get(hypothesis, "probes", f"{where}.steady-state-hypothesis", LIST),
+        ),
+        (f"{where}.method", read.get(experiment, "method", where, LIST)),
+    ]
+    for at, activities in lists:
+        for n, item in enumerate(activities or []):
+            here = f"{at}[{n}]"
+            activity = read.check(item, here, OBJECT)
+            if activity is None or _provider(read, activity, here) != (PROBES, "recovered_within"):
+                continue
+            arguments = read.get(activity["provider"], "arguments", f"{here}.provider", OBJECT) or {}
+            seconds = arguments.get("seconds", _ABSENT)
+            if isinstance(seconds, str) and seconds.startswith("${"):
+                continue  # a configuration reference, resolved only when the run started
+            slo = read.check(seconds, f"{here}.provider.arguments.seconds", SLO_SECONDS)
+            if slo is not None:
+                return slo
+    return None
+
+
+def experiment_slo(experiment: Any) -> float | None:
+    """``seconds`` of the experiment's ``recovered_within`` (a number, not a ``${...}`` reference)."""
+    return _experiment_slo(_Reader(), experiment, "experiment") if isinstance(experiment, dict) else None
+
+
+def read_journal(data: Any, source: str = "the journal") -> Journal:
+    """What the report reads of ``data`` (a parsed journal), checked value by value: one of
+    another type is left out and named in ``skipped``. Raises :class:`BadJournal` only when
+    ``data`` is no journal at all (not an object, no ``run`` list)."""
+    if not isinstance(data, dict) or not isinstance(data.get("run"), list):
+        raise BadJournal(f"{source} is not a Chaos Toolkit journal (no 'run' list): {JOURNAL_HINT}")
+    read = _Reader()
+    states = read.get(data, "steady_states", "", OBJECT, null=True) or {}
+
+    def probes(phase: str) -> Tuple[str, List[Any] | None]:
+        state = read.get(states, phase, "steady_states", OBJECT, null=True) or {}
+        return f"steady_states.{phase}.probes", read.get(
+            state, "probes", f"steady_states.{phase}", LIST, null=True
+        )
+
+    phases = [probes("before"), ("run", data["run"]), probes("after")]  # in the order they ran
+    results = [
+        r
+        for at, items in phases
+        for n, value in enumerate(items or [])
+        if (r := _result(read, value, f"{at}[{n}]"))
+    ]
+    recoveries: List[Recovery] = []
+    failed: Result | None = None
+    injections: Dict[str, Injection] = {}
+    halted: str | None = None
+    dumps: Dict[str, Dump] = {}
+    for r in results:
+        if r.func in RECOVERY_FUNCS and r.status != "succeeded":
+            failed = r
+        elif r.func in RECOVERY_FUNCS and r.output is not None:
+            recovery = _recovery(read, r)
+            if recovery.seconds or recovery.timelines:
+                recoveries.append(recovery)
+        elif r.func == "send_nmi" and r.output is not None:
+            injections.update({e.instance_id: e for e in _injections(read, r)})
+            halt = read.get(r.output, "halted", f"{r.where}.output", TEXT, null=True)
+            halted = halted or halt or None
+        elif r.func == "crash_dumps" and r.output is not None:
+            dumps.update(_dumps(read, r))
+    experiment = read.get(data, "experiment", "", OBJECT) or {}
+    return Journal(
+        title=read.get(experiment, "title", "experiment", TEXT),
+        status=read.get(data, "status", "", TEXT),
+        deviated=read.get(data, "deviated", "", FLAG),
+        start=read.get(data, "start", "", TIME),
+        end=read.get(data, "end", "", TIME),
+        slo=_experiment_slo(read, experiment, "experiment"),
+        recoveries=recoveries,
+        failed=failed,
+        injections=injections,
+        halted=halted,
+        dumps=dumps,
+        skipped=read.skipped,
+    )
+
+
+def load_journal(path: Path) -> Dict[str, Any]:
+    """The parsed journal at ``path``, checked to be one (:class:`BadJournal` says why not).
+
+    A regular file of at most MAX_JOURNAL_BYTES, UTF-8 JSON, an object with a ``run`` list."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise BadJournal(f"cannot read the journal {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would wait for a writer, a device never end
+        raise BadJournal(f"{path} is not a regular file: {JOURNAL_HINT}")
+    if info.st_size > MAX_JOURNAL_BYTES:
+        raise BadJournal(
+            f"{path} is {info.st_size} bytes, more than any journal ({MAX_JOURNAL_BYTES}): {JOURNAL_HINT}"
+        )
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BadJournal(f"cannot read the journal {path}: {exc.strerror or exc}") from exc
+    if not raw.strip():
+        raise BadJournal(f"{path} is empty: {JOURNAL_HINT}")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadJournal(
+            f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): {JOURNAL_HINT}"
+        ) from exc
+    try:
+        data = json.loads(text)
+    except RecursionError as exc:
+        raise BadJournal(f"{path} nests lists or objects too deep to be a journal: {JOURNAL_HINT}") from exc
+    except ValueError as exc:  # JSONDecodeError; also an integer of more digits than Python converts
+        raise BadJournal(f"{path} is not JSON ({exc}): {JOURNAL_HINT}") from exc
+    read_journal(data, str(path))
+    return data
+
+
+def _no_recovery(journal: Journal) -> NoRecoveryData:
+    if journal.failed is not None:
+        last = journal.failed
+        why = " ".join(f"{last.name} ({PROBES}.{last.func}) {last.status}: {last.exception}".split())
+    else:
+        why = (
+            f"no output of {PROBES}.recovery_seconds with any instance in the journal "
+            "(the experiment's method must run it after the NMI)"
+        )
+    also = f"; {left_out(journal.skipped)}" if journal.skipped else ""
+    return NoRecoveryData(f"no recovery data: {why}{also}")
+
+
+def left_out(skipped: Sequence[str]) -> str:
+    """One line naming the values of a journal left out (the first few; "" if none)."""
+    if not skipped:
+        return ""
+    more = f"; and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
+    return (
+        f"{_count_of(len(skipped), 'value')} of the journal left out, as not in the shape `chaos run` "
+        f"writes: {'; '.join(skipped[:SKIPPED_SHOWN])}{more}"
+    )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return iso(moment) if moment is not None else None
+
+
+def _between(start: datetime, end: datetime) -> float:
+    return round((end - start).total_seconds(), 3)
 
 
 def _row(
     instance_id: str,
     seconds: Mapping[str, float | None],
-    timelines: Mapping[str, Mapping[str, Any]],
-    injection: Mapping[str, Any],
-    dump: Mapping[str, Any] | None,
+    timelines: Mapping[str, Timeline],
+    injection: Injection | None,
+    dump: Dump | None,
     slo: float | None,
-    last_look: str | None,
+    last_look: datetime | None,
 ) -> Dict[str, Any]:
     timeline = timelines.get(instance_id)
-    durations = dict((timeline or {}).get("durations") or {})
+    durations = dict(timeline.durations) if timeline else {}
     recovery = seconds.get(instance_id, durations.get("total_recovery"))
-    milestones = dict((timeline or {}).get("milestones") or {})
-    if timeline is not None and not milestones.get("dump_found") and dump and dump.get("written_at"):
-        milestones["dump_found"] = dump["written_at"]  # crash_dumps ran after the recovery probe
-    origin = milestones.get("nmi_sent") or injection.get("sent_at") or None
+    milestones = dict(timeline.milestones) if timeline else {}
+    if timeline is not None and not milestones.get("dump_found") and dump and dump.written_at:
+        milestones["dump_found"] = dump.written_at  # crash_dumps ran after the recovery probe
+    origin = milestones.get("nmi_sent") or (injection.sent_at if injection else None)
     measured = instance_id in seconds or timeline is not None
     return {
         "instance_id": instance_id,
         "measured": measured,
-        "batch": injection.get("batch"),
-        "sent_at": origin,
-        "outcome": injection.get("outcome"),
-        "error": injection.get("error") or "",
+        "batch": injection.batch if injection else None,
+        "sent_at": _iso(origin),
+        "outcome": injection.outcome if injection else None,
+        "error": injection.error if injection else "",
         "recovery": recovery,
         "over_slo": None if slo is None or not measured else recovery is None or recovery > slo,
-        "offsets": _offsets(origin, milestones) if timeline is not None else None,
-        "missing": {
-            m: (timeline or {}).get("missing", {}).get(m, "not recorded")
-            for m, t in milestones.items()
-            if t is None
-        },
+        "offsets": {m: _between(origin, t) if origin and t else None for m, t in milestones.items()}
+        if timeline is not None
+        else None,
+        "missing": {m: timeline.missing.get(m, "not recorded") for m, t in milestones.items() if t is None}
+        if timeline
+        else {},
         "durations": durations,
-        "observed": seconds_between(origin, last_look)
+        "observed": _between(origin, last_look)
         if measured and recovery is None and origin and last_look
         else None,
-        "dump": dict(dump) if dump is not None else None,
+        "dump": None
+        if dump is None
+        else {
+            **vars(dump),
+            "problems": list(dump.problems),
+            "written_at": _iso(dump.written_at),
+            "written_after": _between(origin, dump.written_at) if origin and dump.written_at else None,
+        },
     }
 
 
@@ -280,53 +704,38 @@ def _milestone_order(name: str) -> Tuple[int, str]:
     return (list(MILESTONE_STYLES).index(name) if name in MILESTONE_STYLES else len(MILESTONE_STYLES), name)
 
 
-def report_model(
-    journal: Mapping[str, Any], slo: float | None = None, slowest: int = SLOWEST
-) -> Dict[str, Any]:
+def report_model(journal: Any, slo: float | None = None, slowest: int = SLOWEST) -> Dict[str, Any]:
     """What the report shows, as plain data, from a journal of ``chaos run``.
 
     Per instance (``instances``, not back first, then slowest first): batch, NMI time, recovery
     seconds, milestone offsets in seconds from the NMI (``None`` without timelines), missing
     milestones with the reason, the crash dump's verdict. Also the fleet aggregates, the
-    histogram, the ids drawn in the timeline, the dumps table and the SLO with where it came
+    histogram, the ids drawn in the timeline, the dumps table, the SLO with where it came
     from (``slo`` given here, else the experiment's ``recovered_within``, else the recovery
-    output's ``slo_seconds``). Raises :class:`NoRecoveryData` when no recovery was measured.
+    output's ``slo_seconds``), and ``skipped``: each value of the journal left out, as not of
+    the type the report needs. Raises :class:`BadJournal` for no journal, :class:`BadOption`
+    for an ``slo`` that is no SLO, :class:`NoRecoveryData` when no recovery was measured.
     """
-    if not isinstance(journal.get("run"), list):
-        raise BadJournal("not a Chaos Toolkit journal: no 'run' list")
-    results = _results(journal)
-    recoveries = [
-        r
-        for r in _outputs(results, PROBES, RECOVERY_FUNCS)
-        if r["output"].get("instances") or r["output"].get("timelines")
-    ]
-    if not recoveries:
-        raise _no_recovery(results)
+    if slo is not None and _slo_seconds(slo) is None:
+        raise BadOption(f"the SLO must be {SLO_SECONDS.name}, not {_found(slo)}")
+    data = read_journal(journal)
+    if not data.recoveries:
+        raise _no_recovery(data)
     seconds: Dict[str, float | None] = {}
-    timelines: Dict[str, Dict[str, Any]] = {}
-    for r in recoveries:
-        seconds.update(r["output"].get("instances") or {})
-        timelines.update(r["output"].get("timelines") or {})
-    experiment = journal.get("experiment") or {}
+    timelines: Dict[str, Timeline] = {}
+    for recovery in data.recoveries:
+        seconds.update(recovery.seconds)
+        timelines.update(recovery.timelines)
+    last = data.recoveries[-1]
     slo_sources = [
         (slo, "the command line"),
-        (experiment_slo(experiment), "recovered_within in the experiment"),
-        (_number(recoveries[-1]["output"].get("slo_seconds")), "slo_seconds in the recovery output"),
+        (data.slo, "recovered_within in the experiment"),
+        (last.slo, "slo_seconds in the recovery output"),
     ]
     slo, slo_source = next(((s, src) for s, src in slo_sources if s is not None), (None, None))
-
-    sends = _outputs(results, ACTIONS, ("send_nmi",))
-    injections = {e["instance_id"]: e for r in sends for e in r["output"].get("injections", [])}
-    dump_outputs = _outputs(results, PROBES, ("crash_dumps",))
-    dumps: Dict[str, Dict[str, Any]] = {}
-    for r in dump_outputs:
-        dumps.update(r["output"].get("instances") or {})
-
-    ids = sorted({*seconds, *timelines, *(i for i in injections if i), *dumps})
-    rows = [
-        _row(i, seconds, timelines, injections.get(i, {}), dumps.get(i), slo, recoveries[-1].get("end"))
-        for i in ids
-    ]
+    injections, dumps = data.injections, data.dumps
+    ids = sorted({*seconds, *timelines, *injections, *dumps})
+    rows = [_row(i, seconds, timelines, injections.get(i), dumps.get(i), slo, last.end) for i in ids]
     rows.sort(
         key=lambda r: (not r["measured"], r["recovery"] is not None, -(r["recovery"] or 0), r["instance_id"])
     )
@@ -334,18 +743,18 @@ def report_model(
     not_back = [r for r in rows if r["measured"] and r["recovery"] is None]
     back = [r for r in rows if r["measured"] and r["recovery"] is not None]
     shown = not_back + back[: max(0, slowest)]
-    outcomes = [e.get("outcome") for e in injections.values()]
+    outcomes = [e.outcome for e in injections.values()]
     dump_rows = [r for r in rows if r["dump"] is not None]
     attention = [r for r in dump_rows if _dump_needs_attention(r["dump"])]
     fine = [r for r in dump_rows if not _dump_needs_attention(r["dump"])]
-    verdicts = Counter(r["dump"].get("verdict", "unknown") for r in dump_rows)
+    verdicts = Counter(r["dump"]["verdict"] for r in dump_rows)
     extra = sorted({m for r in rows for m in (r["offsets"] or {}) if m not in MILESTONE_STYLES})
     return {
-        "title": experiment.get("title") or "(untitled experiment)",
-        "status": journal.get("status"),
-        "deviated": journal.get("deviated"),
-        "start": journal.get("start"),
-        "end": journal.get("end"),
+        "title": data.title or "(untitled experiment)",
+        "status": data.status,
+        "deviated": data.deviated,
+        "start": _iso(data.start),
+        "end": _iso(data.end),
         "source": "timelines" if timelines else "seconds",
         "slo": slo,
         "slo_source": slo_source,
@@ -354,7 +763,7 @@ def report_model(
         "fleet": {
             **fleet_summary(measured, slo),
             "not_sent": len(outcomes) - outcomes.count("sent"),
-            "halted": next((r["output"].get("halted") for r in sends if r["output"].get("halted")), None),
+            "halted": data.halted,
         },
         "histogram": _histogram([r["recovery"] for r in back], len(not_back), slo),
         "timeline": [r["instance_id"] for r in shown],
@@ -364,15 +773,12 @@ def report_model(
             "rows": [r["instance_id"] for r in attention + fine[:COMPLETE_DUMP_ROWS]],
             "more": max(0, len(fine) - COMPLETE_DUMP_ROWS),
         },
+        "skipped": list(data.skipped),
     }
 
 
 def _dump_needs_attention(dump: Mapping[str, Any]) -> bool:
-    return (
-        dump.get("verdict") != "complete-dump"
-        or dump.get("nmi_panic") is not True
-        or bool(dump.get("problems"))
-    )
+    return dump["verdict"] != "complete-dump" or dump["nmi_panic"] is not True or bool(dump["problems"])
 
 
 # model -> HTML -------------------------------------------------------------------------------------
@@ -911,24 +1317,19 @@ def _dumps_table(model: Mapping[str, Any]) -> str:
     for i in model["dumps"]["rows"]:
         row = rows[i]
         d = row["dump"]
-        written = (
-            _secs(seconds_between(row["sent_at"], d["written_at"]), " s")
-            if row["sent_at"] and d.get("written_at")
-            else "—"
-        )
         lines.append(
             [
                 _tag("span", _e(i), class_="mono"),
                 _verdict(d),
-                _yes_no(d.get("nmi_panic")),
-                _tag("span", _e(d.get("path") or "—"), class_="mono"),
-                _size(d.get("size")),
-                _e(d.get("format") or "—"),
-                _e(d.get("kernel_release") or "—"),
-                written,
+                _yes_no(d["nmi_panic"]),
+                _tag("span", _e(d["path"] or "—"), class_="mono"),
+                _size(d["size"]),
+                _e(d["format"] or "—"),
+                _e(d["kernel_release"] or "—"),
+                _secs(d["written_after"]),
             ]
         )
-        if d.get("problems"):
+        if d["problems"]:
             lines.append(_tag("span", "problems: ", class_="bad") + _e("; ".join(d["problems"])))
     table = _table(
         [
@@ -1011,6 +1412,16 @@ def _instances_table(model: Mapping[str, Any]) -> str:
     )
 
 
+def _skipped_list(skipped: Sequence[str]) -> str:
+    """The values of the journal left out, each with where it is, what was expected and found."""
+    if not skipped:
+        return ""
+    items = [_tag("li", _e(s), class_="mono") for s in skipped[:SKIPPED_LISTED]]
+    if len(skipped) > SKIPPED_LISTED:
+        items.append(_tag("li", _e(f"and {len(skipped) - SKIPPED_LISTED} more")))
+    return _tag("h2", f"Left out of the journal ({len(skipped)})") + _tag("ul", "".join(items), id="skipped")
+
+
 def render_html(model: Mapping[str, Any]) -> str:
     """The whole page for ``model`` (from :func:`report_model`): one string, nothing to fetch."""
     fleet, slo = model["fleet"], model["slo"]
@@ -1025,7 +1436,7 @@ def render_html(model: Mapping[str, Any]) -> str:
         else "recovery seconds only (this journal has no milestone timelines)"
     )
     meta = (
-        f"run {model['status']}, deviated: {'yes' if model['deviated'] else 'no'} · "
+        f"run {model['status'] or '?'}, deviated: {'yes' if model['deviated'] else 'no'} · "
         f"{_when(model['start'])} → {_when(model['end'])} · {slo_text} · {measured_by}"
     )
     count, shown = fleet["count"], len(model["timeline"])
@@ -1057,10 +1468,24 @@ def render_html(model: Mapping[str, Any]) -> str:
         else ""
     )
     halted = _tag("p", _e(f"Rollout halted {fleet['halted']}"), class_="bad") if fleet["halted"] else ""
+    skipped = model["skipped"]
+    left_out = (
+        _tag(
+            "p",
+            _e(
+                f"{_count(len(skipped), 'value')} of the journal left out, as not in the shape "
+                "`chaos run` writes: listed at the end."
+            ),
+            class_="bad",
+        )
+        if skipped
+        else ""
+    )
     body = [
         _tag("h1", _e(f"Crash-capture report: {model['title']}")),
         _tag("p", _e(meta), class_="meta"),
         halted,
+        left_out,
         _cards(model),
         _tag("h2", "Fleet: recovery times"),
         _tag(
@@ -1080,6 +1505,7 @@ def render_html(model: Mapping[str, Any]) -> str:
         else _tag("p", "No crash dump was looked for in this run.", class_="note"),
         _tag("h2", f"Every instance ({len(model['instances'])})"),
         _instances_table(model),
+        _skipped_list(skipped),
     ]
     head = (
         '<meta charset="utf-8">'
@@ -1135,8 +1561,8 @@ def screenshot(page: Path, png: Path, browser: str | None = None) -> Tuple[int, 
     with tempfile.TemporaryDirectory(prefix="chaosec2panic-report-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         probe = work / "measure.html"
-        text = page.read_text()
-        probe.write_text(text.replace("</body>", MEASURE_SCRIPT + "</body>", 1))
+        text = page.read_text(encoding="utf-8")
+        probe.write_text(text.replace("</body>", MEASURE_SCRIPT + "</body>", 1), encoding="utf-8")
         dom = _run_chromium(browser, work / "profile-measure", "--dump-dom", 800, probe)
         found = re.search(r'data-height="(\d+)"', dom)
         if not found:
