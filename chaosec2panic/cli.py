@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from .aws import client
-from .report import SLOWEST, experiment_slo
+from .journal import experiment_slo
+from .report import SLOWEST
 
 __all__ = ["main"]
 
@@ -242,15 +243,8 @@ def demo(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     """Write the HTML report of a journal, then its PNG (when Chromium is installed)."""
-    from .report import (
-        ChromiumMissing,
-        ReportError,
-        left_out,
-        load_journal,
-        render_html,
-        report_model,
-        screenshot,
-    )
+    from .journal import ReportError, left_out, load_journal
+    from .report import ChromiumMissing, render_html, report_model, screenshot
 
     out = Path(args.output)
     png = Path(args.png) if args.png else out.with_suffix(".png")

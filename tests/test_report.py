@@ -14,16 +14,15 @@ from typing import Any, Dict, List, Sequence, Tuple
 import pytest
 from conftest import ROOT, opted_in, run_experiment
 
+from chaosec2panic.journal import BadJournal, load_journal
 from chaosec2panic.recovery import MILESTONES, WHY_MISSING, iso, seconds_between
 from chaosec2panic.report import (
     MILESTONE_STYLES,
     PAGE_WIDTH,
     SLO_COLOUR,
-    BadJournal,
     ChromiumMissing,
     NoRecoveryData,
     chromium,
-    load_journal,
     render_html,
     report_model,
     screenshot,
