@@ -324,14 +324,24 @@ class Lab:
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         if request.service == "elasticloadbalancing" and request.operation == "DescribeTargetHealth":
-            return self._target_health(environ, start_response, request.param("TargetGroupArn"))
+            arn = request.param("TargetGroupArn")
+            return self._moto(
+                environ, start_response, request, lambda payload: self._target_health(payload, arn)
+            )
         act = GUEST_ACTIONS.get(request.operation) if request.service == "ec2" else None
         if act is None:
             return self._moto(environ, start_response, request)
         return self._moto_then_guests(environ, start_response, request, act)
 
-    def _moto(self, environ: Dict[str, Any], start_response: StartResponse, request: Request) -> List[bytes]:
-        """Moto's answer, without its CORS headers, and without a traceback when it fails."""
+    def _moto(
+        self,
+        environ: Dict[str, Any],
+        start_response: StartResponse,
+        request: Request,
+        rewrite: Callable[[bytes], bytes] | None = None,
+    ) -> List[bytes]:
+        """Moto's answer (its body passed through ``rewrite`` when it succeeded), without its CORS
+        headers, and without a traceback when it fails."""
         seen: Dict[str, Any] = {}
 
         def capture(status: str, headers: List[Any], exc_info: Any = None) -> Any:
@@ -343,6 +353,8 @@ class Lab:
             logger.error("moto failed on %s: %s", request.operation, payload[:2000])
             error = ApiError("InternalError", f"the lab's AWS model failed on {request.operation}", 500)
             return self._error(start_response, request.protocol, error)
+        if rewrite is not None and seen["status"].startswith("200"):
+            payload = rewrite(payload)
         headers = [
             (k, v)
             for k, v in seen["headers"]
@@ -372,26 +384,11 @@ class Lab:
                     getattr(self.guests[instance_id], act)()
         return [payload]
 
-    def _target_health(self, environ: Dict[str, Any], start_response: StartResponse, arn: str) -> List[bytes]:
+    def _target_health(self, payload: bytes, arn: str) -> bytes:
         """Moto's answer on which targets are registered, with each lab instance's health as the
         lab's load balancer sees it (moto calls every running instance healthy)."""
-        seen: Dict[str, Any] = {}
-
-        def capture(status: str, headers: List[Any], exc_info: Any = None) -> Any:
-            seen.update(status=status, headers=headers)
-            return lambda data: None
-
-        payload = b"".join(self.moto(environ, capture))
-        if seen["status"].startswith("200"):
-            self.check_targets()
-            payload = self.balancer.rewrite(payload, arn)
-        headers = [
-            (k, v)
-            for k, v in seen["headers"]
-            if not k.lower().startswith(CORS_HEADERS) and k.lower() != "content-length"
-        ]
-        start_response(seen["status"], [*headers, ("Content-Length", str(len(payload)))])
-        return [payload]
+        self.check_targets()
+        return self.balancer.rewrite(payload, arn)
 
     def check_targets(self) -> None:
         """Let the lab's load balancer run the health checks that are due."""
