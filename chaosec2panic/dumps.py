@@ -8,15 +8,23 @@ never read. The same readers judge the first blocks and last bytes of a dump tha
 needs and was not sent is never read as zeros; it is named in ``unchecked`` (what could not be
 verified from the bytes at hand), apart from ``problems`` (what is wrong with the bytes read).
 
+A dump's header is not trusted for sizes: what it declares is checked against its own limits
+(the bitmaps against ``max_mapnr``, every record and segment against the file) before anything
+is read, reads are chunked, and memory stays bounded whatever the counts say. A dump is
+complete only if it holds memory: a dumpable page, a PT_LOAD with bytes in the file.
+
 Parsers never raise on bad input; they return what they could read, a list of problems, each
 naming the field, the offset, what was expected and what was found, and a list of what they
 could not check. A note in ``unchecked`` never changes a verdict: ``complete`` says it.
 """
 
 import bisect
+import heapq
 import os
 import re
+import stat
 import struct
+from array import array
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +36,7 @@ __all__ = [
     "FileSource",
     "Inspection",
     "NotHeld",
+    "NotRegularFile",
     "Source",
     "SparseSource",
     "console_findings",
@@ -192,12 +201,43 @@ class BytesSource:
         return self.data[offset : offset + size]
 
 
+NOT_REGULAR = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _not_regular(mode: int) -> str:
+    """What a ``st_mode`` is when it is not a regular file ("" for a regular file)."""
+    kind = stat.S_IFMT(mode)
+    return "" if kind == stat.S_IFREG else NOT_REGULAR.get(kind, f"file type 0o{kind:o}")
+
+
+class NotRegularFile(ValueError):
+    """A FIFO, a device, a directory or a socket where a dump file was expected."""
+
+    def __init__(self, kind: str):
+        super().__init__(f"{kind}, not a regular file")
+        self.kind = kind
+
+
 class FileSource:
-    """A dump on disk, read by seek and read: a multi-GB file is never loaded whole."""
+    """A dump on disk, read by seek and read: a multi-GB file is never loaded whole.
+
+    Only a regular file: a FIFO or a device has no size to check a header against, and reading
+    one may wait forever or never end. Anything else raises ``NotRegularFile``.
+    """
 
     def __init__(self, file: BinaryIO):
+        st = os.fstat(file.fileno())
+        kind = _not_regular(st.st_mode)
+        if kind:
+            raise NotRegularFile(kind)
         self._file = file
-        self._size = os.fstat(file.fileno()).st_size
+        self._size = st.st_size
 
     @property
     def size(self) -> int:
@@ -259,6 +299,10 @@ def _unpack(fmt: str, data: bytes, offset: int) -> tuple | None:
     return struct.unpack_from(fmt, data, offset)
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _iso(seconds: float) -> str:
     try:
         return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
@@ -292,6 +336,9 @@ KDUMP_HEADER_SIZE = 464
 KDUMP_SUB_HEADER_SIZE = 104
 KDUMP_SUB_VMCOREINFO = 32
 KDUMP_SUB_ERASEINFO = 64
+KDUMP_SUB_MAX_MAPNR = 96  # max_mapnr_64 (header version 6): the header's own is cut to 32 bits
+KDUMP_MAX_MAPNR_AT = 440
+KDUMP_BITMAP_BLOCKS_AT = 436
 PAGE_DESC = struct.Struct("<qIIQ")  # offset, size, flags, page_flags: 24 bytes
 PAGE_DESC_CHUNK = 1 << 16  # descriptors per read: 1.5 MiB
 BITMAP_CHUNK = 1 << 20
@@ -302,6 +349,11 @@ UNCHECKED_PAGES = "whether page data is missing is not checked"
 
 def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
     """A kdump-compressed dump: header, VMCOREINFO, and whether the file holds all its pages.
+
+    The header's sizes are checked against each other before anything they size is read: the
+    bitmaps must be the two of ``max_mapnr`` bits that makedumpfile and QEMU write (each rounded
+    up to whole blocks), so an absurd ``bitmap_blocks`` is a problem, not a long read. A dump
+    whose second bitmap marks no page holds no memory, and is not complete.
 
     Truncation is judged from the page descriptors: page data must reach max(offset + size)
     over the descriptors of the dumpable pages (the set bits of the second bitmap). All
@@ -393,6 +445,24 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
         erase = _unpack("<qQ", sub, KDUMP_SUB_ERASEINFO)
         if erase and erase[1] and erase[0] > 0:
             erase_end = erase[0] + erase[1]
+    wide = _unpack("<Q", sub, KDUMP_SUB_MAX_MAPNR) if version >= 6 and sub else None
+    pages, pages_field = (wide[0], "max_mapnr_64") if wide and wide[0] else (max_mapnr, "max_mapnr")
+    if pages == 0:
+        problems.append(_problem("max_mapnr", KDUMP_MAX_MAPNR_AT, "a page count > 0", 0))
+        return result(False, info)
+    # makedumpfile prepare_bitmap2_buffer(), QEMU create_header64(): each bitmap is one bit a page
+    # frame, in whole blocks.
+    expected_blocks = 2 * _ceil_div(_ceil_div(pages, 8), block)
+    if bitmap_blocks != expected_blocks:
+        problems.append(
+            _problem(
+                "bitmap_blocks",
+                KDUMP_BITMAP_BLOCKS_AT,
+                f"{expected_blocks} (two bitmaps of {pages_field} {pages} bits, each in {block}-byte blocks)",
+                bitmap_blocks,
+            )
+        )
+        return result(False if complete is False else None, info)
     if not check_pages:
         return result(complete, info)
 
@@ -415,7 +485,17 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
         return result(complete, info)
     table = bitmap2 + half
     data_start = table + dumpable * PAGE_DESC.size
-    details.update(dumpable_pages=dumpable, max_mapnr=max_mapnr, page_data_offset=data_start)
+    details.update(dumpable_pages=dumpable, max_mapnr=pages, page_data_offset=data_start)
+    if not dumpable:
+        problems.append(
+            _problem(
+                "second bitmap",
+                bitmap2,
+                f"a dumpable page (a set bit in {half} bytes)",
+                "none: the dump holds no memory",
+            )
+        )
+        return result(False, info)
     if data_start > src.size:
         problems.append(
             _problem(
@@ -473,13 +553,67 @@ FLAT_TYPE = 1  # TYPE_FLAT_HEADER
 FLAT_VERSION = 1  # VERSION_FLAT_HEADER
 
 
-@dataclass(frozen=True)
-class FlatRecord:
-    """One ``[offset][size][data]`` record: ``at`` is where its 16-byte header sits in the file."""
+# makedumpfile writes one record per buffer it flushes: 714 in the 23 MB Debian fixture, one per
+# 32 KiB. A stream of more than one per KiB of its file (and more than 4096) is not one it wrote;
+# the walk stops there, so the records kept (24 bytes each) stay under 3% of the file.
+FLAT_RECORDS_MIN = 4096
+FLAT_BYTES_PER_RECORD = 1024
+INT64_MAX = (1 << 63) - 1
 
-    at: int
-    offset: int
-    size: int
+
+class FlatRecords:
+    """The records of a flattened stream that carry data, in stream order, in arrays of int64:
+    24 bytes a record (a Python object a record cost 16 times the file's own bytes)."""
+
+    def __init__(self) -> None:
+        self.at = array("q")  # where its 16-byte header sits in the stream
+        self.offset = array("q")  # where its data goes in the rebuilt file
+        self.size = array("q")
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    def add(self, at: int, offset: int, size: int) -> None:
+        self.at.append(at)
+        self.offset.append(offset)
+        self.size.append(size)
+
+
+def _visible(records: FlatRecords) -> Tuple[array, array, array]:
+    """The rebuilt file as disjoint ranges in offset order (starts, ends, and where each range's
+    first byte sits in the stream), each from the last record written over it.
+
+    A sweep over the records by offset, with a heap of the records covering the sweep point,
+    the latest on top: n log n for any overlap, where a search per read could cost every record.
+    """
+    offset, size, at = records.offset, records.size, records.at
+    order = sorted(range(len(records)), key=offset.__getitem__)
+    starts, ends, data = array("q"), array("q"), array("q")
+    covering: List[Tuple[int, int]] = []  # (-record, its end)
+    i = x = 0
+    while i < len(order) or covering:
+        if not covering:
+            x = offset[order[i]]
+        while i < len(order) and offset[order[i]] <= x:
+            k = order[i]
+            heapq.heappush(covering, (-k, offset[k] + size[k]))
+            i += 1
+        while covering and covering[0][1] <= x:
+            heapq.heappop(covering)
+        if not covering:
+            continue
+        k, stop = -covering[0][0], covering[0][1]
+        if i < len(order):
+            stop = min(stop, offset[order[i]])
+        where = at[k] + 16 + x - offset[k]
+        if ends and ends[-1] == x and data[-1] + x - starts[-1] == where:
+            ends[-1] = stop
+        else:
+            starts.append(x)
+            ends.append(stop)
+            data.append(where)
+        x = stop
+    return starts, ends, data
 
 
 class FlattenedSource:
@@ -491,13 +625,11 @@ class FlattenedSource:
     reading them raises ``NotHeld``.
     """
 
-    def __init__(self, src: Source, records: List[FlatRecord], whole: bool):
+    def __init__(self, src: Source, records: FlatRecords, whole: bool):
         self._src = src
         self._whole = whole
-        self._records = sorted(records, key=lambda r: r.offset)
-        self._starts = [r.offset for r in self._records]
-        self._longest = max((r.size for r in records), default=0)
-        self._size = max((r.offset + r.size for r in records), default=0)
+        self._starts, self._ends, self._data = _visible(records)
+        self._size = self._ends[-1] if self._ends else 0
 
     @property
     def size(self) -> int:
@@ -508,35 +640,34 @@ class FlattenedSource:
             return b""
         end = min(offset + size, self._size) if self._whole else offset + size
         out = bytearray(end - offset)
-        covered: List[Tuple[int, int]] = []
-        lo = bisect.bisect_left(self._starts, offset - self._longest)
-        hi = bisect.bisect_left(self._starts, end)
-        for r in sorted(self._records[lo:hi], key=lambda r: r.at):
-            a, b = max(offset, r.offset), min(end, r.offset + r.size)
-            if a < b:
-                try:
-                    data = self._src.read(r.at + 16 + a - r.offset, b - a)
-                except NotHeld as e:  # said at its place in the rebuilt file
-                    raise NotHeld(a, b - a, e.why) from e
-                out[a - offset : a - offset + len(data)] = data
-                covered.append((a, b))
-        if not self._whole:
-            reach = offset
-            for a, b in sorted(covered):
-                if a > reach:
-                    break
-                reach = max(reach, b)
-            if reach < end:
-                raise NotHeld(reach, end - reach, "in none of the records read")
+        reach = offset
+        at = bisect.bisect_right(self._ends, offset)  # the first range that ends after offset
+        while at < len(self._starts) and self._starts[at] < end:
+            a, b = max(offset, self._starts[at]), min(end, self._ends[at])
+            if a > reach and not self._whole:
+                break
+            try:
+                data = self._src.read(self._data[at] + a - self._starts[at], b - a)
+            except NotHeld as e:  # said at its place in the rebuilt file
+                raise NotHeld(a, b - a, e.why) from e
+            out[a - offset : a - offset + len(data)] = data
+            reach = b
+            at += 1
+        if reach < end and not self._whole:
+            raise NotHeld(reach, end - reach, "in none of the records read")
         return bytes(out)
 
 
 def read_flattened(src: Source) -> Inspection:
     """A makedumpfile flattened stream: every record inside the file, then the end record.
 
-    Record headers are read one by one and their data skipped; the kdump-compressed file the
-    records rebuild is then read through ``FlattenedSource`` for its header and VMCOREINFO,
-    and, when the stream is whole, for its page descriptors too. When the source holds only
+    Record headers are read one by one and their data skipped; each record must lie inside the
+    file, and in a whole stream the file the records rebuild must fit in the stream (which
+    carries every byte of it), so that no hole in it reads as gigabytes of zeros. Memory is
+    bounded by ``FLAT_BYTES_PER_RECORD``: a stream of more records than makedumpfile writes is
+    a problem. The kdump-compressed file the records rebuild is then read through
+    ``FlattenedSource`` for its header and VMCOREINFO, and, when the stream is whole, for its
+    bitmap and page descriptors too. When the source holds only
     the first records (the first blocks a guest sends), the stream is judged by the end
     record in its last 16 bytes: makedumpfile writes it after every other record.
     """
@@ -552,8 +683,11 @@ def read_flattened(src: Source) -> Inspection:
         return Inspection("", "vmcore", name, None, problems=tuple(problems), unchecked=tuple(unchecked))
     if (fields[1], fields[2]) != (FLAT_TYPE, FLAT_VERSION):
         problems.append(_problem("type, version", 16, (FLAT_TYPE, FLAT_VERSION), (fields[1], fields[2])))
-    records: List[FlatRecord] = []
-    at, ended, unread = FLAT_RECORDS_AT, False, None
+    records = FlatRecords()
+    room = min(src.size, INT64_MAX)
+    limit = max(FLAT_RECORDS_MIN, src.size // FLAT_BYTES_PER_RECORD)
+    at, ended, unread, count = FLAT_RECORDS_AT, False, None, 0
+    furthest = (0, 0, 0, 0, 0)  # the end in the rebuilt file, and the record (number, at, offset, size)
     while True:
         try:
             raw = src.read(at, 16)
@@ -573,18 +707,46 @@ def read_flattened(src: Source) -> Inspection:
         if offset < 0 or size < 0:
             problems.append(_problem("record header", at, "offset and size >= 0", f"{offset}, {size}"))
             break
-        if at + 16 + size > src.size:
+        if count == limit:
             problems.append(
                 _problem(
-                    f"record {len(records)} data",
+                    "record header",
+                    at,
+                    f"at most {limit} records (one per {FLAT_BYTES_PER_RECORD} bytes of the file, "
+                    "as makedumpfile writes them) before the end record",
+                    f"record {count}: the records from there on are not read",
+                )
+            )
+            break
+        if at + 16 + size > room:
+            problems.append(
+                _problem(
+                    f"record {count} data",
                     at + 16,
                     f"{size} bytes up to {at + 16 + size}",
                     f"end of file at {src.size}",
                 )
             )
             break
-        records.append(FlatRecord(at, offset, size))
+        if offset > INT64_MAX - size:
+            problems.append(_problem("record header", at, "offset + size < 2**63", f"{offset}, {size}"))
+            break
+        if size:
+            records.add(at, offset, size)
+            furthest = max(furthest, (offset + size, count, at, offset, size))
+        count += 1
         at += 16 + size
+    if ended and furthest[0] > src.size:  # else the holes it leaves would read as zeros, any number
+        _end, n, n_at, n_offset, n_size = furthest
+        problems.append(
+            _problem(
+                f"record {n}",
+                n_at,
+                f"a range of the rebuilt file inside the stream's {src.size} bytes (a stream carries "
+                "every byte of the file it rebuilds)",
+                f"offset {n_offset} size {n_size}",
+            )
+        )
     defects = bool(problems)
     whole = ended and not defects
     end_record: bool | None = ended
@@ -593,7 +755,7 @@ def read_flattened(src: Source) -> Inspection:
         end_record = _end_record(src, problems, unchecked)
     inner = FlattenedSource(src, records, whole)
     details: Dict[str, object] = {
-        "records": len(records),
+        "records": count,
         "end_record": end_record,
         "rebuilt_size": inner.size,
     }
@@ -641,6 +803,7 @@ PT_NOTE = 4
 PN_XNUM = 0xFFFF
 EM_NAMES = {3: "i386", 62: "x86_64", 183: "aarch64", 40: "arm", 21: "ppc64", 22: "s390x", 243: "riscv64"}
 NOTE_MAX = 1 << 24
+PHDR_CHUNK = 1 << 14  # program headers per read: under 1 MiB
 
 
 @dataclass(frozen=True)
@@ -666,7 +829,11 @@ ELF_LAYOUTS = {
 
 
 def read_elf(src: Source) -> Inspection:
-    """An ELF core: ET_CORE, the incomplete flag, every segment inside the file, VMCOREINFO."""
+    """An ELF core: ET_CORE, the incomplete flag, every segment inside the file, VMCOREINFO.
+
+    A core is complete only if it holds memory: a PT_LOAD segment with bytes in the file. The
+    program header table must fit in the file before it is read, and is read in chunks.
+    """
     name = "elf"
     problems: List[str] = []
     unchecked: List[str] = []
@@ -728,38 +895,52 @@ def read_elf(src: Source) -> Inspection:
         return Inspection(
             "", "vmcore", name, None, machine=machine, problems=tuple(problems), unchecked=tuple(unchecked)
         )
-    table = _held(src, phoff, phnum * entry, "program headers", unchecked)
-    if table is None:
-        return Inspection(
-            "",
-            "vmcore",
-            name,
-            None if complete else False,
-            machine=machine,
-            problems=tuple(problems),
-            unchecked=tuple(unchecked),
-        )
-    if len(table) < phnum * entry:
+    if phoff + phnum * entry > src.size:  # checked before reading: sh_info may say 4 billion
         problems.append(
-            _problem("program headers", phoff + len(table), f"{phnum} of {entry} bytes", "end of file")
+            _problem("program headers", max(phoff, src.size), f"{phnum} of {entry} bytes", "end of file")
         )
         return Inspection(
             "", "vmcore", name, False, machine=machine, problems=tuple(problems), unchecked=tuple(unchecked)
         )
     info: Dict[str, str] = {}
     notes_held = True
-    expected = 0
-    for n in range(phnum):
-        values = struct.unpack_from(end + layout.phdr, table, n * entry)
-        p_type, p_offset, p_filesz = (values[i] for i in layout.phdr_fields)
-        expected = max(expected, p_offset + p_filesz)
-        if p_type == PT_NOTE and not info and p_offset + p_filesz <= src.size and p_filesz <= NOTE_MAX:
-            notes = _held(src, p_offset, p_filesz, "PT_NOTE", unchecked)
-            notes_held = notes is not None
-            if notes is not None:
-                info, note_problems = _elf_notes(notes, p_offset, end)
-                problems.extend(note_problems)
-    details: Dict[str, object] = {"segments": phnum, "expected_size": expected}
+    expected = loads = 0
+    phdr = struct.Struct(end + layout.phdr)
+    for first in range(0, phnum, PHDR_CHUNK):
+        count = min(PHDR_CHUNK, phnum - first)
+        table = _held(src, phoff + first * entry, count * entry, "program headers", unchecked)
+        if table is None:
+            return Inspection(
+                "",
+                "vmcore",
+                name,
+                None if complete else False,
+                machine=machine,
+                problems=tuple(problems),
+                unchecked=tuple(unchecked),
+            )
+        for values in phdr.iter_unpack(table):
+            p_type, p_offset, p_filesz = (values[i] for i in layout.phdr_fields)
+            expected = max(expected, p_offset + p_filesz)
+            if p_type == PT_LOAD and p_filesz > 0:
+                loads += 1
+            if p_type == PT_NOTE and not info and p_offset + p_filesz <= src.size and p_filesz <= NOTE_MAX:
+                notes = _held(src, p_offset, p_filesz, "PT_NOTE", unchecked)
+                notes_held = notes is not None
+                if notes is not None:
+                    info, note_problems = _elf_notes(notes, p_offset, end)
+                    problems.extend(note_problems)
+    details: Dict[str, object] = {"segments": phnum, "memory_segments": loads, "expected_size": expected}
+    if not loads:
+        problems.append(
+            _problem(
+                "program headers",
+                phoff,
+                "a PT_LOAD segment with bytes in the file (p_filesz > 0)",
+                f"none of {phnum} segments: the core holds no memory",
+            )
+        )
+        complete = False
     if src.size < expected:
         problems.append(
             _problem(
@@ -1060,13 +1241,41 @@ def _judge(src: Source, name: str) -> Inspection:
     return found
 
 
+# O_NONBLOCK: a FIFO put in the file's place after the stat opens without waiting for a writer
+# (the fstat then refuses it); on a regular file it changes nothing.
+OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+)
+
+
 def inspect_path(path: Path) -> Inspection:
-    """Inspect one file on disk, reading only the parts its format needs. Never raises:
-    a missing or unreadable path is a problem of that path."""
+    """Inspect one regular file on disk (symlinks followed), reading only the parts its format
+    needs. Never raises: a missing or unreadable path, or one that is not a regular file (a FIFO,
+    a device, a directory), is a problem of that path.
+
+    What the path names is checked twice: by ``stat`` before opening, so that no FIFO or device is
+    ever opened (opening one can act: a FIFO's writer is let through, a tape rewinds), and by
+    ``fstat`` on the opened file, so that what is read is what was checked.
+    """
     try:
-        with open(path, "rb") as f:
-            return inspect_source(FileSource(f), str(path))
+        kind = _not_regular(os.stat(path).st_mode)
+        if not kind:
+            with os.fdopen(os.open(path, OPEN_FLAGS), "rb") as f:
+                try:
+                    source = FileSource(f)
+                except NotRegularFile as e:
+                    kind = e.kind
+                else:
+                    return inspect_source(source, str(path))
     except OSError as e:
         return Inspection(
             str(path), "unknown", "unknown", None, problems=(f"path: cannot read: {e.strerror or e}",)
         )
+    what = "name a dump file in it" if kind == NOT_REGULAR[stat.S_IFDIR] else "copy what it holds to a file"
+    return Inspection(
+        str(path),
+        "unknown",
+        "unknown",
+        None,
+        problems=(f"path: {kind}, not a regular file: only dump files are read ({what})",),
+    )

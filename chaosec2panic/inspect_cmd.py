@@ -46,8 +46,9 @@ def run(paths: List[str], as_json: bool) -> Tuple[int, str]:
     """Inspect each path; return the exit code and the text to print.
 
     Exit 0 when every path is a recognised artefact judged complete, else 1: what could not be
-    checked (``unchecked``) is reported, never counted against it. A missing or unreadable path
-    is a problem of that path, not an error.
+    checked (``unchecked``) is reported, never counted against it. A missing or unreadable path,
+    or one that is not a regular file (a FIFO, a device, a directory), is a problem of that
+    path, not an error, and is refused without waiting on it.
     """
     found = [replace(inspect_path(Path(p)), path=p) for p in paths]
     code = 0 if found and all(_ok(f) for f in found) else 1
