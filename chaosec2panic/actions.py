@@ -6,14 +6,23 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Callable, Dict, Iterator, List, Mapping, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Tuple, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from chaoslib.types import Configuration, Secrets
 
-from .aws import THROTTLING_CODES, RetryPolicy, client, error_code, paginate, without_sdk_retries
+from .aws import (
+    DESCRIBE_STATUS_CHUNK,
+    THROTTLING_CODES,
+    RetryPolicy,
+    chunks,
+    client,
+    error_code,
+    paginate,
+    without_sdk_retries,
+)
 from .errors import Ec2PanicError, InvalidRequest, Refused, StopConditionMet
 from .guest import Platform, platform_of
 from .guest.parsers import (
@@ -28,11 +37,11 @@ from .guest.parsers import (
 )
 from .health import observe, watch_recovery
 from .iam import OBSERVE, RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, STOP_ALARMS, WATCH_RECOVERY, requires
-from .ledger import Injection, JsonRecord, Ledger
+from .ledger import Injection, JsonRecord, Ledger, LedgerError, unrecovered
 from .polling import Poll, poll
 from .probes import _hits, _platforms, crash_dumps
 from .readiness import kdump_verdicts, permission
-from .recovery import is_back, is_up, now_iso, parse_iso
+from .recovery import Observation, is_back, is_up, now_iso, parse_iso
 from .settings import settings
 from .ssm import run_script
 from .stopconditions import check_stop, stop_alarms
@@ -75,22 +84,92 @@ def _each(call: Callable[[str], T], ids: List[str], workers: int) -> Dict[str, T
         return dict(zip(ids, pool.map(call, ids), strict=True))
 
 
-def _unrecovered(ledger: Ledger, ec2: Any, ssm: Any, platforms: Dict[str, Any]) -> Dict[str, str]:
-    """Instances hit before that do not serve now; marks those back in a new boot as recovered."""
-    pending = {i: e for i, e in ledger.unrecovered().items() if i in platforms}
-    if not pending:
-        return {}
-    seen = observe(ec2, ssm, {i: platforms[i] for i in pending})
-    back = {i: e for i, e in pending.items() if is_back(seen[i], e.sent_at, e.boot_id_before)}
+@dataclass(frozen=True)
+class _Look:
+    """What was seen, before the ledger's lock is taken, of the instances the ledger says were hit
+    and not back: when the look began, each instance seen, those no longer there, the region."""
+
+    began: str
+    seen: Dict[str, Observation]
+    gone: frozenset[str]
+    region: str
+
+
+def _still_there(ec2: Any, ids: List[str]) -> Dict[str, Platform]:
+    """The platform of each of ``ids`` that still exists and is not terminated (a filter, not
+    ``InstanceIds``, so that an instance long gone is no error)."""
+    found = {}
+    for chunk in chunks(ids, DESCRIBE_STATUS_CHUNK):
+        filters = [{"Name": "instance-id", "Values": chunk}]
+        for reservation in paginate(ec2, "describe_instances", "Reservations", Filters=filters):
+            for inst in reservation.get("Instances", []):
+                if inst["State"]["Name"] not in ("terminated", "shutting-down"):
+                    found[inst["InstanceId"]] = platform_of(inst)
+    return found
+
+
+def _look(ledger: Ledger, ec2: Any, ssm: Any, platforms: Mapping[str, Platform]) -> _Look:
+    """Look at every instance of this region the ledger says was hit and not back (the chosen
+    ones and any other), and record as recovered those back in a new boot."""
+    began = now_iso()
+    region = ec2.meta.region_name
+    hit = {i: e for i, e in ledger.unrecovered().items() if e.region in ("", region)}
+    others = [i for i in hit if i not in platforms]
+    there = _still_there(ec2, others) if others else {}
+    wanted = {**{i: platforms[i] for i in hit if i in platforms}, **there}
+    seen = observe(ec2, ssm, wanted) if wanted else {}
+    back = {i: e for i, e in hit.items() if i in seen and is_back(seen[i], e.sent_at, e.boot_id_before)}
     ledger.update({(i, e.sent_at): {"recovered_at": seen[i].at} for i, e in back.items()})
-    refused = {}
-    for i, entry in pending.items():
-        if i not in back and not is_up(seen[i]):
-            refused[i] = (
-                f"hit at {entry.sent_at} and not seen back since ({seen[i].detail}); "
-                "recover it (chaosec2panic recover) or pass force=true"
-            )
-    return refused
+    return _Look(began, seen, frozenset(set(others) - set(there)), region)
+
+
+def _in_flight(entry: Injection, look: _Look) -> str | None:
+    """Why the instance of ``entry`` (its latest hit, with no recovery recorded) may be down, or
+    about to go down, because of it; None when ``look`` shows that it is not."""
+    i, since = entry.instance_id, entry.sent_at
+    if since >= look.began:
+        return f"hit at {since} (run {entry.run_id}), after this run looked at it"
+    if entry.region not in ("", look.region):
+        return f"hit at {since} in {entry.region}, where this run does not look (give each region a ledger)"
+    if i in look.gone:
+        return None
+    seen = look.seen.get(i)
+    if seen is None:
+        return f"hit at {since} (run {entry.run_id}) while this run looked at the others"
+    if is_back(seen, since, entry.boot_id_before):
+        return None
+    if entry.outcome == "pending":
+        return (
+            f"an NMI was being sent to it at {since} by run {entry.run_id} and never settled (that run "
+            "may still be sending it, or died); if that run is gone and the instance serves, pass force=true"
+        )
+    if is_up(seen):
+        return None
+    return f"hit at {since} and not seen back since ({seen.detail})"
+
+
+def _admission(
+    entries: List[Injection], ids: List[str], batch: List[str], look: _Look, max_instances: int, force: bool
+) -> None:
+    """Refuse unless, by the ledger's ``entries`` and the ``look``, none of ``ids`` was hit and is
+    not back (unless ``force``), and ``batch`` with the instances down from the NMIs in the ledger
+    stays within ``max_instances``."""
+    down = {i: why for i, e in unrecovered(entries).items() if (why := _in_flight(e, look))}
+    again = {i: down[i] for i in ids if i in down}
+    if again and not force:
+        raise Refused(
+            "an instance was hit before and has not come back (recover it: chaosec2panic recover, "
+            "or pass force=true)",
+            again,
+        )
+    others = {i: why for i, why in down.items() if i not in batch}
+    if len(others) + len(batch) > max_instances:
+        raise Refused(
+            f"max_instances={max_instances} caps the instances down at once from the NMIs in this "
+            f"ledger: {len(others)} not seen back and {len(batch)} more would pass it (recover them, "
+            "wait for them, or raise max_instances)",
+            others,
+        )
 
 
 @requires(*RESOLVE_GUARDED, *OBSERVE, *WATCH_RECOVERY, *STOP_ALARMS, "ec2:SendDiagnosticInterrupt")
@@ -119,15 +198,28 @@ def send_nmi(
     unless every matched instance is running, carries the opt-in tag, has a type that takes
     the interrupt, and the selection stays within ``max_instances``; unless every chosen
     instance has kdump armed (``allow_unarmed`` to skip), was not hit before without coming
-    back (``force`` to skip), EC2 DryRun grants permission, and no stop alarm
-    (``chaosec2panic_stop_alarms`` in the configuration) is in ALARM or missing. Throttled
-    calls are retried; no request is ever sent twice. Each injection and refusal goes to the ledger.
+    back (``force`` to skip), EC2 DryRun grants permission, and every stop alarm
+    (``chaosec2panic_stop_alarms`` in the configuration) is OK (INSUFFICIENT_DATA only for
+    those named in ``chaosec2panic_stop_alarms_insufficient_data_ok``). Throttled calls are
+    retried; no request is ever sent twice.
+
+    The ledger decides last, under its lock: with what it holds then (another process may have
+    hit an instance since this one looked), no chosen instance may be hit and not back, and
+    ``max_instances`` caps the instances down at once from every NMI in the ledger: this batch
+    and each instance any run hit (this one, an earlier one, or one running at the same time
+    from this machine) that is not seen back since. Two runs at once with ``max_instances=1``
+    hit one instance between them; give runs meant to overlap a ledger each. Each NMI is then
+    written as ``pending`` (counted as a hit) before the lock is released and the request sent,
+    and settled to its outcome after: if it cannot be written, nothing is sent, and a process
+    killed in between leaves an entry that ``chaosec2panic recover`` and the guards act on.
+    Refusals go to the ledger too.
+
     A rolling rollout hits ``batch_size`` (or ``batch_percent``) instances at a time and
     waits for each batch to be back before the next (or ``batch_pause`` seconds instead);
-    a batch not back within ``batch_slo`` seconds, or a stop alarm, halts it and the rest
-    are never hit. Returns the selection, the batches, why the rollout halted (if it did)
-    and one record per instance: id, batch, sent_at (UTC), outcome (sent, failed, unknown,
-    or skipped when a halt kept it from being hit) and error.
+    a batch not back within ``batch_slo`` seconds, a stop alarm, or the ledger's refusal
+    halts it and the rest are never hit. Returns the selection, the batches, why the rollout
+    halted (if it did) and one record per instance: id, batch, sent_at (UTC), outcome (sent,
+    failed, unknown, or skipped when a halt kept it from being hit) and error.
     """
     ledger = Ledger.of(configuration)
     try:
@@ -181,50 +273,33 @@ def _send_nmi(
                 "(arm it, or pass allow_unarmed=true to crash without a dump)",
                 unarmed,
             )
-    if not force:
-        unrecovered = _unrecovered(ledger, ec2, ssm, platforms)
-        if unrecovered:
-            raise Refused("an instance was hit before and has not come back", unrecovered)
+    plan = batches(resolution.ids, rollout.size, rollout.percent)
+    look = _look(ledger, ec2, ssm, platforms)
+    # Refused early, before DryRun; the ledger decides again under its lock before each batch.
+    _admission(ledger.entries(), resolution.ids, plan[0], look, max_instances, force)
     permitted = _each(lambda i: permission(ec2, i, retry), resolution.ids, max_concurrency)
     denied = {i: why for i, why in permitted.items() if why}
     if denied:
         raise Refused("EC2 DryRun did not grant the interrupt", denied)
 
     alarms = stop_alarms(configuration)
-    plan = batches(resolution.ids, rollout.size, rollout.percent)
     nmi_ec2 = without_sdk_retries(client("ec2", configuration, secrets))
     injections: List[Injection] = []
     halted = ""
     for number, batch in enumerate(plan, 1):
-        if alarms:
-            try:
+        try:
+            if alarms:
                 check_stop(alarms, configuration, secrets)
-            except StopConditionMet as exc:
-                if number == 1:
-                    raise
-                halted = f"before batch {number}: {exc}"
-                break
-        anchors = _each(lambda i: _console_anchor(ec2, i), batch, max_concurrency)
+            anchors = _each(lambda i: _console_anchor(ec2, i), batch, max_concurrency)
+            pending = _write_ahead(ledger, batch, look, max_instances, force, number, ec2, verdicts, anchors)
+        except (StopConditionMet, Refused) as exc:
+            if number == 1:
+                raise
+            halted = f"before batch {number}: {exc}"
+            break
         answers = _each(lambda i: _send_one(nmi_ec2, i, retry), batch, max_concurrency)
-        sent = [
-            Injection(
-                i,
-                sent_at,
-                outcome,
-                region=ec2.meta.region_name,
-                error=error,
-                boot_id_before=verdicts[i].facts.get("boot_id", ""),
-                console_anchor=anchors[i],
-                batch=number,
-            )
-            for i, (sent_at, outcome, error) in answers.items()
-        ]
-        ledger.record(sent)
+        sent = _settle(ledger, pending, answers, number)
         injections += sent
-        for e in sent:
-            logger.info(
-                "NMI %s to %s at %s (batch %d) %s", e.outcome, e.instance_id, e.sent_at, number, e.error
-            )
         if number < len(plan):
             halted = _between_batches(rollout, sent, ec2, ssm, ledger, platforms, configuration)
             if halted:
@@ -258,6 +333,63 @@ def _send_nmi(
 
 
 @dataclass(frozen=True)
+def _write_ahead(
+    ledger: Ledger,
+    batch: List[str],
+    look: _Look,
+    max_instances: int,
+    force: bool,
+    number: int,
+    ec2: Any,
+    verdicts: Mapping[str, KdumpVerdict],
+    anchors: Mapping[str, str],
+) -> List[Injection]:
+    """Under the ledger's lock, admit ``batch`` by what the ledger holds now and write one
+    ``pending`` entry per instance; nothing may be sent unless this returns."""
+
+    def decide(entries: List[Injection]) -> List[Injection]:
+        _admission(entries, batch, batch, look, max_instances, force)
+        return [
+            Injection(
+                i,
+                now_iso(),
+                "pending",
+                region=ec2.meta.region_name,
+                boot_id_before=verdicts[i].facts.get("boot_id", ""),
+                console_anchor=anchors[i],
+                batch=number,
+            )
+            for i in batch
+        ]
+
+    try:
+        return ledger.admit(decide)
+    except LedgerError as exc:
+        raise LedgerError(f"{exc}\nEach NMI is recorded before it is sent: no NMI was sent.") from exc
+
+
+def _settle(
+    ledger: Ledger, pending: List[Injection], answers: Mapping[str, tuple[str, str, str]], number: int
+) -> List[Injection]:
+    """Write what each request of a batch answered over its ``pending`` entry."""
+    changes: Dict[Tuple[str, str], Dict[str, str]] = {}
+    for p in pending:
+        sent_at, outcome, error = answers[p.instance_id]
+        changes[(p.instance_id, p.sent_at)] = {"sent_at": sent_at, "outcome": outcome, "error": error}
+    sent = [replace(p, **changes[(p.instance_id, p.sent_at)]) for p in pending]
+    for e in sent:
+        logger.info("NMI %s to %s at %s (batch %d) %s", e.outcome, e.instance_id, e.sent_at, number, e.error)
+    try:
+        ledger.update(changes)
+    except LedgerError as exc:
+        outcomes = ", ".join(f"{e.instance_id} {e.outcome}" for e in sent)
+        raise LedgerError(
+            f"{exc}\nThe NMIs of batch {number} were sent ({outcomes}); the ledger keeps them as "
+            "pending, counted as hits, and no further batch is sent."
+        ) from exc
+    return sent
+
+
 class Rollout:
     """How to roll the NMIs out: batch by count or percent, then a pause or a recovery wait."""
 

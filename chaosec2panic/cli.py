@@ -101,12 +101,17 @@ def lab_events(args: argparse.Namespace) -> int:
 
 
 def recover(args: argparse.Namespace) -> int:
+    from .errors import Ec2PanicError
     from .rollbacks import recover_instances
 
     configuration: Dict[str, Any] = {"chaosec2panic_poll_interval": args.poll_interval}
     if args.ledger:
         configuration["chaosec2panic_ledger_path"] = args.ledger
-    result = recover_instances(args.instance_ids or None, args.timeout, configuration, None)
+    try:
+        result = recover_instances(args.instance_ids or None, args.timeout, configuration, None)
+    except Ec2PanicError as exc:
+        print(f"chaosec2panic: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=1))
     return 0 if all(i["recovered"] for i in result["instances"].values()) else 1
 

@@ -3,16 +3,26 @@
 | key | meaning | default |
 | --- | --- | --- |
 | ``chaosec2panic_opt_in_tag_key`` / ``_value`` | the tag a target must carry | ``chaos:nmi=allowed`` |
-| ``chaosec2panic_ledger_path`` | the ledger file | ``$CHAOSEC2PANIC_LEDGER``, else the XDG state dir |
+| ``chaosec2panic_ledger_path`` | the ledger file (not ``*.lock``, ``*.tmp``) | see below |
 | ``chaosec2panic_poll_interval`` | seconds between looks while waiting | 5 |
 | ``chaosec2panic_retry_attempts`` | attempts of a throttled call | 5 |
 | ``chaosec2panic_retry_base_delay`` | the n-th retry waits at random up to this x 2^n | 0.5 |
+| ``chaosec2panic_stop_alarms`` | alarms that stop the NMI unless OK: ``names``, ``arns``, ``tags`` | none |
+| ``chaosec2panic_stop_alarms_insufficient_data_ok`` | stop alarm names allowed INSUFFICIENT_DATA | none |
+
+The ledger is ``$CHAOSEC2PANIC_LEDGER`` when the key is not set, else
+``$XDG_STATE_HOME/chaosec2panic/ledger.json``
+(``~/.local/state/chaosec2panic/ledger.json``): private to the user (0600, in a 0700
+directory), never a shared directory such as /tmp. A stop alarm in INSUFFICIENT_DATA stops the
+NMI like one in ALARM (its metric is not reported, as when the service is too broken to report
+it), unless it is named in ``chaosec2panic_stop_alarms_insufficient_data_ok``: for an alarm on
+a metric reported only when something fails.
 """
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Tuple
 
 from chaoslib.types import Configuration
 
@@ -30,6 +40,7 @@ class Settings:
     poll_interval: float
     retry_attempts: int
     retry_base_delay: float
+    insufficient_data_ok: Tuple[str, ...]
 
     def retry(self) -> RetryPolicy:
         return RetryPolicy(self.retry_attempts, self.retry_base_delay)
@@ -51,8 +62,19 @@ def _ledger_path(configuration: Configuration) -> Path:
         return Path(str(configuration["chaosec2panic_ledger_path"])).expanduser()
     if os.environ.get("CHAOSEC2PANIC_LEDGER"):
         return Path(os.environ["CHAOSEC2PANIC_LEDGER"]).expanduser()
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    state = Path(os.environ.get("XDG_STATE_HOME", ""))
+    if not state.is_absolute():  # the XDG base directory spec: a relative path is to be ignored
+        state = Path.home() / ".local" / "state"
     return state / "chaosec2panic" / "ledger.json"
+
+
+def _names(configuration: Configuration, key: str) -> Tuple[str, ...]:
+    raw: Any = configuration.get(key)
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(n, str) and n for n in raw):
+        raise InvalidRequest(f"configuration {key} must be a list of alarm names, got {raw!r}")
+    return tuple(n.split(":alarm:", 1)[-1] for n in raw)
 
 
 def settings(configuration: Configuration | None) -> Settings:
@@ -65,4 +87,5 @@ def settings(configuration: Configuration | None) -> Settings:
         poll_interval=_number(configuration, "chaosec2panic_poll_interval", 5.0, 0.05),
         retry_attempts=int(_number(configuration, "chaosec2panic_retry_attempts", 5, 1)),
         retry_base_delay=_number(configuration, "chaosec2panic_retry_base_delay", 0.5, 0.0),
+        insufficient_data_ok=_names(configuration, "chaosec2panic_stop_alarms_insufficient_data_ok"),
     )

@@ -11,8 +11,10 @@ Use it at experiment level, in the settings, or with ``--control-file``::
 
 Without arguments it reads ``chaosec2panic_stop_alarms`` from the configuration (the same
 alarms ``send_nmi`` checks before it sends). Before every action of chaosec2panic the alarms
-are read; while the experiment runs they are read every ``interval`` seconds. An alarm in
-ALARM, or one that cannot be found or read, interrupts the run (rollbacks still run) and the
+are read; while the experiment runs they are read every ``interval`` seconds. An alarm in any
+state but OK (ALARM, INSUFFICIENT_DATA unless named in
+``chaosec2panic_stop_alarms_insufficient_data_ok``, or one that cannot be found or read)
+interrupts the run (rollbacks still run), by the same rule ``send_nmi`` applies, and the
 journal records which alarm stopped it and when, under ``extensions``.
 """
 

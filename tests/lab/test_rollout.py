@@ -100,3 +100,37 @@ def test_a_stop_alarm_between_batches_halts_the_rollout(make_lab):
     assert "alarm errors is in ALARM" in result["halted"]
     assert len(lab.nmi_names()) == 1
     assert [o for _, o in by_batch(result)[2] + by_batch(result)[3]] == ["skipped", "skipped"]
+
+
+def test_a_batch_the_ledger_refuses_under_its_lock_halts_the_rollout(make_lab):
+    lab = make_lab(
+        [
+            opted_in("hang", count=3, kdump=False, panic_timeout=0, tags={"role": "web"}),
+            opted_in("other", kdump=False, panic_timeout=0),
+        ]
+    )
+    conf = lab.configuration()
+
+    def another_run() -> None:
+        deadline = time.monotonic() + 60
+        while not lab.events("nmi") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        send_nmi(instance_ids=[lab.id("other")], max_instances=5, allow_unarmed=True, configuration=conf)
+
+    # Another run hits "other" during the first pause: the third batch would make four instances
+    # down at once from the NMIs in the ledger, one more than this rollout's max_instances.
+    other = threading.Thread(target=another_run, daemon=True)
+    other.start()
+    result = send_nmi(
+        tags={"role": "web"},
+        max_instances=3,
+        batch_size=1,
+        batch_pause=3.0,
+        allow_unarmed=True,
+        configuration=conf,
+    )
+    other.join(30)
+    assert result["halted"].startswith("before batch 3: max_instances=3 caps the instances down at once")
+    first_two = [lab.lab.guests[i].spec.name for batch in result["batches"][:2] for i in batch]
+    assert sorted(lab.nmi_names()) == sorted([*first_two, "other"])
+    assert [o for _, o in by_batch(result)[3]] == ["skipped"]

@@ -13,6 +13,7 @@ from chaosec2panic.actions import send_nmi
 from chaosec2panic.errors import Ec2PanicError, InvalidRequest, Refused
 from chaosec2panic.ledger import Ledger
 from chaosec2panic.probes import recovery_seconds
+from chaosec2panic.rollbacks import recover_instances
 
 
 def fault(lab, **spec) -> None:
@@ -39,6 +40,7 @@ def test_one_nmi_reaches_the_chosen_instance_and_is_recorded(make_lab):
     assert record["instance_id"] == lab.id("web") and record["outcome"] == "sent"
     assert lab.nmi_names() == ["web"]
     [entry] = Ledger(lab.ledger).entries()
+    assert (entry.outcome, entry.sent_at) == ("sent", record["sent_at"])  # settled, at the request's time
     assert entry.boot_id_before == boot_before
     assert entry.console_anchor.endswith("web login:")
 
@@ -181,6 +183,24 @@ def test_an_instance_hit_and_not_back_is_not_hit_again_unless_forced(make_lab):
     assert lab.nmi_names() == ["hang"]
     send_nmi(**target, force=True)
     assert lab.nmi_names() == ["hang", "hang"]
+
+
+def test_max_instances_counts_the_instances_still_down_from_earlier_nmis(make_lab):
+    lab = make_lab([opted_in("hang", count=3, kdump=False, panic_timeout=0)])
+    conf = lab.configuration()
+    send_nmi(instance_ids=[lab.id("hang-1")], allow_unarmed=True, configuration=conf)
+    with pytest.raises(Refused, match=r"max_instances=1 caps the instances down at once") as refused:
+        send_nmi(instance_ids=[lab.id("hang-2")], allow_unarmed=True, configuration=conf)
+    assert (
+        lab.id("hang-1") in refused.value.reasons
+        and "not seen back" in refused.value.reasons[lab.id("hang-1")]
+    )
+    assert lab.nmi_names() == ["hang-1"]
+    send_nmi(instance_ids=[lab.id("hang-2")], max_instances=2, allow_unarmed=True, configuration=conf)
+    assert lab.nmi_names() == ["hang-1", "hang-2"]
+    recover_instances(timeout=30, configuration=conf)  # both back: they no longer count
+    send_nmi(instance_ids=[lab.id("hang-3")], allow_unarmed=True, configuration=conf)
+    assert lab.nmi_names() == ["hang-1", "hang-2", "hang-3"]
 
 
 def test_an_instance_back_since_its_last_hit_can_be_hit_again(make_lab):

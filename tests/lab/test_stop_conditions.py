@@ -13,11 +13,13 @@ from conftest import ROOT, make_alarm, opted_in, run_experiment
 from chaosec2panic.actions import send_nmi
 from chaosec2panic.errors import InvalidRequest, StopConditionMet
 from chaosec2panic.ledger import Ledger
+from chaosec2panic.stopconditions import stop_reason
 
 
-def nmi(lab, stop: dict) -> dict:
+def nmi(lab, stop: dict, **configuration) -> dict:
     return send_nmi(
-        instance_ids=[lab.id("web")], configuration=lab.configuration(chaosec2panic_stop_alarms=stop)
+        instance_ids=[lab.id("web")],
+        configuration=lab.configuration(chaosec2panic_stop_alarms=stop, **configuration),
     )
 
 
@@ -52,6 +54,52 @@ def test_a_firing_or_missing_alarm_stops_the_nmi(make_lab, setup, stop, needle):
     assert [e.outcome for e in Ledger(lab.ledger).entries()] == ["refused"]
 
 
+def test_an_alarm_without_data_stops_the_nmi_unless_it_is_named_as_allowed_to_be(make_lab):
+    lab = make_lab([opted_in("web")])
+    make_alarm("checkout-5xx", "INSUFFICIENT_DATA")
+    make_alarm("payment-errors", "INSUFFICIENT_DATA")
+    stop = {"names": ["checkout-5xx", "payment-errors"]}
+    allowed = "chaosec2panic_stop_alarms_insufficient_data_ok"
+    for allow in ([], ["payment-errors"]):
+        with pytest.raises(StopConditionMet, match="alarm checkout-5xx is in INSUFFICIENT_DATA since"):
+            nmi(lab, stop, **{allowed: allow})
+    assert lab.nmi_names() == []
+    nmi(lab, stop, **{allowed: ["checkout-5xx", "payment-errors"]})
+    assert lab.nmi_names() == ["web"]
+
+
+def test_an_allowed_alarm_in_alarm_still_stops_the_nmi(make_lab):
+    lab = make_lab([opted_in("web")])
+    make_alarm("payment-errors", "ALARM")
+    with pytest.raises(StopConditionMet, match="alarm payment-errors is in ALARM"):
+        nmi(
+            lab,
+            {"names": ["payment-errors"]},
+            chaosec2panic_stop_alarms_insufficient_data_ok=["payment-errors"],
+        )
+    assert lab.nmi_names() == []
+
+
+@pytest.mark.parametrize("value", ["payment-errors", [""], [3], {"names": []}])
+def test_a_bad_insufficient_data_allowance_is_refused(make_lab, value):
+    lab = make_lab([opted_in("web")])
+    make_alarm("payment-errors")
+    with pytest.raises(InvalidRequest, match="chaosec2panic_stop_alarms_insufficient_data_ok must be a list"):
+        nmi(lab, {"names": ["payment-errors"]}, chaosec2panic_stop_alarms_insufficient_data_ok=value)
+    assert lab.nmi_names() == []
+
+
+def test_every_state_but_ok_stops_by_the_same_rule():
+    def state(value: str) -> dict:
+        return {"name": "a", "state": value, "since": "then", "reason": "why", "arn": ""}
+
+    assert stop_reason([state("OK")]) is None
+    assert stop_reason([state("INSUFFICIENT_DATA")], ("a",)) is None
+    for value in ("ALARM", "INSUFFICIENT_DATA", "NOT_FOUND", "UNKNOWN", "ok", ""):
+        assert stop_reason([state(value)]), value
+    assert stop_reason([state("ALARM")], ("a",))
+
+
 def test_an_alarm_arn_is_checked_by_its_name(make_lab):
     lab = make_lab([opted_in("web")])
     arn = make_alarm("by-arn", "ALARM")
@@ -78,6 +126,16 @@ def experiment_with_control(tmp_path, **arguments) -> str:
 def test_an_alarm_already_firing_keeps_the_run_from_injecting(make_lab, tmp_path):
     lab = make_lab([opted_in("web", tags={"role": "crash-capture"})])
     make_alarm("checkout-5xx", "ALARM")
+    journal = run_experiment(
+        lab, experiment_with_control(tmp_path, names=["checkout-5xx"]), tmp_path / "journal.json"
+    )
+    assert journal["status"] == "interrupted" and journal["run"] == []
+    assert lab.nmi_names() == []
+
+
+def test_the_control_keeps_a_run_from_injecting_while_an_alarm_has_no_data(make_lab, tmp_path):
+    lab = make_lab([opted_in("web", tags={"role": "crash-capture"})])
+    make_alarm("checkout-5xx", "INSUFFICIENT_DATA")
     journal = run_experiment(
         lab, experiment_with_control(tmp_path, names=["checkout-5xx"]), tmp_path / "journal.json"
     )
