@@ -262,15 +262,15 @@ def report(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"chaosec2panic: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    if model["skipped"]:
+        print(
+            f"chaosec2panic: {left_out(model['skipped'])} (all listed at the end of {out})", file=sys.stderr
+        )
     print(f"report: {out}")
     try:
         width, height = screenshot(out, png)
     except ChromiumMissing as exc:
         print(f"chaosec2panic: no PNG: {exc}", file=sys.stderr)
-    if model["skipped"]:
-        print(
-            f"chaosec2panic: {left_out(model['skipped'])} (all listed at the end of {out})", file=sys.stderr
-        )
         return 1 if args.png else 0
     except ReportError as exc:
         print(f"chaosec2panic: no PNG: {exc}", file=sys.stderr)
