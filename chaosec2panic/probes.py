@@ -49,18 +49,25 @@ def _targets(
 def _hits(configuration: Configuration, instance_ids: List[str] | None) -> Dict[str, Injection]:
     """The injections a probe judges: the named instances' latest, else this run's.
 
-    A run whose NMI was refused, or failed everywhere, has nothing to verify: that is an
-    error, never a vacuous pass.
+    A named instance no NMI has hit yet has nothing to verify (a hypothesis before the method
+    may name its target); one hit by an earlier run and not back is judged as it is. Once this
+    run has sent (or tried to send) an NMI, a named instance it did not hit is an error. A run
+    whose NMI was refused, or failed everywhere, has nothing to verify: that is an error too,
+    never a vacuous pass.
     """
     ledger = Ledger.of(configuration)
-    if instance_ids:
-        latest = ledger.latest()
-        missing = [i for i in instance_ids if i not in latest]
-        if missing:
-            raise InvalidRequest(f"no NMI recorded for {missing} in the ledger {ledger.path}")
-        return {i: latest[i] for i in instance_ids}
     hits = ledger.latest(RUN_ID)
     missed = ledger.misses(RUN_ID)
+    if instance_ids:
+        if hits or missed:
+            not_hit = [i for i in instance_ids if i not in hits]
+            if not_hit:
+                raise InvalidRequest(
+                    f"this run sent no NMI to {not_hit} (ledger {ledger.path}): name the instances it hit"
+                )
+            return {i: hits[i] for i in instance_ids}
+        latest = ledger.latest()
+        return {i: latest[i] for i in instance_ids if i in latest}
     if not hits and missed:
         raise Ec2PanicError(
             f"this run's NMI was refused or not sent, so there is nothing to verify:\n{missed[-1].error}"

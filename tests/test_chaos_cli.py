@@ -5,6 +5,8 @@ import json
 import pytest
 from conftest import ROOT, chaos, failed_probes, make_alarm, opted_in, run_experiment, variant, vary
 
+from chaosec2panic.actions import send_nmi
+
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
 
 
@@ -162,3 +164,83 @@ def test_recovery_slo_waits_for_the_application_and_journals_the_timeline(make_l
     assert journal["deviated"] is True and failed_probes(journal) == {"back-with-app-within-slo"}
     [line] = journal["run"][1]["output"]["timelines"].values()
     assert line["missing"]["app_healthy"] == "the application check has not passed in the new boot"
+
+
+def _named_target_experiment(tmp_path, judged: str, target: str):
+    """An experiment whose hypothesis names ``judged`` and whose method hits ``target``."""
+    probe = {
+        "type": "probe",
+        "name": "named-back-within-slo",
+        "tolerance": True,
+        "provider": {
+            "type": "python",
+            "module": "chaosec2panic.probes",
+            "func": "recovered_within",
+            "arguments": {"seconds": 120, "instance_ids": [judged]},
+        },
+    }
+    experiment = {
+        "version": "1.0.0",
+        "title": "A hypothesis that names its target",
+        "description": "recovered_within names the instance before any NMI has hit it",
+        "steady-state-hypothesis": {"title": "the named instance is back", "probes": [probe]},
+        "method": [
+            {
+                "type": "action",
+                "name": "send-nmi",
+                "provider": {
+                    "type": "python",
+                    "module": "chaosec2panic.actions",
+                    "func": "send_nmi",
+                    "arguments": {"instance_ids": [target]},
+                },
+            },
+            {
+                "type": "probe",
+                "name": "recovery",
+                "provider": {
+                    "type": "python",
+                    "module": "chaosec2panic.probes",
+                    "func": "recovery_seconds",
+                    "arguments": {"timeout": 120},
+                },
+            },
+        ],
+    }
+    path = tmp_path / "named.json"
+    path.write_text(json.dumps(experiment))
+    return path
+
+
+def test_a_hypothesis_may_name_its_target_before_any_nmi_hit_it(make_lab, tmp_path):
+    lab = make_lab([opted_in("a")])
+    target = lab.id("a")
+    journal = run_experiment(lab, _named_target_experiment(tmp_path, target, target), tmp_path / "j.json")
+    before = journal["steady_states"]["before"]["probes"][0]
+    assert before["status"] == "succeeded" and before["output"] is True, before
+    after = journal["steady_states"]["after"]["probes"][0]
+    assert after["status"] == "succeeded" and after["output"] is True, after
+    assert journal["status"] == "completed" and journal["deviated"] is False
+    assert lab.nmi_names() == ["a"]
+
+
+def test_after_the_method_a_named_instance_the_run_did_not_hit_is_an_error(make_lab, tmp_path):
+    lab = make_lab([opted_in("a"), opted_in("b")])
+    experiment = _named_target_experiment(tmp_path, lab.id("b"), lab.id("a"))
+    journal = run_experiment(lab, experiment, tmp_path / "j.json")
+    assert journal["steady_states"]["before"]["probes"][0]["output"] is True  # nothing hit b yet
+    after = journal["steady_states"]["after"]["probes"][0]
+    assert after["status"] == "failed" and f"this run sent no NMI to ['{lab.id('b')}']" in str(
+        after["exception"]
+    )
+    assert journal["deviated"] is True and lab.nmi_names() == ["a"]
+
+
+def test_a_named_instance_an_earlier_run_left_down_is_judged_not_back(make_lab, tmp_path):
+    lab = make_lab([opted_in("hang", kdump=False, panic_timeout=0)])
+    target = lab.id("hang")
+    send_nmi(instance_ids=[target], allow_unarmed=True, configuration=lab.configuration())  # another run
+    journal = run_experiment(lab, _named_target_experiment(tmp_path, target, target), tmp_path / "j.json")
+    before = journal["steady_states"]["before"]["probes"][0]
+    assert before["output"] is False  # the protection stays: the earlier run's NMI is not back
+    assert journal["run"] == [] and lab.nmi_names() == ["hang"]  # so the method never ran
