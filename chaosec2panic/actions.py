@@ -26,6 +26,7 @@ from .aws import (
 from .errors import Ec2PanicError, InvalidRequest, Refused, StopConditionMet
 from .guest import Platform, platform_of
 from .guest.parsers import (
+    CRASHKERNEL,
     DEFAULT_CRASHKERNEL,
     KdumpVerdict,
     SettingsChange,
@@ -332,7 +333,6 @@ def _send_nmi(
     }
 
 
-@dataclass(frozen=True)
 def _write_ahead(
     ledger: Ledger,
     batch: List[str],
@@ -390,6 +390,7 @@ def _settle(
     return sent
 
 
+@dataclass(frozen=True)
 class Rollout:
     """How to roll the NMIs out: batch by count or percent, then a pause or a recovery wait."""
 
@@ -438,13 +439,14 @@ def _between_batches(
 
 # arm_kdump ---------------------------------------------------------------------------------------
 WINDOWS_DUMP_TYPE_VALUES = {"complete": "1", "kernel": "2", "automatic": "7"}
-CRASHKERNEL_VALUE = re.compile(r"^[0-9A-Za-z:,@.\-]+$")
 SETTINGS_SCRIPT_TIMEOUT = 900  # installing packages and regenerating grub.cfg can take minutes
 
 
 class ArmedSettings:
     """What arm_kdump changed on each instance, with the values before, so that
-    restore_kdump_settings (in this process or a later one) undoes exactly that.
+    restore_kdump_settings (in this process or a later one) undoes exactly that. What it returns
+    is data from a file: restore_kdump_settings checks each value against its setting's format
+    (guest.parsers.RESTORABLE_VALUES) before any of it is sent.
 
     A JSON file next to the ledger (``<ledger stem>-kdump-settings.json``), rewritten atomically
     under a lock. The first recorded before-value of a setting is kept until it is restored.
@@ -617,11 +619,12 @@ def arm_kdump(
     when an instance could not be armed.
     """
     if crashkernel is not None and (
-        not isinstance(crashkernel, str) or not CRASHKERNEL_VALUE.match(crashkernel)
+        not isinstance(crashkernel, str) or not CRASHKERNEL.fullmatch(crashkernel)
     ):
         raise InvalidRequest(
-            f"crashkernel must be a crashkernel= value such as 256M or {DEFAULT_CRASHKERNEL}, "
-            f"got {crashkernel!r}"
+            "crashkernel must be a crashkernel= value as the kernel reads it: SIZE[@OFFSET], "
+            "SIZE,high, SIZE,low or ranges START-[END]:SIZE,...[@OFFSET], sizes such as 256M "
+            f"(for example 256M or {DEFAULT_CRASHKERNEL}), got {crashkernel!r}"
         )
     if windows_dump_type not in WINDOWS_DUMP_TYPE_VALUES:
         raise InvalidRequest(
@@ -685,8 +688,8 @@ def arm_kdump(
 
 
 # collect_crash_dump ------------------------------------------------------------------------------
-BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+BUCKET_NAME = re.compile(r"\A[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+IP_ADDRESS = re.compile(r"\A[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+\Z")
 RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 COLLECT_CONCURRENCY = 10  # instances uploading at once, each through its own SSM command
 # The folder a dump goes to under <prefix><instance id>/. Linux kdump writes a directory per crash:
@@ -705,17 +708,27 @@ def _bucket_problem(bucket: Any) -> str:
         return "a bucket name is needed"
     if "/" in bucket:
         return "give the bucket's name alone, such as my-crash-dumps (the key prefix goes in prefix)"
-    if not BUCKET_NAME.match(bucket):
+    if not BUCKET_NAME.fullmatch(bucket):
         return "3 to 63 lowercase letters, digits, dots and hyphens, a letter or digit at each end"
-    if ".." in bucket or IP_ADDRESS.match(bucket) or bucket.startswith(RESERVED_BUCKET_PREFIXES):
+    if ".." in bucket or IP_ADDRESS.fullmatch(bucket) or bucket.startswith(RESERVED_BUCKET_PREFIXES):
         return "no two dots in a row, not an IP address, not beginning with xn--, sthree- or amzn-s3-demo-"
     return ""
 
 
 def _key_prefix(prefix: Any) -> str:
-    """``prefix`` as a folder: no leading slash, one trailing slash (none when empty)."""
+    """``prefix`` as a folder: no leading slash, one trailing slash (none when empty). It reaches
+    the instance as a script variable, taken literally; a double quote is refused because Windows
+    PowerShell would pass it on to the AWS CLI unescaped, splitting the destination."""
     if not isinstance(prefix, str) or any(c < " " or c == "\x7f" for c in prefix):
-        raise InvalidRequest(f"prefix must be an S3 key prefix such as crash-dumps/, got {prefix!r}")
+        raise InvalidRequest(
+            f"prefix must be an S3 key prefix such as crash-dumps/, without control characters, "
+            f"got {prefix!r}"
+        )
+    if '"' in prefix:
+        raise InvalidRequest(
+            f"prefix {prefix!r} holds a double quote, which cannot be passed safely to the AWS CLI on "
+            "Windows: leave it out. Nothing was sent."
+        )
     folder = prefix.lstrip("/")
     return folder if not folder or folder.endswith("/") else folder + "/"
 

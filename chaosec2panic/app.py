@@ -28,7 +28,7 @@ PLACEHOLDERS = {
 }
 KEYS = {"url", "tcp", "target_group", "expect_status", "timeout"}
 TARGET_GROUP_ARN = re.compile(
-    r"^arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:\d{12}:targetgroup/[\w-]+/[0-9a-f]+$"
+    r"\Aarn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:[0-9]{12}:targetgroup/[A-Za-z0-9_-]+/[0-9a-f]+\Z"
 )
 CHECKERS = 16  # checks in flight at once
 
@@ -145,7 +145,7 @@ def parse_app_check(spec: Mapping[str, Any] | None) -> AppCheck | None:
             "app_check takes exactly one of url (http://...), tcp (host:port) or target_group (an ARN)"
         )
     if group:
-        if not TARGET_GROUP_ARN.match(group):
+        if not TARGET_GROUP_ARN.fullmatch(group):
             raise InvalidRequest(
                 f"app_check target_group must be a target group ARN "
                 f"(arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID), got {group!r}"

@@ -1,21 +1,22 @@
 """Rollbacks: bring back instances that an NMI left down; undo what arm_kdump changed."""
 
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping
 
 from chaoslib.types import Configuration, Secrets
 
 from .actions import ArmedSettings, _settings_run, reboot_and_wait
 from .aws import client, paginate
-from .errors import Ec2PanicError, InvalidRequest
-from .guest import platform_of
-from .guest.parsers import LINUX_SETTINGS, WINDOWS_SETTINGS
+from .errors import Ec2PanicError, InvalidRequest, Refused
+from .guest import PLATFORMS, platform_of
+from .guest.parsers import LINUX_SETTINGS, RESTORABLE_VALUES, WINDOWS_SETTINGS
 from .health import observe
 from .iam import OBSERVE, RESOLVE, RUN_SCRIPT, requires
 from .ledger import Injection, Ledger
 from .polling import Poll, poll
 from .recovery import is_back, is_up
 from .settings import settings
+from .targets import INSTANCE_ID
 
 __all__ = ["recover_instances", "restore_kdump_settings"]
 
@@ -116,6 +117,30 @@ def recover_instances(
     return {"instances": {i: {"actions": done[i], "recovered": i not in pending} for i in hits}}
 
 
+def _record_problems(instance_id: Any, entry: Any) -> List[str]:
+    """Why the record of one instance must not be sent back to it: the record is a file on this
+    machine, and each before-value ends up in a root shell's grub file, sed program or sysctl
+    call on the instance. Each problem names the setting and the value found."""
+    if not isinstance(instance_id, str) or not INSTANCE_ID.fullmatch(instance_id):
+        return [f"{instance_id!r} is not an instance id"]
+    platform = entry.get("platform") if isinstance(entry, Mapping) else None
+    if platform not in PLATFORMS or not isinstance(entry.get("settings"), Mapping):
+        return [f"not a record of arm_kdump: expected platform ({' or '.join(PLATFORMS)}) and settings"]
+    known = WINDOWS_SETTINGS if platform == "windows" else LINUX_SETTINGS
+    problems = []
+    for name, values in entry["settings"].items():
+        if name not in known:
+            problems.append(f"unknown setting {name!r} (known on {platform}: {', '.join(known)})")
+            continue
+        found = values if isinstance(values, Mapping) else {}
+        if name == "packages":
+            if not all(isinstance(found.get(k), str) for k in ("before", "armed")):
+                problems.append("packages: before and armed must be text (package names)")
+        elif not RESTORABLE_VALUES[name].fits(found.get("before")):
+            problems.append(f"{name}: before {found.get('before')!r} is not {RESTORABLE_VALUES[name].what}")
+    return problems
+
+
 def _restore_variables(entry: Dict[str, Any]) -> Dict[str, str]:
     """kdump_settings' variables to put back the recorded settings, in the order they are undone
     (the service before its files). Packages stay installed: removing them could take others."""
@@ -124,7 +149,7 @@ def _restore_variables(entry: Dict[str, Any]) -> Dict[str, str]:
     return {
         "ACTION": "restore",
         "RESTORE": " ".join(names),
-        **{f"BEFORE_{n}": str(entry["settings"][n]["before"]) for n in names},
+        **{f"BEFORE_{n}": entry["settings"][n]["before"] for n in names},
     }
 
 
@@ -144,14 +169,27 @@ def restore_kdump_settings(
     Debian and Ubuntu the next boot reserves the package's default). Acts on the named
     instances, or on every instance arm_kdump recorded (in this run or an earlier one). An
     instance whose reservation changed is rebooted (unless ``reboot`` is false) and waited for up
-    to ``timeout`` seconds. Safe to run twice: what was restored is forgotten. Returns, per
-    instance, each setting's before, after and changed, the packages left installed and the
-    reboot.
+    to ``timeout`` seconds. Safe to run twice: what was restored is forgotten. Every recorded
+    value is checked against its setting's format before anything is sent (the instance checks
+    again): a record that holds anything else is refused, naming the instance and the setting.
+    Returns, per instance, each setting's before, after and changed, the packages left installed
+    and the reboot.
     """
+    malformed = [i for i in instance_ids or () if not isinstance(i, str) or not INSTANCE_ID.fullmatch(i)]
+    if malformed:
+        raise InvalidRequest(f"malformed instance ids {malformed}: expected i- and 8 or 17 hex digits")
     record = ArmedSettings.of(configuration)
     recorded = record.instances()
     wanted = sorted(recorded) if not instance_ids else sorted(set(instance_ids))
     todo = {i: recorded[i] for i in wanted if i in recorded}
+    unfit = {i: "; ".join(found) for i, entry in todo.items() if (found := _record_problems(i, entry))}
+    if unfit:
+        raise Refused(
+            f"the record {record.path} holds what restore_kdump_settings will not send to an "
+            "instance (was it edited?): fix or remove these entries and check those instances' "
+            "settings by hand; the other instances can be restored by naming them in instance_ids",
+            unfit,
+        )
     result: Dict[str, Any] = {
         i: {"changed": False, "settings": {}, "error": "", "note": "nothing recorded by arm_kdump"}
         for i in wanted
@@ -164,6 +202,14 @@ def restore_kdump_settings(
     missing = sorted(set(todo) - set(platforms))
     for i in missing:
         result[i] = {"changed": False, "settings": {}, "error": "instance not found; its record is kept"}
+    for i in [i for i, p in platforms.items() if p.name != todo[i]["platform"]]:
+        why = f"recorded as {todo[i]['platform']} but the instance is {platforms[i].name}"
+        result[i] = {
+            "changed": False,
+            "settings": {},
+            "error": f"{why}: nothing was sent, its record is kept",
+        }
+        del platforms[i]
     groups: Dict[tuple, Dict[str, Any]] = {}
     for i in platforms:
         variables = _restore_variables(todo[i])

@@ -36,7 +36,7 @@ __all__ = [
 AUTH_ERRORS = frozenset(
     {"AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "ExpiredToken", "SignatureDoesNotMatch"}
 )
-INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+INSTANCE_ID = re.compile(r"\Ai-(?:[0-9a-f]{8}|[0-9a-f]{17})\Z")  # the whole id: $ would take "...\n"
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Request:
         found = []
         if not (self.instance_ids or self.filters or self.tags):
             found.append("name the targets: instance_ids, filters or tags (none was given)")
-        bad = [i for i in self.instance_ids if not isinstance(i, str) or not INSTANCE_ID.match(i)]
+        bad = [i for i in self.instance_ids if not isinstance(i, str) or not INSTANCE_ID.fullmatch(i)]
         if bad:
             found.append(f"malformed instance ids {bad}: expected i- and 8 or 17 hex digits")
         for f in self.filters:

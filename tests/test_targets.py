@@ -119,3 +119,11 @@ def test_tags_become_filters_and_ids_are_deduplicated():
 def test_max_instances_must_be_a_positive_whole_number(bad):
     with pytest.raises(InvalidRequest, match="max_instances"):
         guardrails({}, bad)
+
+
+@pytest.mark.parametrize(
+    "iid", ["i-0123456789abcdef0\n", "i-01234567\n", " i-01234567", "i-0123456789abcdef0\r"]
+)
+def test_an_instance_id_with_anything_around_it_is_malformed(iid):
+    # "$" in a pattern also matches before a trailing newline: the whole id is what counts.
+    assert any("malformed instance ids" in p for p in Request(instance_ids=[iid]).problems())

@@ -1,6 +1,7 @@
 """Pure parsers of the guest scripts' ``key=value`` output, and the verdicts drawn from it."""
 
 import base64
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
@@ -8,8 +9,10 @@ from typing import Any, Dict, List
 from ..dumps import SparseSource
 
 __all__ = [
+    "CRASHKERNEL",
     "DEFAULT_CRASHKERNEL",
     "LINUX_SETTINGS",
+    "RESTORABLE_VALUES",
     "WINDOWS_DUMP_TYPES",
     "WINDOWS_SETTINGS",
     "Check",
@@ -18,6 +21,7 @@ __all__ = [
     "KdumpVerdict",
     "SettingsChange",
     "Upload",
+    "ValueFormat",
     "dump_files",
     "kdump_verdict",
     "parse_report",
@@ -46,6 +50,48 @@ LINUX_SETTINGS = (
 WINDOWS_SETTINGS = ("crash_dump_enabled", "nmi_crash_dump", "auto_reboot")
 # RHEL 9's kdump default (kdumpctl get-default-crashkernel): the kernel picks by memory size.
 DEFAULT_CRASHKERNEL = "1G-4G:192M,4G-64G:256M,64G-:512M"
+# A crashkernel= value as the kernel parses it (kernel/crash_reserve.c; sizes as memparse reads
+# them): size[@offset], size,high|low|cma, or ranges start-[end]:size[,...][@offset]; and RHEL 8's
+# "auto". crashkernel.sh's crashkernel_value holds the same grammar on the instance.
+_SIZE = r"(?:0[xX][0-9a-fA-F]+|[0-9]+)[KMGTPEkmgtpe]?"
+_RANGE = rf"{_SIZE}-(?:{_SIZE})?:{_SIZE}"
+_CRASHKERNEL = rf"auto|{_SIZE}(?:@{_SIZE}|,(?:high|low|cma))?|{_RANGE}(?:,{_RANGE})*(?:@{_SIZE})?"
+CRASHKERNEL = re.compile(rf"\A(?:{_CRASHKERNEL})\Z")
+
+
+@dataclass(frozen=True)
+class ValueFormat:
+    """What a setting's value may be: a pattern for the whole value, and the same said for a person."""
+
+    pattern: re.Pattern[str]
+    what: str
+
+    def fits(self, value: Any) -> bool:
+        return isinstance(value, str) and self.pattern.fullmatch(value) is not None
+
+
+_STATE = re.compile(r"\A[a-z-]{0,32}\Z")  # what systemctl is-active / is-enabled prints, or absent
+_DWORD = ValueFormat(re.compile(r"\A(?:-?[0-9]{1,10})?\Z"), "a whole number, or empty for absent")
+# What restore_kdump_settings may send back as each setting's value: what kdump_settings reports
+# for it, and nothing a sourced grub file, a sed program or a sysctl line could take for more
+# than a value. Empty means there was none. Packages are never restored. kdump_settings.sh's
+# restorable and kdump_settings.ps1 check the same on the instance.
+RESTORABLE_VALUES: Dict[str, ValueFormat] = {
+    "kdump_active": ValueFormat(_STATE, "a systemctl state such as active or inactive"),
+    "kdump_enabled": ValueFormat(_STATE, "a systemctl state such as enabled or disabled"),
+    "unknown_nmi_panic": ValueFormat(re.compile(r"\A(?:-?[0-9]{1,10})?\Z"), "a whole number, or empty"),
+    "nmi_sysctl_file": ValueFormat(
+        re.compile(r"\A(?:absent|none|-?[0-9]{1,10})\Z"), "absent, none or a whole number"
+    ),
+    "use_kdump": ValueFormat(re.compile(r"\A[0-9A-Za-z]{0,16}\Z"), "letters and digits, such as 0 or 1"),
+    "crashkernel": ValueFormat(
+        re.compile(rf"\A(?:{_CRASHKERNEL})?\Z"),
+        f"a crashkernel= value such as 256M or {DEFAULT_CRASHKERNEL}, or empty",
+    ),
+    "crash_dump_enabled": _DWORD,
+    "nmi_crash_dump": _DWORD,
+    "auto_reboot": _DWORD,
+}
 
 
 @dataclass(frozen=True)

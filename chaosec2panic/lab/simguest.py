@@ -1083,7 +1083,12 @@ def windows_script_name(text: str) -> str | None:
     return found.group(1) if found and found.group(1) in SCRIPTS else None
 
 
-PRELUDE = re.compile(r"^\$env:(\w+) = '((?:[^']|'')*)'$", re.M)
+PRELUDE = re.compile(
+    r"^\$env:([A-Za-z_][A-Za-z0-9_]*) = "
+    r"\[Text\.Encoding\]::UTF8\.GetString\(\[Convert\]::FromBase64String\('([A-Za-z0-9+/]*={0,2})'\)\)$",
+    re.M,
+)
+RESTORE_VALUE = re.compile(r"(?:-?[0-9]{1,10})?")  # kdump_settings.ps1: '\A(-?[0-9]{1,10})?\z'
 CRASH_CONTROL = {
     "crash_dump_enabled": "CrashDumpEnabled",
     "nmi_crash_dump": "NMICrashDump",
@@ -1092,8 +1097,9 @@ CRASH_CONTROL = {
 
 
 def script_variables(text: str) -> Dict[str, str]:
-    """The ``$env:NAME = 'value'`` lines that :func:`chaosec2panic.guest.script` puts before a script."""
-    return {k: v.replace("''", "'") for k, v in PRELUDE.findall(text)}
+    """The variables :func:`chaosec2panic.guest.script` sets before a script, each a line
+    ``$env:NAME = <its UTF-8 bytes in base64, decoded>``, read as PowerShell would."""
+    return {k: base64.b64decode(v, validate=True).decode("utf-8") for k, v in PRELUDE.findall(text)}
 
 
 def _text(value: int | None) -> str:
@@ -1119,14 +1125,23 @@ def crash_control_after(
             return action, values, f"CRASH_DUMP_ENABLED must be 1, 2 or 7, got '{wanted}'"
         values.update(crash_dump_enabled=int(wanted), nmi_crash_dump=1, auto_reboot=1)
     elif action == "restore":
-        for name in variables.get("RESTORE", "").split():
+        restore: Dict[str, str] = {}
+        for name in filter(None, variables.get("RESTORE", "").split(" ")):
             if name not in CRASH_CONTROL:
                 return action, values, f"unknown setting {name} (known: {' '.join(CRASH_CONTROL)})"
             before = variables.get(f"BEFORE_{name}", "")
-            try:
-                values[name] = int(before) if before else None
-            except ValueError:
+            if not RESTORE_VALUE.fullmatch(before):
+                return (
+                    action,
+                    values,
+                    f"BEFORE_{name} must be a whole number, or empty for a value that was absent; "
+                    f"got '{before}': nothing was changed",
+                )
+            restore[name] = before
+        for name, before in restore.items():
+            if before and not -(2**31) <= int(before) < 2**31:
                 return action, values, f'Cannot convert value "{before}" to type "System.Int32".'
+            values[name] = int(before) if before else None
     elif action != "report":
         return action, values, f"unknown ACTION {action} (arm, restore or report)"
     return action, values, ""
@@ -1216,7 +1231,7 @@ def interpret_windows_script(
                 f"{setting}_before={_text(before[setting])}",
                 f"{setting}_after={_text(after[setting])}",
             ]
-        lines.append(f"error={error}")
+        lines.append("error=" + re.sub(r"[\r\n]+", " ", error))  # as the .ps1's -replace
     elif name == "collect_crash_dump":
         found = variables or {}
         lines = [

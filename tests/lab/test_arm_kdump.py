@@ -2,6 +2,7 @@
 guest's files for real, and the guest boots from them."""
 
 import json
+import re
 import time
 from typing import List
 
@@ -266,3 +267,61 @@ def test_without_a_size_the_reservation_there_was_is_kept(make_lab):
     found = result["instances"][lab.id("deb")]
     assert found["settings"]["crashkernel"] == {"before": "384M", "after": "384M", "changed": False}
     assert result["armed"] and not found["rebooted"] and not (guest.root / GRUB_DROPIN).exists()
+
+
+# The record is a file on this machine: what it holds is checked before it reaches a root shell ---
+RUN = 'echo pwned >"${CHAOSEC2PANIC_ROOT:-}/pwned"'  # a builtin: guests have few tools
+
+
+@pytest.mark.parametrize(
+    ("spec", "setting", "planted", "why"),
+    [
+        # a sourced /etc/default/grub.d file, re-read by every update-grub
+        ({"os": "ubuntu"}, "crashkernel", f'256M"; {RUN}; x="', "is not a crashkernel= value"),
+        # a sed program: GNU sed's e command runs the shell
+        ({"os": "debian"}, "nmi_sysctl_file", f"0/;1e {RUN};#", "is not absent, none or a whole number"),
+        ({"os": "ubuntu"}, "unknown_nmi_panic", "0\n", "is not a whole number, or empty"),
+        ({"os": "ubuntu"}, "kdump_enabled", f"$({RUN})", "is not a systemctl state"),
+        (
+            {"os": "windows-2022", "crash_dump_enabled": "none"},
+            "crash_dump_enabled",
+            "0; Stop-Computer",
+            "is not a whole number, or empty for absent",
+        ),
+    ],
+)
+def test_a_planted_before_value_is_refused_and_nothing_is_sent(make_lab, spec, setting, planted, why):
+    linux = {"kdump": False, "crashkernel_mib": 0, "unknown_nmi_panic": 0}
+    lab = make_lab([opted_in("bare", **spec, **({} if spec["os"].startswith("windows") else linux))])
+    conf, bare = lab.configuration(), lab.id("bare")
+    arm_kdump(instance_ids=[bare], configuration=conf)
+    path = lab.ledger.parent / f"{lab.ledger.stem}-kdump-settings.json"
+    document = json.loads(path.read_text())
+    document["instances"][bare]["settings"].setdefault(setting, {"armed": ""})["before"] = planted
+    path.write_text(json.dumps(document))
+    sent = lab.lab.calls["ssm:SendCommand"]
+    guest = lab.lab.guests[bare]
+    with pytest.raises(Refused, match=re.escape(f"{bare}: {setting}: before {planted!r} {why}")) as refused:
+        restore_kdump_settings(configuration=conf)
+    assert str(refused.value).endswith("Nothing was sent.") and str(path) in str(refused.value)
+    assert lab.lab.calls["ssm:SendCommand"] == sent
+    assert json.loads(path.read_text()) == document  # kept, to be fixed by hand
+    assert not (guest.root / "pwned").exists()
+
+
+@pytest.mark.parametrize("crashkernel", ["256M\n", "-256M", "256M,high\n", "1G-4G:192M,high", "256M@"])
+def test_a_crashkernel_the_kernel_would_not_read_is_refused_before_anything_runs(make_lab, crashkernel):
+    lab = make_lab([opted_in("a", kdump=False)])
+    with pytest.raises(
+        InvalidRequest, match="crashkernel must be a crashkernel= value as the kernel reads it"
+    ):
+        arm_kdump(instance_ids=[lab.id("a")], crashkernel=crashkernel, configuration=lab.configuration())
+    assert lab.lab.calls["ssm:SendCommand"] == 0 and lab.events("command") == []
+
+
+def test_restore_refuses_an_instance_id_with_a_trailing_newline(tmp_path):
+    with pytest.raises(InvalidRequest, match="malformed instance ids"):
+        restore_kdump_settings(
+            instance_ids=["i-0123456789abcdef0\n"],
+            configuration={"chaosec2panic_ledger_path": str(tmp_path / "ledger.json")},
+        )

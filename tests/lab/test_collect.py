@@ -7,6 +7,7 @@ from pathlib import Path
 import boto3
 import pytest
 from conftest import opted_in, sim_guest
+from test_script_injection import powershell_variables
 
 from chaosec2panic import guest
 from chaosec2panic.actions import collect_crash_dump, send_nmi
@@ -58,7 +59,7 @@ def test_without_an_nmi_it_refuses_and_sends_nothing(make_lab):
     before = dict(lab.lab.calls)
     with pytest.raises(InvalidRequest, match=r"no NMI of this run is in the ledger .*send_nmi"):
         collect_crash_dump(BUCKET, configuration=lab.configuration())
-    with pytest.raises(InvalidRequest, match="no NMI recorded for"):
+    with pytest.raises(InvalidRequest, match=r"no NMI of this run is in the ledger"):
         collect_crash_dump(BUCKET, instance_ids=[lab.id("web")], configuration=lab.configuration())
     assert dict(lab.lab.calls) == before
 
@@ -83,6 +84,7 @@ def test_after_a_refused_nmi_there_is_nothing_to_collect(make_lab):
         ("10.0.0.1", "not an IP address"),
         ("xn--dumps", "xn--"),
         (None, "a bucket name is needed"),
+        (f"{BUCKET}\n", "lowercase letters"),  # "$" in a pattern also matches before a final newline
     ],
 )
 def test_a_bucket_name_s3_would_refuse_is_refused_before_anything_is_sent(make_lab, bucket, why):
@@ -158,6 +160,40 @@ def test_an_instance_whose_agent_is_away_is_failed_with_the_reason(make_lab):
     record = collect_crash_dump(BUCKET, configuration=lab.configuration())["instances"][web]
     assert record["status"] == "failed"
     assert record["error"].startswith("the dumps could not be listed: not read: AgentOffline")
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "dumps\u2019 + $env:PATH + \u2019/",  # a typographic quote ends a PowerShell string too
+        "\u2018; Stop-Computer -Force; \u2018/",
+        "x\u201a + $(Remove-Item C:\\Windows -Recurse) + \u201b/",
+        "$env:PATH/$(Get-Date)/",
+    ],
+)
+def test_a_windows_prefix_reaches_the_instance_as_the_very_string_given(make_lab, prefix):
+    lab = make_lab([opted_in("win", os="windows-2022")])
+    win = hit_and_wait(lab, "win")
+    record = collect_crash_dump(BUCKET, prefix=prefix, configuration=lab.configuration())["instances"][win]
+    [script] = [
+        c["script"] for c in lab.lab.commands.values() if c["comment"] == "chaosec2panic collect_crash_dump"
+    ]
+    body = guest.script(guest.PLATFORMS["windows"], "collect_crash_dump")
+    assert script.endswith(body)
+    sent = powershell_variables(script[: len(script) - len(body)])  # one string each, read strictly
+    assert sent["KEY"] == record["uri"].removeprefix(f"s3://{BUCKET}/")
+    assert sent["KEY"].startswith(f"{prefix}{win}/MEMORY-") and sent["BUCKET"] == BUCKET
+
+
+def test_a_prefix_with_a_double_quote_is_refused_before_anything_is_sent(make_lab):
+    # Windows PowerShell would hand it to aws.exe unescaped: '--endpoint-url' would be an argument.
+    lab = make_lab([opted_in("web")])
+    before = dict(lab.lab.calls)
+    with pytest.raises(InvalidRequest, match=r"holds a double quote.*Nothing was sent"):
+        collect_crash_dump(
+            BUCKET, prefix='x" --endpoint-url "http://127.0.0.1:9/', configuration=lab.configuration()
+        )
+    assert dict(lab.lab.calls) == before
 
 
 def test_windows_collection_is_not_supported_in_the_lab_and_says_so(make_lab):

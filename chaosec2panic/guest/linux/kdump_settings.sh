@@ -4,7 +4,8 @@
 #   on Debian and Ubuntu in a grub.d file read after kdump-tools.cfg, see set_crashkernel),
 #   set kernel.unknown_nmi_panic=1 now and in /etc/sysctl.d/99-chaosec2panic.conf, enable and
 #   start the kdump service. Nothing already as wanted is touched.
-# ACTION=restore: put each setting named in RESTORE back to BEFORE_<setting>. Packages stay.
+# ACTION=restore: put each setting named in RESTORE back to BEFORE_<setting>. Packages stay. Every
+#   name and value is checked first (restorable): one that is not refuses the whole restore.
 # Any other ACTION only reports. A system this script does not know is refused (error=) before
 # anything is changed. Prints every setting before and after as key=value lines and always exits
 # 0: the verdict is in the output, never in the exit code (194 would ask the SSM agent to reboot).
@@ -118,14 +119,57 @@ service_state() {
   echo "${s:-absent}"
 }
 
+# The value of setting $1 now, one line.
+setting() {
+  case "$1" in
+    packages) installed ;;
+    crashkernel) configured_crashkernel ;;
+    nmi_sysctl_file) sysctl_file ;;
+    unknown_nmi_panic) val /proc/sys/kernel/unknown_nmi_panic ;;
+    use_kdump) use_kdump ;;
+    kdump_enabled) service_state is-enabled ;;
+    kdump_active) service_state is-active ;;
+  esac | head -n 1
+}
+
+# Every setting now, one "name=value" line each; recorded NAME SNAPSHOT reads one back.
 snapshot() {
-  eval "$1_packages=\$(installed)"
-  eval "$1_crashkernel=\$(configured_crashkernel)"
-  eval "$1_nmi_sysctl_file=\$(sysctl_file)"
-  eval "$1_unknown_nmi_panic=\$(val /proc/sys/kernel/unknown_nmi_panic)"
-  eval "$1_use_kdump=\$(use_kdump)"
-  eval "$1_kdump_enabled=\$(service_state is-enabled)"
-  eval "$1_kdump_active=\$(service_state is-active)"
+  for s in $SETTINGS; do printf '%s=%s\n' "$s" "$(setting "$s")"; done
+}
+recorded() { printf '%s\n' "$2" | sed -n "s/^$1=//p"; }
+
+# Whether $1 is a whole number of at most 10 digits, as the kernel's sysctls take.
+whole_number() {
+  digits=${1#-}
+  case "$digits" in "" | *[!0-9]*) return 1 ;; esac
+  [ ${#digits} -le 10 ]
+}
+
+# Whether $2 is a value setting $1 can be put back to: one kdump_settings reports for it, and
+# nothing a sourced grub file, a sed program or a sysctl line could take for more than a value
+# (chaosec2panic.guest.parsers.RESTORABLE_VALUES holds the same formats). Empty: there was none.
+restorable() {
+  case "$1" in
+    crashkernel) [ -z "$2" ] || crashkernel_value "$2" ;;
+    unknown_nmi_panic) [ -z "$2" ] || whole_number "$2" ;;
+    nmi_sysctl_file) [ "$2" = absent ] || [ "$2" = none ] || whole_number "$2" ;;
+    use_kdump) case "$2" in *[!0-9A-Za-z]*) return 1 ;; esac && [ ${#2} -le 16 ] ;;
+    kdump_active | kdump_enabled) case "$2" in *[!a-z-]*) return 1 ;; esac && [ ${#2} -le 32 ] ;;
+    *) return 1 ;;
+  esac
+}
+
+# v= what BEFORE_$1 holds: each setting's own variable, so that no name is ever evaluated.
+before_value() {
+  case "$1" in
+    crashkernel) v=${BEFORE_crashkernel-} ;;
+    nmi_sysctl_file) v=${BEFORE_nmi_sysctl_file-} ;;
+    unknown_nmi_panic) v=${BEFORE_unknown_nmi_panic-} ;;
+    use_kdump) v=${BEFORE_use_kdump-} ;;
+    kdump_enabled) v=${BEFORE_kdump_enabled-} ;;
+    kdump_active) v=${BEFORE_kdump_active-} ;;
+    *) v="" ;;
+  esac
 }
 
 # Make $1 the crashkernel= of the next boot ("" for none). grubby edits every boot entry. Debian
@@ -135,6 +179,10 @@ snapshot() {
 # boot menu is rebuilt, and $1 is checked to be what it now gives the kernel: when a crashkernel=
 # after it wins, the files are put back and it fails.
 set_crashkernel() {
+  if [ -n "$1" ] && ! crashkernel_value "$1"; then
+    fail "crashkernel=$1 is not a crashkernel= value: not written"
+    return 1
+  fi
   if has grubby; then
     if [ -n "$1" ]; then
       out=$(grubby --update-kernel=ALL --args="crashkernel=$1" 2>&1) || fail "grubby: $(last "$out")"
@@ -195,6 +243,10 @@ boot_menu() {
 
 set_sysctl_file() {
   f="$R$SYSCTL_FILE"
+  if ! restorable nmi_sysctl_file "$1"; then
+    fail "kernel.unknown_nmi_panic = $1 is not a value: not written"
+    return 1
+  fi
   if [ "$1" = absent ]; then
     rm -f "$f" || fail "cannot remove $SYSCTL_FILE"
   elif [ "$1" = none ]; then
@@ -207,6 +259,14 @@ set_sysctl_file() {
   fi
 }
 
+set_use_kdump() {
+  if [ -z "$1" ] || ! restorable use_kdump "$1"; then
+    fail "USE_KDUMP=$1 is not a value: not written"
+    return 1
+  fi
+  sed -i "s/^USE_KDUMP=.*/USE_KDUMP=$1/" "$R/etc/default/kdump-tools" || fail "cannot set USE_KDUMP=$1"
+}
+
 service_do() {
   out=$(systemctl "$1" "$service" 2>&1) || fail "systemctl $1 $service: $(last "$out")"
 }
@@ -217,9 +277,14 @@ arm() {
       "(known: Amazon Linux, RHEL, Fedora, Ubuntu, Debian, SUSE); nothing was changed"
     return
   }
+  crashkernel_value "$CRASHKERNEL" || {
+    fail "CRASHKERNEL $CRASHKERNEL is not a crashkernel= value (size[@offset], size,high or" \
+      "ranges start-[end]:size,...); nothing was changed"
+    return
+  }
   missing=""
   for p in $packages; do
-    case " $before_packages " in *" $p "*) ;; *) missing="$missing $p" ;; esac
+    case " $(recorded packages "$before") " in *" $p "*) ;; *) missing="$missing $p" ;; esac
   done
   missing=${missing# }
   if [ -n "$missing" ]; then
@@ -234,15 +299,15 @@ arm() {
   fi
   has systemctl || { fail "no systemctl: cannot enable the $service service"; return; }
   if [ "$family" = debian ] && [ "$(use_kdump)" = 0 ]; then
-    sed -i 's/^USE_KDUMP=.*/USE_KDUMP=1/' "$R/etc/default/kdump-tools" || fail "cannot set USE_KDUMP=1"
+    set_use_kdump 1
   fi
   # Keep the reservation there was before (a package installed above may bring its own, as
   # kdump-tools does in grub.d), unless there was none or CRASHKERNEL is forced.
-  want=$before_crashkernel
+  want=$(recorded crashkernel "$before")
   if [ -z "$want" ] || [ "$CRASHKERNEL_FORCE" = 1 ]; then want=$CRASHKERNEL; fi
   [ "$(configured_crashkernel)" = "$want" ] || set_crashkernel "$want" || return
   [ "$(sysctl_file)" = 1 ] || set_sysctl_file 1 || return
-  if [ "$before_unknown_nmi_panic" != 1 ]; then
+  if [ "$(recorded unknown_nmi_panic "$before")" != 1 ]; then
     out=$(sysctl -w kernel.unknown_nmi_panic=1 2>&1) || { fail "sysctl: $(last "$out")"; return; }
   fi
   [ "$(service_state is-enabled)" = enabled ] || service_do enable || return
@@ -254,8 +319,21 @@ arm() {
 }
 
 restore() {
-  for s in $RESTORE; do
-    eval "v=\${BEFORE_$s-}"
+  names=""
+  set -f # RESTORE is split into words, never expanded as file names
+  for s in $RESTORE; do names="$names $s"; done
+  set +f
+  for s in $names; do
+    case " $SETTINGS " in
+      *" $s "*) ;;
+      *) fail "unknown setting $s (known: $SETTINGS); nothing was changed"; return ;;
+    esac
+    before_value "$s"
+    [ "$s" = packages ] || restorable "$s" "$v" ||
+      { fail "BEFORE_$s is not a value $s can be put back to, got '$v'; nothing was changed"; return; }
+  done
+  for s in $names; do
+    before_value "$s"
     case "$s" in
       packages) ;;
       crashkernel) [ "$(configured_crashkernel)" = "$v" ] || set_crashkernel "$v" ;;
@@ -264,25 +342,21 @@ restore() {
         if [ -n "$v" ] && [ "$(val /proc/sys/kernel/unknown_nmi_panic)" != "$v" ]; then
           out=$(sysctl -w "kernel.unknown_nmi_panic=$v" 2>&1) || fail "sysctl: $(last "$out")"
         fi ;;
-      use_kdump)
-        if [ -n "$v" ] && [ "$(use_kdump)" != "$v" ]; then
-          sed -i "s/^USE_KDUMP=.*/USE_KDUMP=$v/" "$R/etc/default/kdump-tools" || fail "cannot set USE_KDUMP"
-        fi ;;
+      use_kdump) [ -z "$v" ] || [ "$(use_kdump)" = "$v" ] || set_use_kdump "$v" ;;
       kdump_active) [ "$v" = active ] || [ "$(service_state is-active)" != active ] || service_do stop ;;
       kdump_enabled) [ "$v" = enabled ] || [ "$(service_state is-enabled)" != enabled ] || service_do disable ;;
-      *) fail "unknown setting $s (known: $SETTINGS)" ;;
     esac
   done
 }
 
-snapshot before
+before=$(snapshot)
 case "$ACTION" in
   arm) arm ;;
   restore) restore ;;
   report) ;;
   *) fail "unknown ACTION $ACTION (arm, restore or report)" ;;
 esac
-snapshot after
+after=$(snapshot)
 
 echo "schema=kdump_settings/1"
 echo "action=$ACTION"
@@ -294,9 +368,8 @@ echo "kdump_service_name=$service"
 echo "running_crashkernel=$(running_crashkernel)"
 echo "crash_size=$(val /sys/kernel/kexec_crash_size)"
 for s in $SETTINGS; do
-  eval "b=\$before_$s a=\$after_$s"
-  echo "${s}_before=$b"
-  echo "${s}_after=$a"
+  printf '%s_before=%s\n' "$s" "$(recorded "$s" "$before")"
+  printf '%s_after=%s\n' "$s" "$(recorded "$s" "$after")"
 done
 echo "error=$ERR"
 echo "end=ok"

@@ -12,7 +12,11 @@ try {
   if (Get-Command Write-S3Object -ErrorAction SilentlyContinue) {
     Write-S3Object -BucketName $env:BUCKET -Key $key -File $f.FullName
   } else {
-    $out = & aws s3 cp --only-show-errors --no-progress $f.FullName ("s3://" + $env:BUCKET + "/" + $key) 2>&1
+    $dest = "s3://" + $env:BUCKET + "/" + $key
+    # Windows PowerShell passes a double quote inside a native command's argument on unescaped:
+    # it would split the destination into more arguments for aws.
+    if ($dest.Contains('"')) { throw ("the destination " + $dest + " holds a double quote: not passed on") }
+    $out = & aws s3 cp --only-show-errors --no-progress $f.FullName $dest 2>&1
     if ($LASTEXITCODE -ne 0) { throw ("aws s3 cp exited " + $LASTEXITCODE + ": " + ($out -join ' ')) }
   }
   $file = $f.Name + '|' + $f.Length

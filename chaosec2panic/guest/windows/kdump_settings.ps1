@@ -1,10 +1,11 @@
 # chaosec2panic: arm what Windows does on an NMI (the CrashControl settings), or put them back.
 # ACTION=arm: CrashDumpEnabled = CRASH_DUMP_ENABLED (1 complete, 2 kernel, 7 automatic),
 #   NMICrashDump = 1, AutoReboot = 1; values already as wanted are not touched.
-# ACTION=restore: each setting named in RESTORE back to BEFORE_<setting> (empty: the value was
-#   absent, so it is removed). Any other ACTION only reports. The changes take effect at the next
-#   boot. Prints every setting before and after as key=value lines and always exits 0 (3010 would
-#   ask the SSM agent to reboot).
+# ACTION=restore: each setting named in RESTORE back to BEFORE_<setting>, a whole number (empty:
+#   the value was absent, so it is removed); an unknown setting or any other value refuses the
+#   whole restore before anything is changed. Any other ACTION only reports. The changes take
+#   effect at the next boot. Prints every setting before and after as key=value lines and always
+#   exits 0 (3010 would ask the SSM agent to reboot).
 $ErrorActionPreference = 'SilentlyContinue'
 $key = 'HKLM:\SYSTEM\CurrentControlSet\Control\CrashControl'
 $names = @{ crash_dump_enabled = 'CrashDumpEnabled'; nmi_crash_dump = 'NMICrashDump'; auto_reboot = 'AutoReboot' }
@@ -25,10 +26,20 @@ try {
       }
     }
   } elseif ($action -eq 'restore') {
+    # Every name and value is checked before anything is changed.
+    $restore = [ordered]@{}
     foreach ($s in ([string]$env:RESTORE).Split(' ', [StringSplitOptions]::RemoveEmptyEntries)) {
       $n = $names[$s]
       if (-not $n) { throw ("unknown setting " + $s + " (known: crash_dump_enabled nmi_crash_dump auto_reboot)") }
       $v = [string][Environment]::GetEnvironmentVariable('BEFORE_' + $s)
+      if ($v -cnotmatch '\A(-?[0-9]{1,10})?\z') {
+        throw ("BEFORE_" + $s + " must be a whole number, or empty for a value that was absent; got '" +
+          $v + "': nothing was changed")
+      }
+      $restore[$n] = $v
+    }
+    foreach ($n in $restore.Keys) {
+      $v = $restore[$n]
       if ($v -eq '') { Remove-ItemProperty -Path $key -Name $n }
       else { Set-ItemProperty -Path $key -Name $n -Value ([int]$v) -Type DWord -ErrorAction Stop }
     }
