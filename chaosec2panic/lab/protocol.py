@@ -26,7 +26,9 @@ __all__ = [
     "ec2_xml",
     "error_body",
     "json_error",
+    "json_object",
     "list_param",
+    "protocol_of",
     "query_error",
     "s3_error",
     "xml",
@@ -113,26 +115,22 @@ class Request:
         self.service, self.region = service, region
         self.json: Dict[str, Any] = {}
         self.form: Dict[str, List[str]] = {}
-        content_type = environ.get("CONTENT_TYPE", "")
-        target = environ.get("HTTP_X_AMZ_TARGET", "")
-        rpc = RPC_V2_PATH.search(environ.get("PATH_INFO", ""))
-        if service == "s3":
-            self.protocol = "s3"
+        self.protocol = protocol_of(environ, service)
+        if self.protocol == "s3":
             self.operation = s3_operation(
                 environ.get("REQUEST_METHOD", "GET"),
                 environ.get("PATH_INFO", ""),
                 environ.get("QUERY_STRING", ""),
             )
-        elif target:
-            self.protocol, self.operation = "json", target.rsplit(".", 1)[-1]
-            self.json = _json_object(body)
-        elif rpc or "cbor" in content_type:
-            self.protocol, self.operation = "cbor", rpc.group(1) if rpc else ""
+        elif self.protocol == "json":
+            self.operation = environ.get("HTTP_X_AMZ_TARGET", "").rsplit(".", 1)[-1]
+            self.json = json_object(body)
+        elif self.protocol == "cbor":
+            rpc = RPC_V2_PATH.search(environ.get("PATH_INFO", ""))
+            self.operation = rpc.group(1) if rpc else ""
         else:
-            self.protocol = "ec2" if service == "ec2" else "query"
             self.form = _form(body or environ.get("QUERY_STRING", "").encode())
             self.operation = self.param("Action")
-        self.cbor = self.protocol == "cbor"
         if self.protocol != "s3":
             self._check(_service_model(service, self.param("Version")))
 
@@ -168,7 +166,19 @@ class Request:
         return value
 
 
-def _json_object(body: bytes) -> Dict[str, Any]:
+def protocol_of(environ: Mapping[str, Any], service: str) -> str:
+    """The protocol a request for ``service`` speaks (s3, json, cbor, ec2 or query), from its headers."""
+    if service == "s3":
+        return "s3"
+    if environ.get("HTTP_X_AMZ_TARGET"):
+        return "json"
+    if RPC_V2_PATH.search(environ.get("PATH_INFO", "")) or "cbor" in environ.get("CONTENT_TYPE", ""):
+        return "cbor"
+    return "ec2" if service == "ec2" else "query"
+
+
+def json_object(body: bytes) -> Dict[str, Any]:
+    """A JSON request body, which must be an object (an empty body is an empty one)."""
     try:
         value = json.loads(body.decode("utf-8") or "{}")
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

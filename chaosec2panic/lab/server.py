@@ -47,7 +47,7 @@ from .auth import AuthError, KeyPair, issue, parse_authorization, verify
 from .balancer import HealthChecker
 from .fleet import Fleet
 from .kit import Kit, KitError, ensure_kit
-from .protocol import SERVICES, ApiError, Request, ec2_xml, error_body, list_param
+from .protocol import SERVICES, ApiError, Request, ec2_xml, error_body, json_object, list_param, protocol_of
 from .qemuguest import QemuError, QemuGuest, choose_accel
 from .sandbox import Sandbox, SandboxError
 from .simguest import SimGuest, WindowsSimGuest
@@ -466,10 +466,10 @@ class Lab:
             )
         with self._lock:
             if path == "/_lab/faults" and method == "POST":
-                self.faults.append(_fault(_json_body(body)))
+                self.faults.append(_fault(json_object(body)))
                 answer: Any = {"faults": self.faults}
             elif path == "/_lab/agent" and method == "POST":
-                change = _json_body(body)
+                change = json_object(body)
                 key = change.get("name") or change.get("instance_id")
                 if not isinstance(change.get("online"), bool) or not isinstance(key, str):
                     raise ApiError(
@@ -840,16 +840,6 @@ def _fault(spec: Dict[str, Any]) -> Dict[str, Any]:
     return {"count": 1, **spec}
 
 
-def _json_body(body: bytes) -> Dict[str, Any]:
-    try:
-        value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ApiError("SerializationException", f"the body is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ApiError("SerializationException", "the body must be a JSON object")
-    return value
-
-
 def _body(environ: Dict[str, Any], limit: int) -> bytes:
     """The request body, at most ``limit`` bytes (a larger or malformed length is refused unread)."""
     raw = environ.get("CONTENT_LENGTH") or ""
@@ -876,17 +866,10 @@ def _body(environ: Dict[str, Any], limit: int) -> bytes:
 
 def _protocol_guess(environ: Dict[str, Any]) -> str:
     """The protocol to answer a request in before it is parsed: by its signed service and headers."""
-    scope = parse_authorization(environ.get("HTTP_AUTHORIZATION", ""))
-    service = scope.service if scope else ""
     if environ.get("PATH_INFO", "").startswith("/_lab/"):
         return "json"
-    if service == "s3":
-        return "s3"
-    if environ.get("HTTP_X_AMZ_TARGET"):
-        return "json"
-    if "cbor" in environ.get("CONTENT_TYPE", ""):
-        return "cbor"
-    return "ec2" if service == "ec2" else "query"
+    scope = parse_authorization(environ.get("HTTP_AUTHORIZATION", ""))
+    return protocol_of(environ, scope.service if scope else "")
 
 
 # How AWS words each refusal of a signature, by protocol.
