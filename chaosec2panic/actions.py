@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Mapping, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from chaoslib.types import Configuration, Secrets
@@ -42,7 +42,7 @@ from .ledger import Injection, JsonRecord, Ledger, LedgerError, unrecovered
 from .polling import Poll, poll
 from .probes import _hits, _platforms, crash_dumps
 from .readiness import kdump_verdicts, permission
-from .recovery import Observation, is_back, is_up, now_iso, parse_iso
+from .recovery import Observation, guest_boot, guest_seconds, is_back, is_up, now_iso, parse_iso
 from .settings import settings
 from .ssm import run_script
 from .stopconditions import check_stop, stop_alarms
@@ -63,18 +63,20 @@ def _console_anchor(ec2: Any, instance_id: str) -> str:
     return text[-CONSOLE_ANCHOR_CHARS:]
 
 
-def _send_one(ec2: Any, instance_id: str, retry: RetryPolicy) -> tuple[str, str, str]:
+def _send_one(ec2: Any, instance_id: str, retry: RetryPolicy) -> Dict[str, str]:
+    """Send one NMI: when it was sent and answered, its outcome and the error if any."""
     sent_at = now_iso()
     try:
         retry.call(ec2.send_diagnostic_interrupt, InstanceId=instance_id)
-        return sent_at, "sent", ""
+        outcome, error = "sent", ""
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         # Throttled requests were refused before acting; other 5xx answers may have acted.
         outcome = "unknown" if status >= 500 and error_code(exc) not in THROTTLING_CODES else "failed"
-        return sent_at, outcome, f"{error_code(exc)}: {exc.response['Error'].get('Message', '')}"
+        error = f"{error_code(exc)}: {exc.response['Error'].get('Message', '')}"
     except BotoCoreError as exc:
-        return sent_at, "unknown", f"{type(exc).__name__}: {exc}"
+        outcome, error = "unknown", f"{type(exc).__name__}: {exc}"
+    return {"sent_at": sent_at, "answered_at": now_iso(), "outcome": outcome, "error": error}
 
 
 def _each(call: Callable[[str], T], ids: List[str], workers: int) -> Dict[str, T]:
@@ -261,7 +263,9 @@ def _send_nmi(
     resolution = resolve(ec2, request, guard)
     platforms = {inst["InstanceId"]: platform_of(inst) for inst in resolution.chosen}
 
+    asked = now_iso()
     verdicts = kdump_verdicts(ssm, platforms, 0.0)
+    boots = {i: _boot_before(v, asked, now_iso()) for i, v in verdicts.items()}
     if not allow_unarmed:
         unarmed = {
             i: f"kdump {v.verdict}: {'; '.join(v.reasons)}"
@@ -292,7 +296,9 @@ def _send_nmi(
             if alarms:
                 check_stop(alarms, configuration, secrets)
             anchors = _each(lambda i: _console_anchor(ec2, i), batch, max_concurrency)
-            pending = _write_ahead(ledger, batch, look, max_instances, force, number, ec2, verdicts, anchors)
+            pending = _write_ahead(
+                ledger, batch, look, max_instances, force, number, ec2, verdicts, anchors, boots
+            )
         except (StopConditionMet, Refused) as exc:
             if number == 1:
                 raise
@@ -343,6 +349,7 @@ def _write_ahead(
     ec2: Any,
     verdicts: Mapping[str, KdumpVerdict],
     anchors: Mapping[str, str],
+    boots: Mapping[str, Dict[str, Any]],
 ) -> List[Injection]:
     """Under the ledger's lock, admit ``batch`` by what the ledger holds now and write one
     ``pending`` entry per instance; nothing may be sent unless this returns."""
@@ -357,6 +364,7 @@ def _write_ahead(
                 region=ec2.meta.region_name,
                 boot_id_before=verdicts[i].facts.get("boot_id", ""),
                 console_anchor=anchors[i],
+                boot_before=boots[i],
                 batch=number,
             )
             for i in batch
@@ -368,14 +376,24 @@ def _write_ahead(
         raise LedgerError(f"{exc}\nEach NMI is recorded before it is sent: no NMI was sent.") from exc
 
 
+def _boot_before(verdict: KdumpVerdict, asked: str, answered: str) -> Dict[str, Any]:
+    """When the kernel the NMI will crash started, from the kdump check's answer (asked and read
+    between ``asked`` and ``answered``), as the ledger keeps it; empty when the answer lacks it."""
+    uptime, guest_now = (
+        guest_seconds(verdict.facts.get("uptime", "")),
+        guest_seconds(verdict.facts.get("now", "")),
+    )
+    if uptime is None or guest_now is None:
+        return {}
+    boot = guest_boot("", uptime, guest_now, asked, answered)
+    return {"booted_at": boot.booted_at, "uncertainty_s": boot.uncertainty_s, "skew": boot.skew}
+
+
 def _settle(
-    ledger: Ledger, pending: List[Injection], answers: Mapping[str, tuple[str, str, str]], number: int
+    ledger: Ledger, pending: List[Injection], answers: Mapping[str, Dict[str, str]], number: int
 ) -> List[Injection]:
     """Write what each request of a batch answered over its ``pending`` entry."""
-    changes: Dict[Tuple[str, str], Dict[str, str]] = {}
-    for p in pending:
-        sent_at, outcome, error = answers[p.instance_id]
-        changes[(p.instance_id, p.sent_at)] = {"sent_at": sent_at, "outcome": outcome, "error": error}
+    changes = {(p.instance_id, p.sent_at): answers[p.instance_id] for p in pending}
     sent = [replace(p, **changes[(p.instance_id, p.sent_at)]) for p in pending]
     for e in sent:
         logger.info("NMI %s to %s at %s (batch %d) %s", e.outcome, e.instance_id, e.sent_at, number, e.error)

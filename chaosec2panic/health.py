@@ -2,10 +2,9 @@
 hit instance comes back."""
 
 import logging
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping
 
 from botocore.exceptions import ClientError
@@ -14,10 +13,11 @@ from . import guest
 from .app import AppWatch
 from .aws import DESCRIBE_STATUS_CHUNK, chunks, paginate
 from .dumps import ConsoleFindings, console_findings
+from .evidence import console_evidence, console_times, crashed_boot, recorded_evidence
 from .guest.parsers import parse_report
 from .ledger import Injection, Ledger
 from .polling import Poll, poll
-from .recovery import Boot, Observation, Timeline, Track, guest_boot, now_iso, timeline
+from .recovery import Boot, Observation, Timeline, Track, guest_boot, guest_seconds, now_iso, timeline
 from .ssm import (
     TERMINAL,
     CommandResult,
@@ -35,7 +35,6 @@ logger = logging.getLogger("chaostoolkit")
 FAST_INTERVAL = 0.5  # seconds between looks while an instance is about to change
 MIN_DELIVERY = 30  # seconds SSM holds an identity command for an offline agent, at least
 CONSOLE_READERS = 8  # GetConsoleOutput calls in flight at once
-NUMBER = re.compile(r"\d+(?:\.\d+)?")  # "1700000000.%N" from a date without %N: whole seconds
 
 
 def instance_status(ec2: Any, instance_ids: List[str]) -> Dict[str, Dict[str, str]]:
@@ -92,12 +91,17 @@ def observe(
     return seen
 
 
-def console_after(ec2: Any, injection: Injection) -> ConsoleFindings:
-    """What the console (GetConsoleOutput, latest) shows after the NMI of ``injection``."""
+def console_text_after(ec2: Any, injection: Injection) -> str:
+    """The console (GetConsoleOutput, latest) after the NMI of ``injection``."""
     text = ec2.get_console_output(InstanceId=injection.instance_id, Latest=True).get("Output") or ""
     anchor = injection.console_anchor
     # A lost anchor means the buffer rolled past it: everything left is newer.
-    return console_findings(text.split(anchor, 1)[1] if anchor and anchor in text else text)
+    return text.split(anchor, 1)[1] if anchor and anchor in text else text
+
+
+def console_after(ec2: Any, injection: Injection) -> ConsoleFindings:
+    """What the console (GetConsoleOutput, latest) shows after the NMI of ``injection``."""
+    return console_findings(console_text_after(ec2, injection))
 
 
 @dataclass
@@ -112,16 +116,17 @@ class _Watch:
     status: str = "unknown"
     down_since: str = ""  # when it was first seen down
     console_read: int = 0
+    console_at: str = ""  # when the console was last read
 
 
 def _read_identity(watch: _Watch, answer: CommandResult, read_at: str) -> Boot | None:
     report = parse_report(answer.stdout, "identity")
     if not (answer.ok and report.complete):
         return None
-    uptime, guest_now = NUMBER.match(report.get("uptime")), NUMBER.match(report.get("now"))
-    if not (uptime and guest_now):
+    uptime, guest_now = guest_seconds(report.get("uptime")), guest_seconds(report.get("now"))
+    if uptime is None or guest_now is None:
         return None
-    return guest_boot(report.get("boot_id"), float(uptime[0]), float(guest_now[0]), watch.sent_at, read_at)
+    return guest_boot(report.get("boot_id"), uptime, guest_now, watch.sent_at, read_at)
 
 
 def watch_recovery(
@@ -143,7 +148,8 @@ def watch_recovery(
     may have reached the dying kernel: it is sent again once the instance is seen up.) Each
     look costs one DescribeInstanceStatus per 100 instances and one ListCommands; invocations
     are read only when ListCommands shows new answers, and each console at most twice (when
-    first seen down, and when back if the panic was not seen yet). Looks come every
+    first seen down, and when the new boot answers), for the kernels' own times of the panic
+    and the capture. Looks come every
     ``interval`` seconds, and every ``FAST_INTERVAL`` while an instance is expected to change
     soon (booting, or up again and not yet answering). With ``app``, an instance is back only
     once its application check passes in the new boot (a target group is read at every look,
@@ -157,7 +163,9 @@ def watch_recovery(
                 i,
                 e.sent_at,
                 e.boot_id_before,
-                dump_found=e.dump_found,
+                booted_before=crashed_boot(e.boot_before),
+                nmi_answered=e.answered_at,
+                found=tuple(recorded_evidence(e.evidence).items()),
                 app_checked=bool(app),
                 app_lags=bool(app and app.lags),
             ),
@@ -204,12 +212,10 @@ def watch_recovery(
             boot = _read_identity(w, answer, read_at)
             w.command = ""
             if boot is not None and w.track.is_new(boot):
-                w.track = w.track.with_boot(boot)
+                w.track = w.track.with_boot(boot, w.sent_at)
             else:  # the old kernel still answers, or the command failed: ask again later
                 w.resend_after = time.monotonic() + interval
-        _read_consoles(
-            ec2, [watches[i] for i in answers if watches[i].track.boot and not watches[i].track.panic_seen]
-        )
+        _read_consoles(ec2, [watches[i] for i in answers if watches[i].track.boot])
         checked = [i for i, w in pending.items() if app.lags or w.track.boot] if app else []
         if app and checked:
             at = now_iso()
@@ -249,31 +255,38 @@ def watch_recovery(
 
 
 def _known(injection: Injection, app_checked: bool) -> Timeline | None:
-    """The timeline the ledger kept when the instance was seen back (with the dump found since),
-    if it was judged the same way (with or without an application check)."""
-    if not (injection.recovered_at and injection.timeline):
+    """The timeline the ledger kept when the instance was seen back (with what its dump told
+    since), if it was judged the same way (with or without an application check) and with
+    evidence (a timeline kept by an older version has none: it is watched again)."""
+    if not (injection.recovered_at and "evidence" in injection.timeline):
         return None
     line = Timeline.from_dict(injection.instance_id, injection.timeline)
     if bool(line.milestones.get("app_healthy")) != app_checked:
         return None
-    return line.with_dump_found(injection.dump_found)
+    return line.refined(recorded_evidence(injection.evidence))
 
 
 def _read_consoles(ec2: Any, watches: List[_Watch]) -> None:
     """Read the consoles of ``watches`` side by side, each at most twice (when first seen down,
-    and when back if the panic was not seen yet), and date the panic by the read that showed it."""
+    and when the new boot answers), and add what each read proves to the track."""
 
     def read(watch: _Watch) -> None:
         if watch.console_read >= 2:
             return
         watch.console_read += 1
         try:
-            findings = console_after(ec2, watch.injection)
+            text = console_text_after(ec2, watch.injection)
         except ClientError as exc:
             logger.debug("%s console not read: %s", watch.track.instance_id, exc)
             return
-        if findings.panicked_on_nmi:
-            watch.track = replace(watch.track, panic_seen=now_iso())
+        at, since = now_iso(), watch.console_at or watch.track.nmi_sent
+        watch.console_at = at
+        found = console_evidence(console_times(text), at, since, watch.track.booted_before)
+        # A milestone first seen by an earlier read happened before it: a later read adds no bound.
+        seen = dict(watch.track.found)
+        watch.track = watch.track.with_evidence(
+            {m: e for m, e in found.items() if e.source != "first-seen" or m not in seen}
+        )
 
     if watches:
         with ThreadPoolExecutor(max_workers=min(CONSOLE_READERS, len(watches))) as pool:

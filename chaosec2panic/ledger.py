@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Tuple
 from chaoslib.types import Configuration
 
 from .errors import Ec2PanicError
+from .recovery import MILESTONES, SOURCES
 from .settings import settings
 
 __all__ = ["OUTCOMES", "RUN_ID", "Injection", "JsonRecord", "Ledger", "LedgerError", "unrecovered"]
@@ -56,6 +57,7 @@ class Injection:
     instance_id: str
     sent_at: str
     outcome: str
+    answered_at: str = ""  # when the API answered the request (the NMI landed in between)
     run_id: str = RUN_ID
     region: str = ""
     error: str = ""
@@ -64,6 +66,8 @@ class Injection:
     recovered_at: str = ""
     timeline: Dict[str, Any] = field(default_factory=dict)
     dump_found: str = ""
+    boot_before: Dict[str, Any] = field(default_factory=dict)
+    evidence: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     rollback: List[str] = field(default_factory=list)
     batch: int = 1
 
@@ -97,15 +101,60 @@ def _time(value: Any, empty: bool) -> str | None:
     return f"is {value!r}, not a UTC time like 2026-01-01T00:00:00.000Z"
 
 
+def _number(value: Any) -> str | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return None
+    return f"is {value!r}, not a number >= 0"
+
+
+def _evidence(value: Any) -> str | None:
+    """A milestone's evidence as recovery.Evidence.to_dict writes it."""
+    if not isinstance(value, dict) or set(value) != {"at", "source", "uncertainty_s", "upper_bound"}:
+        return "is not an object of at, source, uncertainty_s and upper_bound"
+    if value["source"] not in SOURCES:
+        return f"source is {value['source']!r}, not one of {', '.join(SOURCES)}"
+    if not isinstance(value["upper_bound"], bool):
+        return "upper_bound is not true/false"
+    return _time(value["at"], False) or _number(value["uncertainty_s"])
+
+
+def _evidence_map(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"is {_kind(value)}, not an object"
+    for name, item in value.items():
+        if name not in MILESTONES:
+            return f"names {name!r}, not a milestone ({', '.join(MILESTONES)})"
+        problem = _evidence(item)
+        if problem:
+            return f"{name} {problem}"
+    return None
+
+
+def _boot_before(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"is {_kind(value)}, not an object"
+    if not value:
+        return None
+    if set(value) != {"booted_at", "uncertainty_s", "skew"}:
+        return f"holds {sorted(value)}, not booted_at, uncertainty_s and skew"
+    return _time(value["booted_at"], False) or _number(value["uncertainty_s"]) or _text(value["skew"])
+
+
 def _timeline(value: Any) -> str | None:
     if not isinstance(value, dict):
         return f"is {_kind(value)}, not an object"
     if not value:
         return None
     parts = {"milestones": (str, type(None)), "missing": (str,), "durations": (int, float, type(None))}
-    unknown = sorted(set(value) - {*parts, "recovered_at"})
+    optional = {"recovered_at", "evidence", "conflicts"}
+    unknown = sorted(set(value) - {*parts, *optional})
     if unknown or set(parts) - set(value):
-        return f"holds {sorted(value)}, not milestones, missing, durations and recovered_at"
+        return f"holds {sorted(value)}, not milestones, missing, durations, recovered_at, evidence, conflicts"
+    if "evidence" in value and _evidence_map(value["evidence"]):
+        return f"evidence {_evidence_map(value['evidence'])}"
+    conflicts = value.get("conflicts", [])
+    if not isinstance(conflicts, list) or not all(isinstance(c, str) for c in conflicts):
+        return "conflicts is not a list of strings"
     for name, types in parts.items():
         part = value[name]
         if not isinstance(part, dict) or any(
@@ -120,6 +169,7 @@ def _timeline(value: Any) -> str | None:
 FIELD_CHECKS: Dict[str, Callable[[Any], str | None]] = {
     "instance_id": _text,
     "sent_at": lambda v: _time(v, False),
+    "answered_at": lambda v: _time(v, True),
     "outcome": lambda v: None if v in OUTCOMES else f"is {v!r}, not one of {', '.join(OUTCOMES)}",
     "run_id": _text,
     "region": _text,
@@ -129,6 +179,8 @@ FIELD_CHECKS: Dict[str, Callable[[Any], str | None]] = {
     "recovered_at": lambda v: _time(v, True),
     "timeline": _timeline,
     "dump_found": _text,
+    "boot_before": _boot_before,
+    "evidence": _evidence_map,
     "rollback": lambda v: (
         None
         if isinstance(v, list) and all(isinstance(a, str) for a in v)

@@ -11,6 +11,7 @@ from .app import AppWatch, parse_app_check
 from .aws import client
 from .dumps import Inspection, console_findings, inspect_source
 from .errors import Ec2PanicError, InvalidRequest
+from .evidence import crashed_boot, dump_evidence, panic_uptime
 from .guest import platform_of
 from .guest.parsers import dump_files, parse_report
 from .health import console_after, observe, watch_recovery
@@ -173,6 +174,12 @@ def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
     newest = max(newer, key=lambda f: f.mtime)
     found = inspect_source(newest.source(), newest.path)
     running = report.get("kernel_release")
+    evidence = dump_evidence(
+        panic_uptime(newest.dmesg_panic) if newest.dmesg_panic else None,
+        found.crash_time,
+        newest.mtime,
+        crashed_boot(injection.boot_before),
+    )
     return {
         "verdict": "complete-dump" if found.complete else "incomplete-dump",
         "dump_dir": searched,
@@ -191,6 +198,7 @@ def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
         "unchecked": list(found.unchecked),
         "running_kernel": running,
         "same_kernel": found.kernel_release == running if found.kernel_release and running else None,
+        "evidence": {m: e.to_dict() for m, e in evidence.items()},
     }
 
 
@@ -246,10 +254,13 @@ def crash_dumps(
             }
         )
         instances[i]["nmi_sent_at"] = injection.sent_at
-    # The recovery timelines take the dump_found milestone from here.
+    # The recovery timelines take the panic and the dump written from here.
     Ledger.of(configuration).update(
         {
-            (i, e.sent_at): {"dump_found": instances[i]["written_at"]}
+            (i, e.sent_at): {
+                "dump_found": instances[i]["written_at"],
+                "evidence": {**e.evidence, **instances[i]["evidence"]},
+            }
             for i, e in hits.items()
             if "written_at" in instances[i]
         }
@@ -348,9 +359,11 @@ def recovery_seconds(
     """Wait up to ``timeout`` seconds until each hit instance is back (a new boot, status
     checks ok, SSM agent online) and return the seconds from its NMI per instance (null when
     not back), the fleet's max, p50 and p95 (and, with ``slo``, how many took longer), and each
-    instance's timeline: the UTC time of each milestone (nmi_sent, panic_seen, went_down,
-    kernel_back, status_ok, agent_online, app_healthy, dump_found; null and the reason when not
-    seen) and the durations derived from them. With ``app_check`` (``{"url":
+    instance's timeline: the UTC time of each milestone (nmi_sent, panic, capture_started,
+    dump_written, went_down, kernel_back, status_ok, agent_online, app_healthy; null and the
+    reason when nothing shows it), the evidence of each (its source, such as the kernel's own
+    printk times, the dump, the boot time or a status check, and its error bar in seconds), any
+    conflict between them, and the durations derived from them. With ``app_check`` (``{"url":
     "http://{private_ip}:8080/health"}`` or ``{"tcp": "{private_ip}:5432"}``, optional
     ``expect_status`` and ``timeout``; or ``{"target_group": ARN}``, which every hit instance
     must be registered in), back also needs the application to answer in the new boot (a

@@ -97,13 +97,14 @@ class Style:
 
 MILESTONE_STYLES: Dict[str, Style] = {
     "nmi_sent": Style("NMI sent", "#222222", False),
-    "panic_seen": Style("panic seen (console)", "#E69F00", True),
+    "panic": Style("kernel panicked", "#E69F00", True),
+    "capture_started": Style("capture kernel started", "#F0E442", True),
+    "dump_written": Style("crash dump written", "#CC79A7", True),
     "went_down": Style("went down (impaired or offline)", "#D55E00", True),
     "kernel_back": Style("kernel back (new boot)", "#0072B2", True),
     "status_ok": Style("status checks ok", "#56B4E9", True),
     "agent_online": Style("SSM agent online", "#009E73", True),
     "app_healthy": Style("application healthy", "#117733", True),
-    "dump_found": Style("crash dump found", "#CC79A7", False),
 }
 OTHER_STYLE = Style("", "#888888", False)
 SECONDS_ONLY_COLOUR = "#4477AA"
@@ -154,8 +155,8 @@ def _row(
     durations = dict(timeline.durations) if timeline else {}
     recovery = seconds.get(instance_id, durations.get("total_recovery"))
     milestones = dict(timeline.milestones) if timeline else {}
-    if timeline is not None and not milestones.get("dump_found") and dump and dump.written_at:
-        milestones["dump_found"] = dump.written_at  # crash_dumps ran after the recovery probe
+    if timeline is not None and not milestones.get("dump_written") and dump and dump.written_at:
+        milestones["dump_written"] = dump.written_at  # crash_dumps ran after the recovery probe
     origin = milestones.get("nmi_sent") or (injection.sent_at if injection else None)
     measured = instance_id in seconds or timeline is not None
     return {

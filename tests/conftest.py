@@ -53,6 +53,15 @@ class RunningLab:
             if (kind is None or e["kind"] == kind) and (name is None or e["name"] == name)
         ]
 
+    def wait_for_event(self, kind: str, name: str, timeout: float = 300.0) -> Dict[str, Any]:
+        """The first ``kind`` event of guest ``name``, once the lab has recorded it (a generous
+        ``timeout`` only ends a wait for what will never come: a busy machine just waits longer)."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.events(kind, name)):
+            assert time.monotonic() < deadline, f"no {kind} event of {name} within {timeout}s"
+            time.sleep(0.05)
+        return found[0]
+
     def nmi_names(self) -> List[str]:
         return sorted(e["name"] for e in self.events("nmi"))
 

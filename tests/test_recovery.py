@@ -1,17 +1,24 @@
 """Recovery verdicts, timelines and fleet aggregates."""
 
 from dataclasses import replace
+from datetime import timedelta
 
 from chaosec2panic.recovery import (
     APP_NOT_FALLEN,
     MILESTONES,
     Boot,
+    Evidence,
     Observation,
+    Timeline,
     Track,
+    best,
+    first_seen,
     fleet_summary,
     guest_boot,
+    guest_seconds,
     is_back,
     is_up,
+    iso,
     parse_iso,
     seconds_between,
     timeline,
@@ -80,49 +87,98 @@ def test_up_in_the_same_boot_is_up_but_not_back():
 
 def t(seconds: float) -> str:
     """An ISO time ``seconds`` after SENT."""
-    return f"2026-01-01T00:{int(seconds // 60):02d}:{seconds % 60:06.3f}Z"
+    return iso(parse_iso(SENT) + timedelta(seconds=seconds))
 
 
 def crashed_and_back() -> Track:
-    track = Track("i-1", SENT, boot_id_before="old", panic_seen=t(1))
+    printk = {"panic": Evidence(t(0.05), "console-printk", 0.01)}
+    track = Track("i-1", SENT, boot_id_before="old").with_evidence(printk)
     for at, ok in ((0.5, True), (2, False), (20, False), (31, True), (36, True)):
         track = track.with_status(t(at), ok)
-    return track.with_boot(Boot("new", t(25), t(35)))
+    return track.with_boot(Boot("new", t(25), t(35)), asked=t(1))
 
 
-def test_a_timeline_dates_every_milestone_and_derives_the_durations():
+def test_a_timeline_dates_every_milestone_with_its_evidence_and_the_durations_add_up():
     line = timeline(crashed_and_back())
     assert line.milestones == {
         "nmi_sent": SENT,
-        "panic_seen": t(1),
+        "panic": t(0.05),
+        "capture_started": None,
+        "dump_written": None,
         "went_down": t(2),
         "kernel_back": t(25),
         "status_ok": t(31),
         "agent_online": t(35),
         "app_healthy": None,
-        "dump_found": None,
+    }
+    assert {m: (e.source, e.uncertainty_s, e.upper_bound) for m, e in line.evidence.items()} == {
+        "nmi_sent": ("api-call", 0.0, False),
+        "panic": ("console-printk", 0.01, False),
+        "went_down": ("status-check", 1.5, True),  # seen down at 2 s, ok at the look before (0.5 s)
+        "kernel_back": ("boot-time", 0.01, False),
+        "status_ok": ("status-check", 6.0, True),  # not ok at 20 s; the new kernel started at 25 s
+        "agent_online": ("agent-answer", 10.0, True),  # online after the kernel started, by its answer
     }
     assert line.durations == {
-        "time_to_crash": 1.0,
+        "time_to_crash": 0.05,
+        "time_to_capture": None,
+        "reboot_after_capture": None,
         "time_to_reboot": 25.0,
         "time_to_healthy": 10.0,
         "total_recovery": 35.0,
     }
-    assert line.back and line.recovered_at == t(35) and line.recovery_seconds == 35.0
-    assert set(line.missing) == {"app_healthy", "dump_found"}
+    assert line.durations["time_to_reboot"] + line.durations["time_to_healthy"] == line.recovery_seconds
+    assert line.back and line.recovered_at == t(35) and line.conflicts == ()
+    assert set(line.missing) == {"capture_started", "dump_written", "app_healthy"}
     assert list(line.to_dict()["milestones"]) == list(MILESTONES)
+    assert Timeline.from_dict("i-1", line.to_dict()) == line
 
 
-def test_missing_milestones_stay_missing_with_the_reason():
-    track = Track("i-1", SENT, boot_id_before="old").with_status(t(3), True)
-    line = timeline(track)
-    assert not line.back and line.recovery_seconds is None
-    assert {k for k, v in line.milestones.items() if v is None} == set(MILESTONES) - {"nmi_sent"}
-    assert line.missing["went_down"] == "every status check looked at was ok"
-    assert line.missing["kernel_back"] == "no answer yet from a kernel started after the NMI"
-    assert line.durations == dict.fromkeys(
-        ("time_to_crash", "time_to_reboot", "time_to_healthy", "total_recovery")
+def test_the_best_source_wins_then_the_narrowest_error_bar():
+    seen = [
+        first_seen(t(20), t(0)),
+        Evidence(t(1.2), "vmcore", 0.5),
+        Evidence(t(0.9), "dump-dmesg", 0.3),
+        Evidence(t(0.8), "console-printk", 0.01),
+    ]
+    assert best(seen) == Evidence(t(0.8), "console-printk", 0.01)
+    assert best(seen[:2]) == Evidence(t(1.2), "vmcore", 0.5)
+    assert best([]) is None
+
+
+def test_the_capture_durations_add_up_to_the_time_to_reboot():
+    track = crashed_and_back().with_evidence(
+        {
+            "capture_started": Evidence(t(0.5), "console-printk", 0.5),
+            "dump_written": Evidence(t(9), "vmcore", 1.0),
+        }
     )
+    line = timeline(track)
+    assert line.durations["time_to_capture"] == 9.0 and line.durations["reboot_after_capture"] == 16.0
+    assert line.durations["time_to_capture"] + line.durations["reboot_after_capture"] == 25.0
+    assert line.conflicts == ()
+
+
+def test_evidence_out_of_order_is_said_and_its_error_bar_widened_never_reordered():
+    # A guest clock 4 s behind: the dump's file time puts the dump before the NMI.
+    line = timeline(crashed_and_back().with_evidence({"dump_written": Evidence(t(-3), "vmcore", 1.0)}))
+    assert line.milestones["dump_written"] == t(-3)  # kept where its evidence put it
+    assert line.evidence["dump_written"].uncertainty_s == 3.04  # widened to reach the panic's bar
+    assert len(line.conflicts) == 1
+    assert line.conflicts[0].startswith("dump_written (vmcore) is 2.040s before panic (console-printk)")
+    # Within both error bars is no conflict.
+    close = timeline(crashed_and_back().with_evidence({"dump_written": Evidence(t(0.0), "vmcore", 1.0)}))
+    assert close.conflicts == () and close.evidence["dump_written"].uncertainty_s == 1.0
+
+
+def test_a_kept_timeline_is_refined_by_the_dumps_evidence_later():
+    kept = Timeline.from_dict("i-1", timeline(crashed_and_back()).to_dict())
+    dump = {"panic": Evidence(t(0.5), "vmcore", 0.5), "dump_written": Evidence(t(12), "vmcore", 1.0)}
+    line = kept.refined(dump)
+    assert line.milestones["panic"] == t(0.05)  # the printk time is better than the dump's seconds
+    assert line.milestones["dump_written"] == t(12) and "dump_written" not in line.missing
+    assert line.durations["time_to_capture"] == 12.0 and line.recovered_at == kept.recovered_at
+    assert kept.refined({}) is kept
 
 
 def test_the_old_kernel_answering_is_not_a_new_boot():
@@ -138,6 +194,11 @@ def test_the_first_answer_of_the_new_boot_is_kept():
     assert timeline(track).milestones["agent_online"] == t(35)
 
 
+def test_an_agent_asked_after_the_boot_is_online_within_the_wait_for_its_answer():
+    track = Track("i-1", SENT, boot_id_before="old").with_boot(Boot("new", t(25), t(40)), asked=t(38))
+    assert timeline(track).evidence["agent_online"] == Evidence(t(40), "agent-answer", 2.0, True)
+
+
 def test_status_ok_is_the_start_of_the_last_good_run_in_the_new_boot():
     track = crashed_and_back().with_status(t(40), False).with_status(t(45), True)
     line = timeline(track)
@@ -151,6 +212,7 @@ def test_an_application_check_must_pass_in_the_new_boot():
     line = timeline(track.with_app(t(38), True))
     assert line.milestones["app_healthy"] == t(38) and line.recovery_seconds == 38.0
     assert line.durations["time_to_healthy"] == 13.0
+    assert line.evidence["app_healthy"] == Evidence(t(38), "app-check", 8.0, True)
 
 
 def test_a_load_balancer_counts_only_once_it_has_seen_the_instance_fail():
@@ -172,6 +234,17 @@ def test_a_load_balancer_counts_only_once_it_has_seen_the_instance_fail():
 def test_guest_boot_takes_the_guest_clock_within_what_the_caller_saw():
     epoch = parse_iso(t(35)).timestamp()
     assert guest_boot("b", 10.0, epoch, t(30), t(40)) == Boot("b", t(25), t(35))
-    # A guest clock 3 s ahead of ours: the answer cannot be later than when it was read.
-    assert guest_boot("b", 10.0, epoch + 3, t(30), t(36)) == Boot("b", t(26), t(36))
-    assert guest_boot("b", 10.0, epoch - 9, t(30), t(40)) == Boot("b", t(20), t(30))
+    # A guest clock 3 s ahead of ours: the answer cannot be later than when it was read; the
+    # boot time is then known only within the window, and the skew is said.
+    ahead = guest_boot("b", 10.0, epoch + 3, t(30), t(36))
+    assert (ahead.booted_at, ahead.answered_at, ahead.uncertainty_s) == (t(26), t(36), 6.01)
+    assert ahead.skew.startswith("the guest's clock was 2.000s ahead of the window")
+    behind = guest_boot("b", 10.0, epoch - 9, t(30), t(40))
+    assert (behind.booted_at, behind.answered_at) == (t(20), t(30)) and "behind" in behind.skew
+    line = timeline(Track("i-1", SENT, boot_id_before="old").with_boot(ahead))
+    assert line.conflicts == (ahead.skew,) and line.evidence["kernel_back"].uncertainty_s == 6.01
+
+
+def test_guest_seconds_read_whole_strings_only():
+    assert guest_seconds("12.34") == 12.34 and guest_seconds("1700000000.%N") == 1700000000.0
+    assert guest_seconds("12abc") is None and guest_seconds("") is None and guest_seconds("-1") is None

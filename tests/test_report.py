@@ -67,7 +67,7 @@ def timeline(sent: float, times: Dict[str, float | None]) -> Dict[str, Any]:
         "milestones": milestones,
         "missing": {m: WHY_MISSING[m] for m, t in milestones.items() if t is None},
         "durations": {
-            "time_to_crash": span(sent, times.get("panic_seen")),
+            "time_to_crash": span(sent, times.get("panic")),
             "time_to_reboot": span(sent, times.get("kernel_back")),
             "time_to_healthy": span(times.get("kernel_back"), back),
             "total_recovery": span(sent, back),
@@ -90,17 +90,18 @@ def fleet_journal(
         )
         kernel = sent + rng.uniform(20, 60)
         times: Dict[str, float | None] = {
-            "panic_seen": sent + rng.uniform(0.2, 2),
+            "panic": sent + rng.uniform(0.2, 2),
             "went_down": sent + rng.uniform(3, 10),
             "kernel_back": kernel,
             "status_ok": kernel + rng.uniform(10, 70),
             "agent_online": kernel + rng.uniform(5, 30),
-            "dump_found": kernel + rng.uniform(1, 5),
+            "capture_started": sent + rng.uniform(2.1, 3),
+            "dump_written": kernel - rng.uniform(1, 5),
         }
         if k in not_back:
-            times.update(kernel_back=None, status_ok=None, agent_online=None, dump_found=None)
+            times.update(kernel_back=None, status_ok=None, agent_online=None, dump_written=None)
             if k == max(not_back):
-                times["panic_seen"] = None
+                times["panic"] = None
         lines[i] = timeline(sent, times)
         seconds[i] = lines[i]["durations"]["total_recovery"]
         dumps[i] = (
@@ -184,12 +185,14 @@ def test_one_instance_model_has_its_milestones_as_offsets_from_the_nmi():
 def test_a_dump_found_by_crash_dumps_after_the_recovery_probe_fills_its_milestone():
     journal = fleet_journal(1)
     [line] = journal["run"][1]["output"]["timelines"].values()
-    line["milestones"]["dump_found"] = None
-    line["missing"]["dump_found"] = "no crash dump looked for or found"
+    line["milestones"]["dump_written"] = None
+    line["missing"]["dump_written"] = WHY_MISSING["dump_written"]
     [dump] = journal["run"][2]["output"]["instances"].values()
     [row] = report_model(journal)["instances"]
-    assert row["offsets"]["dump_found"] == seconds_between(line["milestones"]["nmi_sent"], dump["written_at"])
-    assert "dump_found" not in row["missing"]
+    assert row["offsets"]["dump_written"] == seconds_between(
+        line["milestones"]["nmi_sent"], dump["written_at"]
+    )
+    assert "dump_written" not in row["missing"]
 
 
 def test_five_hundred_instances_keep_the_slowest_and_every_one_not_back():
@@ -203,8 +206,8 @@ def test_five_hundred_instances_keep_the_slowest_and_every_one_not_back():
     assert model["fleet"]["recovered"] == 497 and model["histogram"]["not_back"] == 3
     assert sum(c for _, _, c in model["histogram"]["bins"]) == 497
     lost = rows[not_back[-1]]
-    assert lost["offsets"]["panic_seen"] is None and lost["offsets"]["kernel_back"] is None
-    assert lost["missing"]["panic_seen"] == "no panic after the NMI on the console"
+    assert lost["offsets"]["panic"] is None and lost["offsets"]["kernel_back"] is None
+    assert lost["missing"]["panic"] == WHY_MISSING["panic"]
     assert lost["observed"] > 200 and lost["over_slo"] is True
     assert model["dumps"]["verdicts"] == {"complete-dump": 497, "no-dump": 3}
     assert model["dumps"]["rows"][:3] == not_back and model["dumps"]["more"] == 497 - 25
@@ -343,8 +346,8 @@ def test_the_page_is_well_formed_self_contained_and_draws_the_slowest_rows():
     assert len(kernel_back) == 25  # the 3 not back never had a new kernel
     assert len([e for e in timeline if "not-back" in e.get("class", "").split()]) == 3
     missing = [e["text"] for e in timeline if "missing" in e.get("class", "").split()]
-    lost = "panic_seen, kernel_back, status_ok, agent_online, dump_found"
-    expected = ["kernel_back, status_ok, agent_online, dump_found"] * 2 + [lost]
+    lost = "panic, dump_written, kernel_back, status_ok, agent_online"
+    expected = ["dump_written, kernel_back, status_ok, agent_online"] * 2 + [lost]
     for text, full in zip(missing, expected, strict=True):
         assert text == full or (text.endswith("…") and full.startswith(text[:-1])), (text, full)
     for svg_id in ("timeline", "histogram"):
@@ -438,7 +441,7 @@ def test_chromium_renders_the_charts(tmp_path, n, not_back):
     assert size == (width, height) and width == PAGE_WIDTH and height > (1200 if n == 5 else 10_000)
     charts = colours(rows, 150, 1300)
     assert len(charts) > 50  # text, bars, hatching, anti-aliasing: not a blank page
-    for name in ("panic_seen", "went_down", "kernel_back", "status_ok", "agent_online", "dump_found"):
+    for name in ("panic", "went_down", "kernel_back", "status_ok", "agent_online", "dump_written"):
         assert charts.get(rgb(MILESTONE_STYLES[name].colour), 0) > 100, name
     assert charts.get(rgb(SLO_COLOUR), 0) > 200
 

@@ -311,8 +311,7 @@ class QemuGuest:
             self.boot_id = boot_id
             self.online_since = now
             self.phase = "up"
-            self._emit(now, self.instance_id, "boot", boot_id)
-            self._emit(now, self.instance_id, "agent-online", "")
+            self._emit(now, self.instance_id, "agent-online", boot_id)
             if self.after_nmi:
                 self._emit(now, self.instance_id, "recovered", "new boot, status ok, agent online")
                 self.after_nmi = False
@@ -328,7 +327,9 @@ class QemuGuest:
     CONSOLE_EVENTS = (
         (re.compile(r"Dazed and confused"), "dazed"),
         (re.compile(r"(?<!end )Kernel panic - not syncing:"), "panic"),
-        (re.compile(r"Command line: .*elfcorehdr="), "capture-start"),
+        # Each kernel prints its command line first, at its start: elfcorehdr= marks the capture kernel.
+        (re.compile(r"^\[\s*[\d.]+\] Command line: .*elfcorehdr="), "capture-start"),
+        (re.compile(r"^\[\s*[\d.]+\] Command line: (?!.*elfcorehdr=)"), "boot"),
         (re.compile(r"^LAB: capture: vmcore ok"), "dump-written"),
         (re.compile(r"^LAB: capture: makedumpfile failed"), "capture-failed"),
     )

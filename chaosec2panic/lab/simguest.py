@@ -50,7 +50,8 @@ __all__ = [
 ]
 
 MODEL_SECONDS = {
-    "capture_boot": 8.0,  # capture kernel boots after the panic
+    "capture_boot": 8.0,  # the capture kernel, started at the panic, boots to its kdump service
+    "rtc": 1.5,  # a kernel sets its clock from the hardware clock this long after it starts
     "capture_base": 2.0,  # makedumpfile start-up, dmesg
     "capture_per_gib": 1.5,  # makedumpfile -d 31 per GiB of memory
     "boot": 20.0,  # firmware to userspace
@@ -168,6 +169,9 @@ class SimGuest:
         now = clock()
         self.phase = "up" if spec.state == "running" else "stopped"
         self.booted_at = now - 3600.0
+        self.printk_origin = self.booted_at  # when the kernel printing now started
+        self.kernel_line = 0  # where its lines begin in the console
+        self.crashed_log: List[str] = []  # the crashed kernel's log, as kdump saves it beside the dump
         self.boot_id = self._new_boot_id()
         self.agent_at = self.booted_at
         self.last_online = now
@@ -211,8 +215,22 @@ class SimGuest:
         self._emit(at, self.instance_id, kind, detail)
 
     def _say(self, at: float, *lines: str) -> None:
-        since = max(0.0, at - self.booted_at)
+        since = max(0.0, at - self.printk_origin)
         self.console.extend(f"[{since:12.6f}] {line}" for line in lines)
+
+    def _kernel_start(self, started: float, args: str) -> None:
+        """A kernel's first lines: its version and command line at 0, then the line that sets its
+        clock from the hardware clock (whole seconds), as a real kernel prints them."""
+        self.printk_origin, self.kernel_line = started, len(self.console)
+        release = self.spec.family.kernel_release
+        self._say(
+            started,
+            f"Linux version {release} (builder@lab) #1 SMP",
+            f"Command line: BOOT_IMAGE=/boot/vmlinuz-{release} {args}",
+        )
+        rtc = started + MODEL_SECONDS["rtc"] * self.scale
+        clock = datetime.fromtimestamp(int(rtc), UTC)
+        self._say(rtc, f"rtc_cmos 00:00: setting system clock to {clock:%Y-%m-%dT%H:%M:%S} UTC ({int(rtc)})")
 
     def advance(self) -> None:
         """Apply every scheduled transition that is due, at its own time."""
@@ -297,7 +315,11 @@ class SimGuest:
         if self.crash_loaded:
             self.phase = "capturing"
             self._say(now, "Starting crashdump kernel...", "Bye!")
-            self._schedule((self._later(now, "capture_boot"), "capture_start"))
+            self.crashed_log = self.console[self.kernel_line :]
+            self._kernel_start(now, f"{BASE_CMDLINE} irqpoll nr_cpus=1 reset_devices elfcorehdr=179572K")
+            self._event(now, "capture-start", "the capture kernel started")
+            self.capture_started = now
+            self._schedule((self._later(now, "capture_boot"), "kdump_start"))
         elif self.spec.panic_timeout > 0:
             self.phase = "panicked"
             self._say(now, f"Rebooting in {self.spec.panic_timeout} seconds..")
@@ -392,16 +414,9 @@ class SimGuest:
             write_flattened(target, header, size if complete else size // 3, at, complete)
         return target
 
-    def _step_capture_start(self, at: float) -> None:
-        self._say(
-            at,
-            f"Linux version {self.spec.family.kernel_release} (capture kernel)",
-            f"kdump: dump target is {self._kdump_dir()}",
-            "kdump: saving vmcore-dmesg.txt",
-        )
-        self._event(at, "capture-start")
-        self.capture_started = at
-        self._write_dump(at, at, complete=False)
+    def _step_kdump_start(self, at: float) -> None:
+        self._say(at, f"kdump: dump target is {self._kdump_dir()}", "kdump: saving vmcore-dmesg.txt")
+        self._write_dump(at, self.capture_started, complete=False)
         if self.crashkernel_mib < MIN_CAPTURE_MIB:
             self._schedule((at + MODEL_SECONDS["capture_base"] * self.scale, "capture_oom"))
         else:
@@ -420,7 +435,7 @@ class SimGuest:
     def _step_capture_done(self, at: float) -> None:
         target = self._write_dump(at, self.capture_started, complete=True)
         (target.parent / self._dump_names(self.capture_started)[3]).write_text(
-            "\n".join(self.console[-20:]) + "\n"
+            "\n".join(self.crashed_log) + "\n"
         )
         self._say(at, "kdump: saving vmcore complete", "kdump: Rebooting.")
         self._event(at, "dump-written", "/" + str(target.relative_to(self.root)))
@@ -437,7 +452,7 @@ class SimGuest:
         self.boot_id = self._new_boot_id()
         self.agent_at = self._later(at, "agent")
         self._boot_messages(at)
-        self._event(at, "boot", self.boot_id)
+        self._event(self.booted_at, "boot", self.boot_id)
         if self.spec.agent:
             self._schedule((self.agent_at, "agent_up"))
 
@@ -448,14 +463,10 @@ class SimGuest:
         self.after_nmi = False
 
     def _boot_messages(self, at: float) -> None:
-        release = self.spec.family.kernel_release
-        self._say(
-            at,
-            f"Linux version {release} (builder@lab) #1 SMP",
-            f"Command line: BOOT_IMAGE=/boot/vmlinuz-{release} {self.kernel_args}",
-            f"{self.spec.family.pretty}",
-            f"{self.spec.name} login:",
-        )
+        """The kernel's lines from its start (``booted_at``), then userspace's at ``at``."""
+        self._kernel_start(self.booted_at, self.kernel_args)
+        rtc = self.booted_at + MODEL_SECONDS["rtc"] * self.scale
+        self._say(max(at, rtc), f"{self.spec.family.pretty}", f"{self.spec.name} login:")
 
     # the guest's file system and commands -------------------------------------------------------
     def _kdump_package(self) -> tuple[str, tuple[str, ...], str, str]:

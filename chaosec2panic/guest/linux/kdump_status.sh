@@ -9,6 +9,7 @@ val() { [ -r "$R$1" ] && head -n 1 "$R$1" 2>/dev/null; }
 echo "schema=kdump_status/1"
 echo "boot_id=$(val /proc/sys/kernel/random/boot_id)"
 echo "uptime=$(val /proc/uptime | cut -d ' ' -f 1)"
+echo "now=$(date -u +%s.%N)"
 echo "kernel_release=$(val /proc/sys/kernel/osrelease)"
 echo "machine=$(uname -m 2>/dev/null)"
 if [ -r "$R/etc/os-release" ]; then
