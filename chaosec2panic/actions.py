@@ -221,8 +221,9 @@ def send_nmi(
     waits for each batch to be back before the next (or ``batch_pause`` seconds instead);
     a batch not back within ``batch_slo`` seconds, a stop alarm, or the ledger's refusal
     halts it and the rest are never hit. Returns the selection, the batches, why the rollout
-    halted (if it did) and one record per instance: id, batch, sent_at (UTC), outcome (sent,
-    failed, unknown, or skipped when a halt kept it from being hit) and error.
+    halted (if it did) and one record per instance: id, batch, sent_at and answered_at (UTC: the
+    NMI landed in between), outcome (sent, failed, unknown, or skipped when a halt kept it from
+    being hit) and error.
     """
     ledger = Ledger.of(configuration)
     try:
@@ -321,11 +322,18 @@ def _send_nmi(
     if halted:
         logger.critical("rollout halted %s; never hit: %s", halted, ", ".join(skipped))
     records = [
-        {k: e.to_dict()[k] for k in ("instance_id", "batch", "sent_at", "outcome", "error")}
+        {k: e.to_dict()[k] for k in ("instance_id", "batch", "sent_at", "answered_at", "outcome", "error")}
         for e in injections
     ]
     records += [
-        {"instance_id": i, "batch": n, "sent_at": "", "outcome": "skipped", "error": halted}
+        {
+            "instance_id": i,
+            "batch": n,
+            "sent_at": "",
+            "answered_at": "",
+            "outcome": "skipped",
+            "error": halted,
+        }
         for n, batch in enumerate(plan, 1)
         for i in batch
         if i in skipped
