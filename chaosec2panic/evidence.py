@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Tuple
 
+from .dumps import CAPTURE_KERNEL
 from .recovery import Boot, Evidence, at_epoch, first_seen, parse_iso
 
 __all__ = [
@@ -34,7 +35,6 @@ CRASHTIME_UNCERTAINTY = 0.5  # VMCOREINFO CRASHTIME: whole seconds of the crashe
 
 PRINTK = re.compile(r"^\s*(?:<\d+>)?\[\s*(\d+\.\d+)\]\s?(.*)$")
 KERNEL_START = re.compile(r"\bLinux version \S+")
-CAPTURE_CMDLINE = re.compile(r"Command line: .*\belfcorehdr=")
 RTC_SET = re.compile(r"setting system clock to \S+ UTC \((\d+)\)")
 PANIC_LINE = re.compile(r"(?<!end )Kernel panic - not syncing: ")
 # What a capture kernel's kdump prints, through the kernel log, once the dump is written
@@ -90,7 +90,7 @@ def kernels(text: str) -> List[KernelLog]:
         uptime, line = _line(raw)
         if KERNEL_START.search(line) and (uptime is None or uptime < 1.0):
             logs.append(("normal", []))
-        if CAPTURE_CMDLINE.search(line) and len(logs) > 1:
+        if CAPTURE_KERNEL.search(line) and len(logs) > 1:
             logs[-1] = ("capture", logs[-1][1])
         logs[-1][1].append((uptime, line))
     return [KernelLog(kind, tuple(lines)) for kind, lines in logs if lines or kind != "crashed"]
