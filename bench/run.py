@@ -698,7 +698,8 @@ def _analysis(results: Dict[str, Any], n: int) -> List[str]:
         f"{watch.get('ssm:ListCommandInvocations', 0)} ListCommandInvocations (only for commands whose "
         f"completed count changed) and {watch.get('ssm:SendCommand', 0)} SendCommand (one identity "
         f"command per 50 instances, sent once). Outside that count it read each console once "
-        f"({watch.get('ec2:GetConsoleOutput', 0)} GetConsoleOutput, for the panic and capture milestones) and "
+        f"({watch.get('ec2:GetConsoleOutput', 0)} GetConsoleOutput, for the panic and capture "
+        f"milestones) and "
         f"resolved the hit instances ({watch.get('ec2:DescribeInstances', 0)} DescribeInstances). The "
         f"naive baseline's cost grows with instances x polls: {b['status_command_calls']} calls."
     )
