@@ -249,7 +249,8 @@ def demo(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     """Write the HTML report of a journal, then its PNG (when Chromium is installed)."""
     from .journal import ReportError, left_out, load_journal
-    from .report import ChromiumMissing, render_html, report_model, screenshot
+    from .report import report_model
+    from .report_page import ChromiumMissing, render_html, screenshot
 
     out = Path(args.output)
     png = Path(args.png) if args.png else out.with_suffix(".png")

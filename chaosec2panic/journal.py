@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 from .errors import Ec2PanicError
-from .recovery import parse_iso
+from .recovery import SOURCES, Evidence, iso, parse_iso
 
 __all__ = [
     "MAX_JOURNAL_BYTES",
@@ -108,6 +108,17 @@ def _time(value: Any) -> datetime | None:
         return None
 
 
+def _evidence(value: Any) -> Evidence | None:
+    """A milestone's evidence as the probes write it: a time, a known source, an error bar."""
+    if not isinstance(value, dict):
+        return None
+    at, bar, bound = _time(value.get("at")), _seconds(value.get("uncertainty_s")), value.get("upper_bound")
+    source = _text(value.get("source"))
+    if at is None or bar is None or bar < 0 or source not in SOURCES or not isinstance(bound, bool):
+        return None
+    return Evidence(iso(at), source, bar, bound)
+
+
 OBJECT = Kind("an object", lambda v: v if isinstance(v, dict) else None)
 LIST = Kind("a list", lambda v: v if isinstance(v, list) else None)
 TEXT = Kind("a string", _text)
@@ -116,6 +127,11 @@ SECONDS = Kind(f"a number of seconds within ±{MAX_SECONDS:g}", _seconds)
 SLO_SECONDS = Kind(f"a positive number of seconds up to {MAX_SECONDS:g}", _slo_seconds)
 COUNT = Kind("a whole number, 0 or more", _count)
 TIME = Kind("an ISO 8601 time", _time)
+EVIDENCE = Kind(
+    "evidence: {at: an ISO 8601 time, source: one of " + ", ".join(SOURCES) + ", uncertainty_s: seconds "
+    "0 or more, upper_bound: true or false}",
+    _evidence,
+)
 
 
 def describe(value: Any) -> str:
@@ -224,9 +240,16 @@ class Result:
 
 @dataclass(frozen=True)
 class Timeline:
+    """One instance's timeline: each milestone's time, the evidence that dates it (journals
+    older than the evidence have none), why the others are missing, the durations, when the
+    instance was healthy, and the contradictions its evidence showed."""
+
     milestones: Dict[str, datetime | None]
+    evidence: Dict[str, Evidence]
     missing: Dict[str, str]
     durations: Dict[str, float | None]
+    recovered_at: datetime | None
+    conflicts: Tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -258,6 +281,7 @@ class Dump:
     kernel_release: str | None
     written_at: datetime | None
     problems: Tuple[str, ...]
+    evidence: Dict[str, Evidence]  # what the dump dates: the panic (its log), the dump written
 
 
 @dataclass(frozen=True)
@@ -319,10 +343,13 @@ def _timeline(read: _Reader, value: Mapping[str, Any], where: str) -> Timeline:
         milestones=read.entries(
             read.get(value, "milestones", where, OBJECT), f"{where}.milestones", TIME, True
         ),
+        evidence=read.entries(read.get(value, "evidence", where, OBJECT), f"{where}.evidence", EVIDENCE),
         missing=read.entries(read.get(value, "missing", where, OBJECT), f"{where}.missing", TEXT),
         durations=read.entries(
             read.get(value, "durations", where, OBJECT), f"{where}.durations", SECONDS, True
         ),
+        recovered_at=read.get(value, "recovered_at", where, TIME, null=True),
+        conflicts=tuple(read.items(read.get(value, "conflicts", where, LIST), f"{where}.conflicts", TEXT)),
     )
 
 
@@ -378,6 +405,7 @@ def _dumps(read: _Reader, result: Result) -> Dict[str, Dump]:
             kernel_release=read.get(d, "kernel_release", at, TEXT, null=True),
             written_at=read.get(d, "written_at", at, TIME, null=True),
             problems=tuple(read.items(read.get(d, "problems", at, LIST, null=True), f"{at}.problems", TEXT)),
+            evidence=read.entries(read.get(d, "evidence", at, OBJECT), f"{at}.evidence", EVIDENCE),
         )
     return dumps
 

@@ -16,15 +16,14 @@ from conftest import ROOT, opted_in, run_experiment
 
 from chaosec2panic.journal import BadJournal, load_journal
 from chaosec2panic.recovery import MILESTONES, WHY_MISSING, iso, seconds_between
-from chaosec2panic.report import (
+from chaosec2panic.report import NoRecoveryData, report_model
+from chaosec2panic.report_page import (
     MILESTONE_STYLES,
     PAGE_WIDTH,
     SLO_COLOUR,
     ChromiumMissing,
-    NoRecoveryData,
     chromium,
     render_html,
-    report_model,
     screenshot,
 )
 

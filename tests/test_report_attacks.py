@@ -21,7 +21,8 @@ from test_report import parse
 
 from chaosec2panic.journal import MAX_JOURNAL_BYTES, BadJournal, ReportError, load_journal
 from chaosec2panic.recovery import seconds_between
-from chaosec2panic.report import BadOption, render_html, report_model
+from chaosec2panic.report import BadOption, report_model
+from chaosec2panic.report_page import render_html
 
 CLI = str(Path(sys.executable).with_name("chaosec2panic"))
 REAL = Path(__file__).parent / "fixtures" / "journals" / "three-one-not-back.json"
