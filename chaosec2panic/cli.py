@@ -1,5 +1,5 @@
 """The ``chaosec2panic`` command: the local crash lab and a demo run against it; preflight
-checks, recovery of instances left down, the IAM policy, offline dump inspection and the
+checks, recovery of instances left down, the IAM policy, offline dump inspection and analysis, and the
 HTML report of a run's journal."""
 
 import argparse
@@ -156,6 +156,14 @@ def inspect(args: argparse.Namespace) -> int:
 
     code, text = run(args.paths, args.json)
     print(text)
+    return code
+
+
+def analyze(args: argparse.Namespace) -> int:
+    from .analyze_cmd import run
+
+    code, text = run(args.dump, args.json, args.lines)
+    print(text, file=sys.stderr if code else sys.stdout)
     return code
 
 
@@ -322,6 +330,12 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument("paths", nargs="+", metavar="PATH")
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(run=inspect)
+
+    ana = commands.add_parser("analyze", help="the crash a vmcore holds, from the kernel's log (offline)")
+    ana.add_argument("dump", metavar="DUMP", help="a kdump-compressed, flattened or ELF vmcore")
+    ana.add_argument("--json", action="store_true")
+    ana.add_argument("--lines", type=int, default=20, metavar="N", help="log lines before the panic")
+    ana.set_defaults(run=analyze)
 
     pol = commands.add_parser("policy", help="the least-privilege IAM policy for the activities you use")
     pol.add_argument("--activity", action="append", help="an activity the experiments use (default: all)")
