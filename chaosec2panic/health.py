@@ -35,6 +35,12 @@ logger = logging.getLogger("chaostoolkit")
 FAST_INTERVAL = 0.5  # seconds between looks while an instance is about to change
 MIN_DELIVERY = 30  # seconds SSM holds an identity command for an offline agent, at least
 CONSOLE_READERS = 8  # GetConsoleOutput calls in flight at once
+# A console keeps only its last 64 KiB: a distribution's capture boot, then its normal boot,
+# push the capture kernel's lines out of it within a minute or two (a real Debian guest: shown
+# from 10 s to 110 s after the NMI). So while an instance is down and no capture kernel has been
+# seen, its console is read again every CONSOLE_EVERY seconds, at most CONSOLE_READS_DOWN times.
+CONSOLE_EVERY = 15.0
+CONSOLE_READS_DOWN = 12
 
 
 def instance_status(ec2: Any, instance_ids: List[str]) -> Dict[str, Dict[str, str]]:
@@ -115,8 +121,20 @@ class _Watch:
     resend_after: float = 0.0
     status: str = "unknown"
     down_since: str = ""  # when it was first seen down
-    console_read: int = 0
+    console_read: int = 0  # reads while down
+    console_next: float = 0.0  # monotonic time of the next read while down
+    console_final: bool = False  # the read when the new boot answered
     console_at: str = ""  # when the console was last read
+
+    def console_due(self, now: float) -> bool:
+        """Down, no new boot yet, no capture kernel seen, and its next read is due."""
+        return (
+            bool(self.down_since)
+            and self.track.boot is None
+            and "capture_started" not in dict(self.track.found)
+            and self.console_read < CONSOLE_READS_DOWN
+            and now >= self.console_next
+        )
 
 
 def _read_identity(watch: _Watch, answer: CommandResult, read_at: str) -> Boot | None:
@@ -147,9 +165,10 @@ def watch_recovery(
     and the agent by the guest's own clock. (A command sent before the instance was seen down
     may have reached the dying kernel: it is sent again once the instance is seen up.) Each
     look costs one DescribeInstanceStatus per 100 instances and one ListCommands; invocations
-    are read only when ListCommands shows new answers, and each console at most twice (when
-    first seen down, and when the new boot answers), for the kernels' own times of the panic
-    and the capture. Looks come every
+    are read only when ListCommands shows new answers. Consoles are read for the kernels' own
+    times of the panic and the capture: when first seen down, then every ``CONSOLE_EVERY``
+    seconds until the capture kernel shows (at most ``CONSOLE_READS_DOWN`` times), and once
+    when the new boot answers. Looks come every
     ``interval`` seconds, and every ``FAST_INTERVAL`` while an instance is expected to change
     soon (booting, or up again and not yet answering). With ``app``, an instance is back only
     once its application check passes in the new boot (a target group is read at every look,
@@ -198,7 +217,8 @@ def watch_recovery(
             at = now_iso()
             for i, command in sent.items():
                 watches[i].command, watches[i].sent_at = command, at
-        _read_consoles(ec2, [w for w in pending.values() if w.down_since and w.console_read == 0])
+        now = time.monotonic()
+        _read_consoles(ec2, [w for w in pending.values() if w.console_due(now)])
         counts = completed_counts(ssm, since)
         changed = {c for c, n in counts.items() if n != completed.get(c, 0)}
         completed.update(counts)
@@ -215,7 +235,9 @@ def watch_recovery(
                 w.track = w.track.with_boot(boot, w.sent_at)
             else:  # the old kernel still answers, or the command failed: ask again later
                 w.resend_after = time.monotonic() + interval
-        _read_consoles(ec2, [watches[i] for i in answers if watches[i].track.boot])
+        _read_consoles(
+            ec2, [watches[i] for i in answers if watches[i].track.boot and not watches[i].console_final]
+        )
         checked = [i for i, w in pending.items() if app.lags or w.track.boot] if app else []
         if app and checked:
             at = now_iso()
@@ -267,13 +289,14 @@ def _known(injection: Injection, app_checked: bool) -> Timeline | None:
 
 
 def _read_consoles(ec2: Any, watches: List[_Watch]) -> None:
-    """Read the consoles of ``watches`` side by side, each at most twice (when first seen down,
-    and when the new boot answers), and add what each read proves to the track."""
+    """Read the consoles of ``watches`` side by side, and add what each read proves to the track."""
 
     def read(watch: _Watch) -> None:
-        if watch.console_read >= 2:
-            return
-        watch.console_read += 1
+        if watch.track.boot is None:
+            watch.console_read += 1
+            watch.console_next = time.monotonic() + CONSOLE_EVERY
+        else:
+            watch.console_final = True
         try:
             text = console_text_after(ec2, watch.injection)
         except ClientError as exc:

@@ -300,13 +300,20 @@ def panic_on_console(
     configuration: Configuration = None,
     secrets: Secrets = None,
 ) -> bool:
-    """True when the console (GetConsoleOutput, latest) of every hit instance shows, after
-    its last NMI, the kernel panicking: the NMI panic message, or the kdump capture kernel
-    booting (recent kernels print an NMI panic only to the log when kdump takes over at once).
-    True at once before any NMI."""
+    """True when the console of every hit instance showed, after its last NMI, the kernel
+    panicking: the NMI panic message, or the kdump capture kernel booting (recent kernels print
+    an NMI panic only to the log when kdump takes over at once). A console holds only its last
+    64 KiB, which the next boot soon fills: a capture kernel the recovery watch read there (kept
+    with the instance's timeline) counts, else the console now (GetConsoleOutput, latest) must
+    show it. True at once before any NMI."""
     ec2 = client("ec2", configuration, secrets)
     verdicts = {}
     for i, injection in _hits(configuration, instance_ids).items():
+        seen = injection.timeline.get("evidence", {}).get("capture_started")
+        if seen:
+            logger.info("%s capture kernel seen on the console by the recovery watch: %s", i, seen)
+            verdicts[i] = True
+            continue
         findings = console_after(ec2, injection)
         verdicts[i] = findings.panicked_on_nmi
         if not findings.panicked_on_nmi:

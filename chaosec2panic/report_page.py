@@ -371,6 +371,57 @@ def _histogram_svg(model: Mapping[str, Any]) -> str:
     return _svg("histogram", parts, bottom + 44)
 
 
+def _dated(row: Mapping[str, Any], m: str, t: float) -> str:
+    """A milestone's time after the NMI, with its error bar and the source that dates it."""
+    e = row["evidence"].get(m)
+    if e is None:
+        return f"{m} at +{_secs(t)}"
+    bar = (
+        f"up to {_secs(e['uncertainty_s'])} earlier" if e["upper_bound"] else f"± {_secs(e['uncertainty_s'])}"
+    )
+    return f"{m} at +{_secs(t)}, {bar} ({e['source']})"
+
+
+def _reach(row: Mapping[str, Any]) -> List[float]:
+    """Where the row's error bars end, in seconds after the NMI."""
+    ends = []
+    for e in row["evidence"].values():
+        if e["offset"] is not None:
+            ends.append(e["offset"] - e["uncertainty_s"])
+            ends.append(e["offset"] + (0.0 if e["upper_bound"] else e["uncertainty_s"]))
+    return ends
+
+
+def _whiskers(row: Mapping[str, Any], scale: Scale, y: float) -> List[str]:
+    """Each milestone's error bar: either side of it, or before it only for an upper bound (a look
+    that found it done), capped at both ends; none for a bar under a pixel."""
+    parts = []
+    c = y + BAR / 2
+    for m, e in row["evidence"].items():
+        t = e["offset"]
+        if t is None:
+            continue
+        lo, hi = (
+            scale.x(t - e["uncertainty_s"]),
+            scale.x(t + (0.0 if e["upper_bound"] else e["uncertainty_s"])),
+        )
+        if hi - lo < 1:
+            continue
+        ticks = "".join(f"M{x} {c - 4}V{c + 4}" for x in (lo, hi))
+        parts.append(
+            _tag(
+                "path",
+                _tag("title", _e(_dated(row, m, t))),
+                d=f"M{lo} {c}H{hi}{ticks}",
+                stroke="#000",
+                stroke_width=1,
+                fill="none",
+                class_=f"whisker {m}",
+            )
+        )
+    return parts
+
+
 def _segments(row: Mapping[str, Any], scale: Scale, y: float) -> List[str]:
     """The row's bar: milestone segments (or one bar of seconds only), markers, the not-back wait."""
     parts = []
@@ -389,7 +440,7 @@ def _segments(row: Mapping[str, Any], scale: Scale, y: float) -> List[str]:
         for t, m in present:
             style = MILESTONE_STYLES.get(m, OTHER_STYLE)
             if style.segment:
-                parts.append(_bar(scale, previous, t, y, style.colour, f"{m} at +{_secs(t)}", m))
+                parts.append(_bar(scale, previous, t, y, style.colour, _dated(row, m, t), m))
                 previous = t
         end_of_bar = previous
         for t, m in present:
@@ -404,13 +455,14 @@ def _segments(row: Mapping[str, Any], scale: Scale, y: float) -> List[str]:
                 parts.append(
                     _tag(
                         "path",
-                        _tag("title", _e(f"{m} at +{_secs(t)}")),
+                        _tag("title", _e(_dated(row, m, t))),
                         d=f"M{x} {c - 6}L{x + 6} {c}L{x} {c + 6}L{x - 6} {c}Z",
                         fill=style.colour,
                         stroke="#fff",
                         class_=f"marker {m}",
                     )
                 )
+    parts += _whiskers(row, scale, y)
     if row["recovery"] is not None:
         x = scale.x(row["recovery"])
         parts.append(
@@ -449,7 +501,9 @@ def _timeline_svg(model: Mapping[str, Any]) -> str:
     shown = [rows[i] for i in model["timeline"]]
     left, right, top = 160.0, SVG_WIDTH - 420.0, 56.0
     bottom = top + len(shown) * ROW + 4
-    seen = [v for r in shown for v in [*(r["offsets"] or {}).values(), r["recovery"]] if v is not None]
+    seen = [
+        v for r in shown for v in [*(r["offsets"] or {}).values(), r["recovery"], *_reach(r)] if v is not None
+    ]
     waited = [r["observed"] for r in shown if r["observed"] is not None]
     scale = Scale.of(min([0.0, *seen]), domain_top(seen or waited, model["slo"]), left, right)
     everywhere = model["missing_everywhere"]
@@ -537,6 +591,16 @@ def _legend(model: Mapping[str, Any]) -> str:
             items.append(item(box(style.colour, shape), style.label or m))
     else:
         items.append(item(box(SECONDS_ONLY_COLOUR), "NMI → back (this journal has no milestones)"))
+    if model["evidence_sources"]:
+        items.append(
+            item(
+                box(
+                    "linear-gradient(#000,#000) center/100% 1px no-repeat",
+                    "border:solid #000;border-width:0 1px",
+                ),
+                "error bar: where the moment may be (a look that found it done: before it only)",
+            )
+        )
     items += [
         item(box("#000", "width:3px;height:16px;"), "back (total recovery)"),
         item(
@@ -714,6 +778,53 @@ def _instances_table(model: Mapping[str, Any]) -> str:
     )
 
 
+def _sources_table(model: Mapping[str, Any]) -> str:
+    """Per milestone, fleet-wide: the sources that dated it, best first, and the widest error bar."""
+    lines = []
+    for m, found in model["evidence_sources"].items():
+        sources = ", ".join(f"{source} ({n})" for source, n in found["sources"].items())
+        label = MILESTONE_STYLES.get(m, OTHER_STYLE).label or m
+        lines.append(
+            [
+                _e(label),
+                _tag("span", _e(m), class_="mono"),
+                _secs(found["widest_s"]),
+                _e(found["upper_bounds"]),
+                _e(sources),
+            ]
+        )
+    return _table(
+        ["milestone", "name", "widest error bar", "upper bounds", "dated by (instances)"],
+        lines,
+        (2, 3),
+        id="sources",
+    )
+
+
+def _conflicts_list(conflicts: Mapping[str, Sequence[str]]) -> str:
+    """Each instance whose evidence contradicted itself, and how (its bars were widened)."""
+    if not conflicts:
+        return ""
+    items = [
+        _tag("li", _tag("span", _e(i), class_="mono") + ": " + _e("; ".join(said)))
+        for i, said in list(conflicts.items())[:SKIPPED_LISTED]
+    ]
+    if len(conflicts) > SKIPPED_LISTED:
+        items.append(_tag("li", _e(f"and {len(conflicts) - SKIPPED_LISTED} more")))
+    return (
+        _tag("h2", f"Evidence that contradicted itself ({count_of(len(conflicts), 'instance')})")
+        + _tag(
+            "p",
+            _e(
+                "Nothing was reordered: the weaker evidence's error bar was widened to cover the "
+                "contradiction, and the times stay as their sources said."
+            ),
+            class_="note",
+        )
+        + _tag("ul", "".join(items), id="conflicts")
+    )
+
+
 def _skipped_list(skipped: Sequence[str]) -> str:
     """The values of the journal left out, each with where it is, what was expected and found."""
     if not skipped:
@@ -804,6 +915,25 @@ def render_html(model: Mapping[str, Any]) -> str:
         _legend(model),
         missing_note,
         _timeline_svg(model),
+        *(
+            [
+                _tag("h2", "How each milestone was dated"),
+                _tag(
+                    "p",
+                    _e(
+                        "Each milestone is dated by the best evidence found: the API call, then the "
+                        "kernel's own printk times (console-printk, dump-dmesg), the vmcore, the new "
+                        "boot's start, the agent's answer, and last a look that found it done "
+                        "(status-check, app-check, first-seen: an upper bound)."
+                    ),
+                    class_="note",
+                ),
+                _sources_table(model),
+            ]
+            if model["evidence_sources"]
+            else []
+        ),
+        _conflicts_list(model["conflicts"]),
         _tag("h2", "Crash dumps"),
         _dumps_table(model)
         if model["dumps"]["rows"]

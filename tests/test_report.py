@@ -1,7 +1,9 @@
 """The report: journal -> model -> HTML (parsed back) -> PNG (rendered by real headless Chromium)."""
 
+import html
 import json
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import pytest
 from conftest import ROOT, opted_in, run_experiment
 
 from chaosec2panic.journal import BadJournal, load_journal
-from chaosec2panic.recovery import MILESTONES, WHY_MISSING, iso, seconds_between
+from chaosec2panic.recovery import MILESTONES, WHY_MISSING, Evidence, assemble, iso, seconds_between
 from chaosec2panic.report import NoRecoveryData, report_model
 from chaosec2panic.report_page import (
     MILESTONE_STYLES,
@@ -192,6 +194,117 @@ def test_a_dump_found_by_crash_dumps_after_the_recovery_probe_fills_its_mileston
         line["milestones"]["nmi_sent"], dump["written_at"]
     )
     assert "dump_written" not in row["missing"]
+
+
+Dated = Dict[str, Tuple[float, str, float, bool]]
+
+
+def evidence_journal(dated: Dated, dump_dated: Dated | None = None) -> Dict[str, Any]:
+    """A one-instance journal whose timeline is assembled, as the probes assemble it, from
+    evidence: milestone -> (seconds after T0, source, error bar, upper bound); ``dump_dated``
+    is the evidence crash_dumps wrote after the recovery probe."""
+    journal = fleet_journal(1)
+    [(instance, _)] = journal["run"][1]["output"]["timelines"].items()
+
+    def evidence(found: Dated) -> Dict[str, Evidence]:
+        return {m: Evidence(at(t), source, bar, bound) for m, (t, source, bar, bound) in found.items()}
+
+    healthy = at(max(dated[m][0] for m in ("kernel_back", "status_ok", "agent_online")))
+    line = assemble(instance, evidence(dated), WHY_MISSING, healthy).to_dict()
+    journal["run"][1]["output"]["timelines"][instance] = line
+    journal["run"][1]["output"]["instances"][instance] = line["durations"]["total_recovery"]
+    dump = journal["run"][2]["output"]["instances"][instance]
+    dump["evidence"] = {m: e.to_dict() for m, e in evidence(dump_dated or {}).items()}
+    return journal
+
+
+DATED = {
+    "nmi_sent": (0.0, "api-call", 0.02, False),
+    "panic": (0.1, "console-printk", 0.5, False),
+    "went_down": (6.0, "status-check", 5.0, True),
+    "kernel_back": (40.0, "boot-time", 0.01, False),
+    "status_ok": (60.0, "status-check", 10.0, True),
+    "agent_online": (50.0, "agent-answer", 0.5, False),
+}
+
+
+def test_each_milestone_keeps_its_source_and_error_bar_and_the_page_draws_them():
+    model = report_model(evidence_journal(DATED))
+    [row] = model["instances"]
+    assert row["evidence"]["panic"] == {
+        "offset": 0.1,
+        "source": "console-printk",
+        "uncertainty_s": 0.5,
+        "upper_bound": False,
+    }
+    assert row["evidence"]["status_ok"]["upper_bound"] is True and row["conflicts"] == []
+    assert model["evidence_sources"]["status_ok"] == {
+        "sources": {"status-check": 1},
+        "widest_s": 10.0,
+        "upper_bounds": 1,
+    }
+    assert list(model["evidence_sources"]) == [m for m in MILESTONES if m in DATED]
+    tree = parse(render_html(model))
+
+    def span(m: str) -> Tuple[float, float]:
+        [whisker] = [e for e in tree.find("path", **{"class": m}) if "whisker" in e["class"].split()]
+        lo, hi = re.match(r"M([\d.]+) [\d.]+H([\d.]+)", whisker["d"]).groups()
+        return float(lo), float(hi)
+
+    [ok_bar] = tree.find("rect", **{"class": "status_ok"})
+    lo, hi = span("status_ok")  # an upper bound: before the moment only, up to the look before
+    assert hi == pytest.approx(float(ok_bar["x"]) + float(ok_bar["width"]), abs=0.02) and lo < hi
+    back_lo, back_hi = span("agent_online")  # either side of it
+    [agent_bar] = tree.find("rect", **{"class": "agent_online"})
+    end = float(agent_bar["x"]) + float(agent_bar["width"])
+    assert back_lo < end < back_hi and end - back_lo == pytest.approx(back_hi - end, abs=0.02)
+    assert (hi - lo) == pytest.approx(20 * (back_hi - back_lo) / 2, rel=0.01)  # 10 s against ±0.5 s
+    whiskers = {e["class"].split()[1] for e in tree.find("path", **{"class": "whisker"})}
+    assert "kernel_back" not in whiskers and "panic" in whiskers  # ±0.01 s is under a pixel
+    sources = [e["text"] for e in tree.inside("sources") if e["tag"] == "td"]
+    assert "status-check (1)" in sources and "console-printk (1)" in sources
+    assert any("± 0.50 s (console-printk)" in e["text"] for e in tree.find("title"))
+
+
+def test_a_dump_that_dates_better_replaces_the_evidence_and_the_durations_follow():
+    dump_dated = {
+        "panic": (0.03, "dump-dmesg", 0.01, False),
+        "dump_written": (30.0, "vmcore", 1.0, False),
+    }
+    [row] = report_model(evidence_journal(DATED, dump_dated))["instances"]
+    assert row["evidence"]["panic"]["source"] == "dump-dmesg" and row["offsets"]["panic"] == 0.03
+    assert row["durations"]["time_to_crash"] == 0.03 and row["durations"]["time_to_capture"] == 30.0
+    assert row["durations"]["reboot_after_capture"] == 10.0
+    assert "dump_written" not in row["missing"] and row["conflicts"] == []
+    weaker = {"panic": (0.6, "vmcore", 0.5, False)}  # console-printk ranks above the vmcore
+    [row] = report_model(evidence_journal(DATED, weaker))["instances"]
+    assert row["evidence"]["panic"]["source"] == "console-printk" and row["offsets"]["panic"] == 0.1
+
+
+def test_a_dump_that_contradicts_the_timeline_is_listed_and_nothing_is_reordered():
+    after_back = {"dump_written": (45.0, "vmcore", 1.0, False)}  # written after the new kernel started
+    model = report_model(evidence_journal(DATED, after_back))
+    [row] = model["instances"]
+    assert row["offsets"]["dump_written"] == 45.0 and row["offsets"]["kernel_back"] == 40.0
+    assert row["conflicts"] and "dump_written" in row["conflicts"][0]
+    assert model["conflicts"] == {row["instance_id"]: row["conflicts"]}
+    page = render_html(model)
+    assert len([e for e in parse(page).inside("conflicts") if e["tag"] == "li"]) == 1
+    assert html.escape(row["conflicts"][0]) in page.split('id="conflicts"')[1]
+
+
+def test_evidence_of_the_wrong_shape_is_left_out_and_named():
+    journal = evidence_journal(DATED, {"panic": (0.03, "dump-dmesg", 0.01, False)})
+    [line] = journal["run"][1]["output"]["timelines"].values()
+    line["evidence"]["agent_online"]["source"] = "a guess"
+    [dump] = journal["run"][2]["output"]["instances"].values()
+    dump["evidence"]["panic"]["uncertainty_s"] = -1
+    model = report_model(journal)
+    assert any(".evidence.agent_online: evidence: {at:" in s for s in model["skipped"])
+    assert any(".evidence.panic: evidence: {at:" in s and "found an object" in s for s in model["skipped"])
+    [row] = model["instances"]
+    assert "agent_online" not in row["evidence"]
+    assert row["evidence"]["panic"]["source"] == "console-printk"  # the dump's bad evidence is not used
 
 
 def test_five_hundred_instances_keep_the_slowest_and_every_one_not_back():
@@ -514,6 +627,10 @@ def test_a_real_run_against_the_lab_is_reported(make_lab, tmp_path):
         assert model["source"] == "timelines"
         assert row["offsets"]["kernel_back"] is not None and row["offsets"]["agent_online"] is not None
         assert tree.find("rect", **{"class": "kernel_back"})
+        assert row["evidence"]["nmi_sent"]["source"] == "api-call"
+        assert row["evidence"]["kernel_back"]["source"] == "boot-time" and row["conflicts"] == []
+        assert model["evidence_sources"]["nmi_sent"]["sources"] == {"api-call": 1}
+        assert tree.find("table", id="sources")
     else:
         assert model["source"] == "seconds" and tree.find("rect", **{"class": "seconds"})
     width, height, rows = read_png(png)

@@ -101,6 +101,23 @@ def test_armed_instance_crashes_dumps_and_comes_back(make_lab, os_name, fmt, dir
     assert Ledger(lab.ledger).unrecovered() == {}
 
 
+def test_a_capture_kernel_the_next_boot_pushed_off_the_console_counts_once_the_watch_read_it(make_lab):
+    lab = make_lab([opted_in("watched"), opted_in("unwatched")])
+    conf = lab.configuration()
+    hit(lab, "watched")
+    assert recovered_within(30, configuration=conf) is True
+    # A console holds its last 64 KiB: the new boot's own lines have pushed the capture kernel out.
+    assert "elfcorehdr=" not in lab.lab.guests[lab.id("watched")].console_output()
+    [entry] = Ledger(lab.ledger).entries()
+    assert entry.timeline["evidence"]["capture_started"]["source"] == "console-printk"
+    assert panic_on_console(instance_ids=[lab.id("watched")], configuration=conf) is True
+    # Nobody watched this one while its capture kernel was on the console: nothing shows it now.
+    hit(lab, "unwatched")
+    lab.wait_for_event("recovered", "unwatched", timeout=60)
+    assert "elfcorehdr=" not in lab.lab.guests[lab.id("unwatched")].console_output()
+    assert panic_on_console(instance_ids=[lab.id("unwatched")], configuration=conf) is False
+
+
 @pytest.mark.parametrize("os_name", ["amazon-linux-2023", "ubuntu", "suse"])
 def test_dumps_are_found_where_the_kdump_configuration_puts_them(make_lab, os_name):
     lab = make_lab([opted_in("web", os=os_name)])
