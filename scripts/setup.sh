@@ -1,11 +1,13 @@
 # Sourced by the other scripts: what a fresh Debian machine lacks, installed as root
 # (python3-venv, and for the real QEMU guests qemu-system-x86, busybox-static, kexec-tools,
-# makedumpfile, cpio, kmod), then a Python virtual environment in .venv with chaosec2panic
+# makedumpfile, cpio, kmod; for the real Debian guest mmdebstrap, e2fsprogs, fdisk, qemu-utils),
+# then a Python virtual environment in .venv with chaosec2panic
 # and the given extra.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 extra="$1"
-debian_packages=(python3 python3-venv qemu-system-x86 busybox-static kexec-tools makedumpfile cpio kmod chromium)
+debian_packages=(python3 python3-venv qemu-system-x86 busybox-static kexec-tools makedumpfile cpio kmod chromium
+  mmdebstrap e2fsprogs fdisk qemu-utils)
 missing=()
 for p in "${debian_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -97,9 +97,20 @@ FAMILIES: Dict[str, OsFamily] = {**OS_FAMILIES, **WINDOWS_FAMILIES}
 CRASH_DUMP_TYPES = {"none": 0, "complete": 1, "kernel": 2, "automatic": 7}
 LINUX_SETTINGS = ("kdump", "crashkernel_mib", "unknown_nmi_panic", "panic_timeout")
 WINDOWS_SETTINGS = ("crash_dump_enabled", "nmi_crash_dump", "auto_reboot")
-KINDS = ("simulated", "qemu")
+KINDS = ("simulated", "qemu", "debian")
 QEMU_DEFAULTS = {"os": "crashlab", "memory_mib": 384, "crashkernel_mib": 128}
 QEMU_MEMORY_MIB = (320, 512)
+# A real Debian guest's kernel settings are what its own files say: these only describe the
+# image as built (kdump-tools installed, not armed) and the memory it boots with.
+DEBIAN_DEFAULTS = {
+    "os": "debian",
+    "memory_mib": 1536,
+    "kdump": False,
+    "crashkernel_mib": 0,
+    "unknown_nmi_panic": 0,
+    "panic_timeout": 0,
+}
+DEBIAN_MEMORY_MIB = (1024, 4096)
 
 
 @dataclass(frozen=True)
@@ -187,6 +198,19 @@ def _guest(entry: Any, where: str) -> List[GuestSpec]:
         if not isinstance(settings["memory_mib"], int) or not low <= settings["memory_mib"] <= high:
             raise FleetError(
                 f"{where}: a qemu guest has {low} to {high} MiB of memory, got {settings['memory_mib']!r}"
+            )
+    elif settings.get("kind") == "debian":
+        own = sorted(set(LINUX_SETTINGS) & set(settings))
+        if own or settings.get("os", "debian") != "debian" or not settings.get("acpi_reboot", True):
+            raise FleetError(
+                f"{where}: a debian guest runs a real Debian system (os: debian) whose kernel settings "
+                f"are its own files; {own or 'os or acpi_reboot'} cannot be set"
+            )
+        settings = {**DEBIAN_DEFAULTS, **settings}
+        low, high = DEBIAN_MEMORY_MIB
+        if not isinstance(settings["memory_mib"], int) or not low <= settings["memory_mib"] <= high:
+            raise FleetError(
+                f"{where}: a debian guest has {low} to {high} MiB of memory, got {settings['memory_mib']!r}"
             )
     elif settings.get("os") == "crashlab":
         raise FleetError(f"{where}: os crashlab is the qemu guests' system; set kind: qemu")

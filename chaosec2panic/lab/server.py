@@ -45,6 +45,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from ..targets import INSTANCE_ID, nmi_support
 from .auth import AuthError, KeyPair, issue, parse_authorization, verify
 from .balancer import HealthChecker
+from .debian import DebianImageError, debian_guest
 from .fleet import Fleet
 from .kit import Kit, KitError, ensure_kit
 from .protocol import SERVICES, ApiError, Request, ec2_xml, error_body, json_object, list_param, protocol_of
@@ -192,6 +193,11 @@ class Lab:
                 try:
                     guest: Guest = QemuGuest(instance_id, spec, root, kit, accel, self.clock, self._emit)
                 except QemuError as exc:
+                    raise LabError(f"{spec.name}: {exc}") from exc
+            elif spec.kind == "debian":
+                try:
+                    guest = debian_guest(instance_id, spec, root, self.workdir, self.clock, self._emit)
+                except (DebianImageError, QemuError) as exc:
                     raise LabError(f"{spec.name}: {exc}") from exc
             else:
                 # Guests alike but for their name start from the same files: copy the first's.

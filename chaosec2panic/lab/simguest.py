@@ -675,7 +675,9 @@ class SimGuest:
             )
         elif family.kdump_tool == "kdump-config":
             files["sim-bin/kdump-config"] = (
-                f'#!/bin/sh\nif {loaded_now}; then echo "current state   : ready to kdump"; '
+                '#!/bin/sh\nif [ "$1" = unload ]; then echo 0 > /sys/kernel/kexec_crash_loaded; '
+                'echo "unloaded kdump kernel."; exit 0; fi\n'
+                f'if {loaded_now}; then echo "current state   : ready to kdump"; '
                 'else echo "current state   : Not ready to kdump"; fi\nexit 0\n'
             )
         return files

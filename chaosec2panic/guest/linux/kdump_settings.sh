@@ -312,10 +312,20 @@ arm() {
   fi
   [ "$(service_state is-enabled)" = enabled ] || service_do enable || return
   # Without crash memory in the running kernel the service cannot load the crash kernel: the
-  # reboot that reserves it starts the service.
-  if [ "$(service_state is-active)" != active ] && [ "$(val /sys/kernel/kexec_crash_size)" -gt 0 ] 2>/dev/null; then
-    service_do start
+  # reboot that reserves it starts the service. Debian's kdump-tools.service is a oneshot that
+  # stays active after a boot with USE_KDUMP=0 that loaded nothing: an active service with no
+  # crash kernel loaded is restarted.
+  if [ "$(val /sys/kernel/kexec_crash_size)" -gt 0 ] 2>/dev/null && [ "$(val /sys/kernel/kexec_crash_loaded)" != 1 ]; then
+    if [ "$(service_state is-active)" = active ]; then service_do restart; else service_do start; fi
   fi
+}
+
+# kdump-tools' service is a oneshot that stays active: putting USE_KDUMP back to 0 does not take
+# out the crash kernel arm loaded. Unload it, as kdump-config does when the service stops.
+unload_unused() {
+  case "$v" in 1 | true | yes) return 0 ;; esac
+  [ "$(val /sys/kernel/kexec_crash_loaded)" = 1 ] && has kdump-config || return 0
+  out=$(kdump-config unload 2>&1) || fail "kdump-config unload: $(last "$out")"
 }
 
 restore() {
@@ -342,7 +352,7 @@ restore() {
         if [ -n "$v" ] && [ "$(val /proc/sys/kernel/unknown_nmi_panic)" != "$v" ]; then
           out=$(sysctl -w "kernel.unknown_nmi_panic=$v" 2>&1) || fail "sysctl: $(last "$out")"
         fi ;;
-      use_kdump) [ -z "$v" ] || [ "$(use_kdump)" = "$v" ] || set_use_kdump "$v" ;;
+      use_kdump) [ -z "$v" ] || [ "$(use_kdump)" = "$v" ] || { set_use_kdump "$v" && unload_unused; } ;;
       kdump_active) [ "$v" = active ] || [ "$(service_state is-active)" != active ] || service_do stop ;;
       kdump_enabled) [ "$v" = enabled ] || [ "$(service_state is-enabled)" != enabled ] || service_do disable ;;
     esac
