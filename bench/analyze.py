@@ -1,6 +1,7 @@
 """``chaosec2panic analyze`` against ``makedumpfile --dump-dmesg`` on real vmcores, in one run.
 
     python bench/analyze.py [ARTEFACTS_DIR] [--repeats N] [--out bench/analyze-results.json]
+                            [--vmlinux PATH]
 
 ARTEFACTS_DIR is what ``tests/fixtures/real/collect.py`` writes (default /tmp/qemu-lab/artifacts):
 the oldest ``127.0.0.1-*__vmcore`` (kdump-compressed, LZO) and the ``*__vmcore.flat``. Each
@@ -9,6 +10,10 @@ the medians are printed as a Markdown table. makedumpfile cannot read a flattene
 its flattened row is ``makedumpfile -R`` into a temporary file, then ``--dump-dmesg``. The
 library row is ``analyse_source`` alone, in this process (no interpreter start-up), with the
 bytes it read; the bench also checks that its log equals makedumpfile's, byte for byte.
+
+With ``--vmlinux`` (the dumps' debug vmlinux), two rows more per dump: ``analyze --vmlinux`` (the
+symbol view, through drgn) and ``crash -s`` in batch mode with the commands that give the same
+view (``sys``, ``bt -a``, ``ps``, ``kmem -i``), when crash is installed.
 """
 
 import argparse
@@ -88,7 +93,9 @@ def main() -> int:
     ap.add_argument("artefacts", nargs="?", default="/tmp/qemu-lab/artifacts", type=Path)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=HERE / "analyze-results.json")
+    ap.add_argument("--vmlinux", type=Path, help="the dumps' debug vmlinux: also measure the symbol views")
     args = ap.parse_args()
+    crash = shutil.which("crash") if args.vmlinux else None
     kdump = sorted(args.artefacts.glob("127.0.0.1-*__vmcore"))[0]
     flat = sorted(args.artefacts.glob("127.0.0.1-*__vmcore.flat"))[0]
     mdf = shutil.which("makedumpfile")
@@ -136,6 +143,15 @@ def main() -> int:
                 "makedumpfile": measured(theirs, args.repeats, tmp),
                 "analyse_source (in process)": library(dump, args.repeats),
             }
+            if args.vmlinux:
+                row["chaosec2panic analyze --vmlinux"] = measured(
+                    [*ours, "--vmlinux", str(args.vmlinux)], args.repeats, tmp
+                )
+            if crash:
+                batch = 'printf "sys\\nbt -a\\nps\\nkmem -i\\nquit\\n" | "$0" -s "$1" "$2" >/dev/null'
+                row["crash -s"] = measured(
+                    ["sh", "-c", batch, crash, str(args.vmlinux), str(dump)], args.repeats, tmp
+                )
             with open(dump, "rb") as f:
                 _found, lines = analyse_source(FileSource(f))
             row["same_log_as_makedumpfile"] = "\n".join(lines) + "\n" == out.read_text()
@@ -148,7 +164,8 @@ def main() -> int:
         row = results[name]
         assert isinstance(row, dict)
         lib = row["analyse_source (in process)"]
-        for tool in ("chaosec2panic --help (start-up alone)", "chaosec2panic analyze", "makedumpfile"):
+        tools = ["chaosec2panic --help (start-up alone)", "chaosec2panic analyze", "makedumpfile"]
+        for tool in [*tools, *(t for t in ("chaosec2panic analyze --vmlinux", "crash -s") if t in row)]:
             m = row[tool]
             print(
                 f"| {name} ({row['size']:,} B) | {tool} | {m['wall_s']:.3f} | {m['cpu_s']:.3f} | "

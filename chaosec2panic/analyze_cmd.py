@@ -1,5 +1,7 @@
-"""``chaosec2panic analyze DUMP [--json] [--lines N]``: the crash a vmcore holds, from the crashed
-kernel's log, without debug symbols or makedumpfile.
+"""``chaosec2panic analyze DUMP [--json] [--lines N] [--vmlinux PATH | --debuginfo-dir DIR]``: the
+crash a vmcore holds, from the crashed kernel's log, without debug symbols or makedumpfile; with
+the kernel's debug vmlinux, also the tasks, load, memory and every CPU's backtrace
+(``chaosec2panic.symbols``, through drgn).
 
 The CLI wires ``run`` in and prints what it returns; usage errors stay the CLI's.
 """
@@ -7,11 +9,12 @@ The CLI wires ``run`` in and prints what it returns; usage errors stay the CLI's
 import json
 import os
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Dict, List, Tuple
 
 from .analysis import Analysis, analyse_source
 from .dumps import OPEN_FLAGS, FileSource, NotRegularFile
-from .memory import DumpError
+from .memory import DumpError, open_memory
+from .symbols import SymbolView, VmlinuxError, check_vmlinux, find_vmlinux, symbol_view
 
 __all__ = ["render_text", "run"]
 
@@ -52,19 +55,60 @@ def render_text(path: str, found: Analysis) -> str:
     return "\n".join(lines)
 
 
-def run(path: str, as_json: bool, last: int = 20) -> Tuple[int, str]:
-    """Analyse one dump: exit 0 and the account, or 2 and what is wrong with the input."""
+def _frame(frame: Dict[str, Any]) -> str:
+    where = f" ({frame['file']}:{frame['line']})" if frame["file"] else ""
+    return f"{frame['function']}{where}" + (" [inlined]" if frame["inline"] else "")
+
+
+def render_symbols(view: SymbolView) -> str:
+    """The symbol view as a readable block, after the log's account."""
+    mib = {k: f"{v / 2**20:.0f} MiB" for k, v in view.memory.items()}
+    load = ", ".join(f"{a:.2f}" for a in view.load_average) if view.load_average else "unread"
+    lines = [
+        f"  with symbols ({view.vmlinux}, build id {view.build_id or 'none'}):",
+        f"    tasks: {view.tasks if view.tasks is not None else 'unread'}, load average: {load}, "
+        f"uptime: {view.uptime_seconds if view.uptime_seconds is not None else 'unread'} s",
+        f"    memory: {mib.get('total_bytes', 'unread')} total, {mib.get('free_bytes', 'unread')} free",
+    ]
+    for shown in view.cpus:
+        lines.append(f"    CPU {shown['cpu']}: PID {shown['pid']} {shown['comm']} ({shown['state']})")
+        lines.extend(f"      #{i} {_frame(f)}" for i, f in enumerate(shown["frames"]))
+    lines.append(f"    tasks in D state: {len(view.blocked)}")
+    for shown in view.blocked:
+        lines.append(f"    PID {shown['pid']} {shown['comm']}:")
+        lines.extend(f"      #{i} {_frame(f)}" for i, f in enumerate(shown["frames"]))
+    lines.extend(f"    not read: {u}" for u in view.unread)
+    return "\n".join(lines)
+
+
+def run(
+    path: str, as_json: bool, last: int = 20, vmlinux: str | None = None, debuginfo_dir: str | None = None
+) -> Tuple[int, str]:
+    """Analyse one dump: exit 0 and the account, or 2 and what is wrong with the input (a vmlinux
+    that is not the dump's kernel's included: a wrong one is never read)."""
     if last < 0:
         return 2, f"chaosec2panic analyze: --lines {last}: give a count of lines, 0 or more"
+    if vmlinux and debuginfo_dir:
+        return 2, "chaosec2panic analyze: give --vmlinux or --debuginfo-dir, not both"
+    view = None
     try:
         with os.fdopen(os.open(Path(path), OPEN_FLAGS), "rb") as f:
-            found, _lines = analyse_source(FileSource(f), last)
+            src = FileSource(f)
+            found, _lines = analyse_source(src, last)
+            if vmlinux or debuginfo_dir:
+                info = open_memory(src)[1]
+                image = Path(vmlinux) if vmlinux else find_vmlinux(Path(debuginfo_dir or ""), info)
+                view = symbol_view(Path(path), image, check_vmlinux(image, info))
     except NotRegularFile as e:
         return 2, f"chaosec2panic analyze: {path}: {e}: name a dump file"
     except OSError as e:
         return 2, f"chaosec2panic analyze: {path}: cannot read: {e.strerror or e}"
+    except VmlinuxError as e:
+        return 2, f"chaosec2panic analyze: {e}"
     except DumpError as e:
         return 2, f"chaosec2panic analyze: {path}: {e}"
+    extra: List[str] = [render_symbols(view)] if view else []
     if as_json:
-        return 0, json.dumps({"path": path, **found.to_dict()}, indent=1)
-    return 0, render_text(path, found)
+        symbols = {"symbols": view.to_dict()} if view else {}
+        return 0, json.dumps({"path": path, **found.to_dict(), **symbols}, indent=1)
+    return 0, "\n".join([render_text(path, found), *extra])

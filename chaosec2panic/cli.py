@@ -162,7 +162,7 @@ def inspect(args: argparse.Namespace) -> int:
 def analyze(args: argparse.Namespace) -> int:
     from .analyze_cmd import run
 
-    code, text = run(args.dump, args.json, args.lines)
+    code, text = run(args.dump, args.json, args.lines, args.vmlinux, args.debuginfo_dir)
     print(text, file=sys.stderr if code else sys.stdout)
     return code
 
@@ -335,6 +335,9 @@ def parser() -> argparse.ArgumentParser:
     ana.add_argument("dump", metavar="DUMP", help="a kdump-compressed, flattened or ELF vmcore")
     ana.add_argument("--json", action="store_true")
     ana.add_argument("--lines", type=int, default=20, metavar="N", help="log lines before the panic")
+    syms = ana.add_mutually_exclusive_group()
+    syms.add_argument("--vmlinux", metavar="PATH", help="the dump kernel's debug vmlinux (needs drgn)")
+    syms.add_argument("--debuginfo-dir", metavar="DIR", help="a debug tree like /usr/lib/debug (needs drgn)")
     ana.set_defaults(run=analyze)
 
     pol = commands.add_parser("policy", help="the least-privilege IAM policy for the activities you use")

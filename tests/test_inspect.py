@@ -4,13 +4,21 @@ import json
 from pathlib import Path
 
 import pytest
+from test_analysis import LOG, extents
 from test_dumps import FIXTURES, MANIFEST, UNCHECKED_KDUMP_PAGES, materialise, sent
 
 from chaosec2panic import inspect_cmd
-from chaosec2panic.dumps import inspect_source
-from chaosec2panic.inspect_cmd import run
+from chaosec2panic.analysis import Analysis
+from chaosec2panic.dumps import FileSource, inspect_path, inspect_source
+from chaosec2panic.inspect_cmd import run, with_kernel_log
 
 REAL = FIXTURES / "real"
+# The committed whole-file fixtures hold no page data (holes read as zeros), so their log cannot be read.
+NO_LOG_KDUMP = (
+    "kernel log: page frame 0xd864 at offset 17794605: its 855 bytes do not decompress (length run at "
+    "input byte 1 reaches the end of the input): the page data is damaged: nmi_panic and panic_message "
+    "not read"
+)
 KEYS = [
     "path",
     "kind",
@@ -42,7 +50,7 @@ def test_json_for_a_whole_capture(tmp_path):
         "nmi_panic": None,
         "panic_message": None,
         "problems": [],
-        "unchecked": [],
+        "unchecked": [NO_LOG_KDUMP],
     }
     assert found[1] == {
         "path": paths[1],
@@ -109,11 +117,20 @@ def test_what_could_not_be_checked_is_said_apart_and_does_not_change_the_exit_co
 ):
     """A dump judged from its first blocks (as a guest sends them): its page data is unchecked,
     which is no problem and no reason to exit 1; a real problem still is."""
-    monkeypatch.setattr(inspect_cmd, "inspect_path", lambda path: inspect_source(sent(name), str(path)))
+    monkeypatch.setattr(
+        inspect_cmd,
+        "inspect_file",
+        lambda path: with_kernel_log(inspect_source(sent(name), path), sent(name)),
+    )
     got, out = run(["vmcore"], as_json=True)
     (found,) = json.loads(out)
     assert (got, found["complete"], found["problems"]) == (code, complete, problems)
-    assert found["unchecked"] == [UNCHECKED_KDUMP_PAGES]
+    assert found["unchecked"] == [
+        UNCHECKED_KDUMP_PAGES,
+        "kernel log: page descriptor: 24 bytes at offset 313808: not sent by the guest: the dump does not "
+        "hold it (a truncated or partial copy): nmi_panic and panic_message not read",
+    ]
+    assert (found["nmi_panic"], found["panic_message"]) == (None, None)
     text = run(["vmcore"], as_json=False)[1].splitlines()
     assert f"  not checked: {UNCHECKED_KDUMP_PAGES}" in text
     assert [line for line in text if line.startswith("  problem: ")] == [f"  problem: {p}" for p in problems]
@@ -157,6 +174,8 @@ def test_text_output_one_block_per_path(tmp_path):
         "  dumpable pages: 20821",
         "  problem: page descriptors at offset 100000: expected 20821 descriptors of 24 bytes from 32768 to "
         "532472, found end of file",
+        "  not checked: kernel log: page descriptor: 24 bytes at offset 313808, but the file ends at 100000: "
+        "the dump is truncated (copy it again, or capture a new one): nmi_panic and panic_message not read",
     ]
     assert "  console (text): INCOMPLETE" in blocks[1]
     assert "  panic caused by the NMI: yes" in blocks[1]
@@ -164,6 +183,51 @@ def test_text_output_one_block_per_path(tmp_path):
         "  problem: console line 746: the capture kernel panicked: System is deadlocked on memory"
         in blocks[1]
     )
+
+
+def materialise_log(name: str, directory: Path) -> Path:
+    """A log fixture written as its file: the bytes the log reader reads, holes elsewhere."""
+    parts, size = extents(name)
+    path = directory / f"{name}.vmcore"
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in parts:
+            f.seek(offset)
+            f.write(data)
+    return path
+
+
+@pytest.mark.parametrize("name", ["kdump-compressed", "flattened"])
+def test_a_real_vmcore_gets_its_panic_from_its_own_log(tmp_path, name):
+    """Both real dumps: the panic and the NMI cause come from the log, the verdict stays inspect's."""
+    path = str(materialise_log(name, tmp_path))
+    alone = inspect_path(Path(path)).to_dict()
+    code, out = run([path], as_json=True)
+    (found,) = json.loads(out)
+    assert (found["nmi_panic"], found["panic_message"]) == (True, "NMI: Not continuing")
+    assert {k: v for k, v in found.items() if k not in ("nmi_panic", "panic_message")} == {
+        k: v for k, v in alone.items() if k not in ("nmi_panic", "panic_message")
+    }
+    assert alone["nmi_panic"] is None and alone["complete"] is not True and code == 1
+    text = run([path], as_json=False)[1].splitlines()
+    assert "  panic: NMI: Not continuing" in text and "  panic caused by the NMI: yes" in text
+
+
+def test_a_log_without_a_panic_says_no_nmi_panic(monkeypatch, tmp_path):
+    """A log read whole with no panic line in it: the NMI did not panic it, and nothing is unchecked."""
+    empty = Analysis("kdump-compressed", "6.1.0-57-amd64", "", 3)
+    monkeypatch.setattr(inspect_cmd, "analyse_source", lambda src, last: (empty, []))
+    path = materialise_log("kdump-compressed", tmp_path)
+    alone = inspect_path(path)
+    with open(path, "rb") as f:
+        found = with_kernel_log(alone, FileSource(f))
+    assert (found.nmi_panic, found.panic_message, found.unchecked) == (False, "", alone.unchecked)
+
+
+def test_only_a_vmcore_is_read_for_its_log(tmp_path):
+    dmesg = inspect_path(LOG / "vmcore-dmesg.txt")
+    with open(materialise_log("kdump-compressed", tmp_path), "rb") as f:
+        assert with_kernel_log(dmesg, FileSource(f)) == dmesg
 
 
 def test_windows_text_output_names_the_bugcheck(tmp_path):
