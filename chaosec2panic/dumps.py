@@ -42,6 +42,7 @@ __all__ = [
     "console_findings",
     "inspect_path",
     "inspect_source",
+    "parse_vmcoreinfo",
     "read_elf",
     "read_flattened",
     "read_kdump",
@@ -310,7 +311,7 @@ def _iso(seconds: float) -> str:
         return ""
 
 
-def _vmcoreinfo(text: bytes) -> Dict[str, str]:
+def parse_vmcoreinfo(text: bytes) -> Dict[str, str]:
     """``KEY=value`` lines of a VMCOREINFO note (OSRELEASE, CRASHTIME, PAGESIZE, SYMBOL(...), ...)."""
     found: Dict[str, str] = {}
     for line in text.split(b"\0", 1)[0].decode("ascii", "replace").splitlines():
@@ -439,7 +440,7 @@ def read_kdump(src: Source, check_pages: bool = True) -> Inspection:
             )
         elif vi_size:
             text = _held(src, vi_offset, vi_size, "VMCOREINFO", unchecked)
-            info = _vmcoreinfo(text) if text is not None else {}
+            info = parse_vmcoreinfo(text) if text is not None else {}
             details["dump_level"] = (_unpack("<i", sub, 8) or (None,))[0]
     if version >= 5 and sub:
         erase = _unpack("<qQ", sub, KDUMP_SUB_ERASEINFO)
@@ -985,7 +986,7 @@ def _elf_notes(data: bytes, base: int, end: str) -> Tuple[Dict[str, str], List[s
                 )
             ]
         if data[name_at : name_at + namesz].rstrip(b"\0") == b"VMCOREINFO":
-            return _vmcoreinfo(data[desc_at : desc_at + descsz]), []
+            return parse_vmcoreinfo(data[desc_at : desc_at + descsz]), []
         if namesz == 0 and descsz == 0:
             break
         at = next_at

@@ -30,6 +30,7 @@ from .dumps import (
     FlattenedSource,
     NotHeld,
     Source,
+    parse_vmcoreinfo,
 )
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "PhysicalMemory",
     "VmcoreInfo",
     "open_memory",
-    "parse_vmcoreinfo",
 ]
 
 START_KERNEL_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map (x86_64)
@@ -53,16 +53,6 @@ PIP_PACKAGE = {SNAPPY: ("snappy", "cramjam"), ZSTD: ("zstd", "cramjam")}
 
 class DumpError(ValueError):
     """A dump that cannot be read as asked: the message names the problem and what to do."""
-
-
-def parse_vmcoreinfo(text: bytes) -> Dict[str, str]:
-    """``KEY=value`` lines of a VMCOREINFO note, up to its first NUL."""
-    found: Dict[str, str] = {}
-    for line in text.split(b"\0", 1)[0].decode("ascii", "replace").splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            found.setdefault(key, value)
-    return found
 
 
 @dataclass(frozen=True)
