@@ -28,6 +28,7 @@ from chaosec2panic import guest
 from chaosec2panic.guest.parsers import dump_files, kdump_verdict, parse_report
 from chaosec2panic.lab.qemuguest import QemuGuest
 from chaosec2panic.probes import instance_healthy, kdump_armed
+from chaosec2panic.recovery import parse_iso
 from chaosec2panic.ssm import run_script
 
 LINUX = guest.PLATFORMS["linux"]
@@ -126,6 +127,27 @@ class TestArmedRealGuests:
         )
         assert 5 < seconds < 120 and abs(seconds - truth) < 2.5
         assert lab.nmi_names() == [hit.spec.name]
+        # Each milestone against the moment the lab saw it on the serial console or did it (host
+        # clock): within a second beyond its error bar. The busybox guest sets its clock from the
+        # hardware clock's whole seconds and TCG slows it further: a clock found outside its
+        # command's window is the only contradiction allowed, and it is said.
+        line = outputs["recovery-seconds"]["timelines"][hit.instance_id]
+        skew = re.compile(r"^the guest's clock was [\d.]+s (behind|ahead of) the window its answer came in")
+        assert all(skew.match(c) for c in line["conflicts"]), line["conflicts"]
+        nmi = lab.events("nmi", hit.spec.name)[0]["epoch"]
+        after = [e for e in lab.events(name=hit.spec.name) if e["epoch"] >= nmi]
+        seen = {e["kind"]: e["epoch"] for e in reversed(after)}  # the first of each kind
+        for milestone, kind in (
+            ("nmi_sent", "nmi"),
+            ("capture_started", "capture-start"),
+            ("kernel_back", "boot"),
+            ("agent_online", "agent-online"),
+        ):
+            bar = line["evidence"][milestone]
+            off = abs(parse_iso(bar["at"]).timestamp() - seen[kind])
+            assert off <= 1.0 + bar["uncertainty_s"], (milestone, bar, seen[kind])
+        assert line["evidence"]["capture_started"]["source"] == "console-printk"
+        assert line["evidence"]["kernel_back"]["source"] == "boot-time"
 
     def test_the_crashed_guest_lists_its_dump_as_the_simulated_one_does(self, lab, tmp_path):
         crashed = lab.nmi_names()[0]
