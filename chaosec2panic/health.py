@@ -37,8 +37,8 @@ MIN_DELIVERY = 30  # seconds SSM holds an identity command for an offline agent,
 CONSOLE_READERS = 8  # GetConsoleOutput calls in flight at once
 # A console keeps only its last 64 KiB: a distribution's capture boot, then its normal boot,
 # push the capture kernel's lines out of it within a minute or two (a real Debian guest: shown
-# from 10 s to 110 s after the NMI). So while an instance is down and no capture kernel has been
-# seen, its console is read again every CONSOLE_EVERY seconds, at most CONSOLE_READS_DOWN times.
+# from 10 s to 110 s after the NMI). So until its new boot answers or a capture kernel is seen,
+# an instance's console is read every CONSOLE_EVERY seconds, at most CONSOLE_READS_DOWN times.
 CONSOLE_EVERY = 15.0
 CONSOLE_READS_DOWN = 12
 
@@ -121,16 +121,16 @@ class _Watch:
     resend_after: float = 0.0
     status: str = "unknown"
     down_since: str = ""  # when it was first seen down
-    console_read: int = 0  # reads while down
+    console_read: int = 0  # reads before the new boot answered
     console_next: float = 0.0  # monotonic time of the next read while down
     console_final: bool = False  # the read when the new boot answered
     console_at: str = ""  # when the console was last read
 
     def console_due(self, now: float) -> bool:
-        """Down, no new boot yet, no capture kernel seen, and its next read is due."""
+        """No new boot yet, no capture kernel seen, and its next read is due (status checks may
+        lag a whole reboot: being seen down is not waited for)."""
         return (
-            bool(self.down_since)
-            and self.track.boot is None
+            self.track.boot is None
             and "capture_started" not in dict(self.track.found)
             and self.console_read < CONSOLE_READS_DOWN
             and now >= self.console_next
@@ -166,7 +166,7 @@ def watch_recovery(
     may have reached the dying kernel: it is sent again once the instance is seen up.) Each
     look costs one DescribeInstanceStatus per 100 instances and one ListCommands; invocations
     are read only when ListCommands shows new answers. Consoles are read for the kernels' own
-    times of the panic and the capture: when first seen down, then every ``CONSOLE_EVERY``
+    times of the panic and the capture: at the first look, then every ``CONSOLE_EVERY``
     seconds until the capture kernel shows (at most ``CONSOLE_READS_DOWN`` times), and once
     when the new boot answers. Looks come every
     ``interval`` seconds, and every ``FAST_INTERVAL`` while an instance is expected to change

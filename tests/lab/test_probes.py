@@ -102,7 +102,7 @@ def test_armed_instance_crashes_dumps_and_comes_back(make_lab, os_name, fmt, dir
 
 
 def test_a_capture_kernel_the_next_boot_pushed_off_the_console_counts_once_the_watch_read_it(make_lab):
-    lab = make_lab([opted_in("watched"), opted_in("unwatched")])
+    lab = make_lab([opted_in("watched", os="debian"), opted_in("unwatched", os="debian")])
     conf = lab.configuration()
     hit(lab, "watched")
     assert recovered_within(30, configuration=conf) is True
