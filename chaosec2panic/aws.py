@@ -17,6 +17,7 @@ from chaoslib.exceptions import InterruptExecution
 from chaoslib.types import Configuration, Secrets
 
 from .errors import InvalidRequest
+from .pacing import THROTTLING_CODES, pace
 
 __all__ = [
     "DESCRIBE_STATUS_CHUNK",
@@ -35,25 +36,21 @@ T = TypeVar("T")
 
 DESCRIBE_STATUS_CHUNK = 100
 SSM_CHUNK = 50
-THROTTLING_CODES = frozenset(
-    {
-        "RequestLimitExceeded",
-        "Throttling",
-        "ThrottlingException",
-        "TooManyRequestsException",
-    }
-)
+SDK_ATTEMPTS = 10
 
 
 def client(service: str, configuration: Configuration, secrets: Secrets) -> Any:
     """A boto3 client for ``service``, configured as chaostoolkit-aws configures its own.
 
-    Unless ``AWS_RETRY_MODE`` says otherwise, botocore's adaptive retry mode: throttled calls
-    are retried and the client slows its own rate while AWS throttles it.
+    Unless ``AWS_RETRY_MODE`` and ``AWS_MAX_ATTEMPTS`` say otherwise, botocore's adaptive retry
+    mode with up to 10 attempts: throttled calls are retried and the client slows its own rate
+    while AWS throttles it. EC2 and SSM calls are paced to AWS's token buckets
+    (:mod:`.pacing`), so that a fleet's worth of calls waits for tokens rather than for retries.
     """
     os.environ.setdefault("AWS_RETRY_MODE", "adaptive")
+    os.environ.setdefault("AWS_MAX_ATTEMPTS", str(SDK_ATTEMPTS))
     try:
-        return aws_client(service, configuration, secrets)
+        return pace(aws_client(service, configuration, secrets))
     except InterruptExecution as exc:
         raise InvalidRequest(
             f"{exc}: set aws_region in the configuration, or AWS_REGION in the environment. Nothing was sent."

@@ -71,10 +71,17 @@ class RunningLab:
 
 
 def start_lab(
-    instances: List[Dict[str, Any]], ledger: Path, monkeypatch: pytest.MonkeyPatch, time_scale: float = FAST
+    instances: List[Dict[str, Any]],
+    ledger: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    time_scale: float = FAST,
+    throttling: Any = None,
+    clock: Callable[[], float] = time.time,
 ) -> RunningLab:
-    """A lab serving ``instances`` (fleet entries), with the environment pointing at it."""
-    server = LabServer(parse_fleet({"time_scale": time_scale, "instances": instances})).start()
+    """A lab serving ``instances`` (fleet entries), with the environment pointing at it;
+    ``throttling`` is the fleet file's entry (None: AWS's default buckets)."""
+    fleet = {"time_scale": time_scale, "instances": instances, "throttling": throttling}
+    server = LabServer(parse_fleet(fleet), clock=clock).start()
     for key, value in server.environment().items():
         monkeypatch.setenv(key, value)
     boto3.DEFAULT_SESSION = None  # each lab issues its own credentials: no session may keep old ones
@@ -86,10 +93,9 @@ def make_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callab
     """Start a lab serving ``instances`` (fleet entries); stopped when the test ends."""
     started: List[RunningLab] = []
 
-    def start(instances: List[Dict[str, Any]], time_scale: float = FAST) -> RunningLab:
-        started.append(
-            start_lab(instances, tmp_path / f"ledger-{len(started)}.json", monkeypatch, time_scale)
-        )
+    def start(instances: List[Dict[str, Any]], time_scale: float = FAST, **more: Any) -> RunningLab:
+        ledger = tmp_path / f"ledger-{len(started)}.json"
+        started.append(start_lab(instances, ledger, monkeypatch, time_scale, **more))
         return started[-1]
 
     yield start

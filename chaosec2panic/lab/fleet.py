@@ -6,6 +6,8 @@ from typing import Any, Dict, List, Mapping
 
 import yaml
 
+from .throttle import DEFAULT_BUCKETS, Bucket, ThrottleError, parse_throttling
+
 __all__ = [
     "CRASH_DUMP_TYPES",
     "FAMILIES",
@@ -110,6 +112,9 @@ DEBIAN_DEFAULTS = {
     "unknown_nmi_panic": 0,
     "panic_timeout": 0,
 }
+# kdump: true boots the image's armed disk: USE_KDUMP=1 and kernel.unknown_nmi_panic=1 in its
+# files, kdump-tools' own crashkernel=384M-:128M (128 MiB at this memory) on the line.
+DEBIAN_ARMED = {"kdump": True, "crashkernel_mib": 128, "unknown_nmi_panic": 1}
 DEBIAN_MEMORY_MIB = (1024, 4096)
 
 
@@ -162,6 +167,8 @@ class Fleet:
     region: str
     time_scale: float
     guests: List[GuestSpec]
+    # Token buckets by class (AWS's documented sizes unless the file says otherwise); None: off.
+    throttling: Dict[str, Bucket] | None = field(default_factory=lambda: dict(DEFAULT_BUCKETS))
 
 
 SPEC_FIELDS = {f.name: f for f in fields(GuestSpec)}
@@ -200,13 +207,13 @@ def _guest(entry: Any, where: str) -> List[GuestSpec]:
                 f"{where}: a qemu guest has {low} to {high} MiB of memory, got {settings['memory_mib']!r}"
             )
     elif settings.get("kind") == "debian":
-        own = sorted(set(LINUX_SETTINGS) & set(settings))
+        own = sorted(set(LINUX_SETTINGS) - {"kdump"} & set(settings))
         if own or settings.get("os", "debian") != "debian" or not settings.get("acpi_reboot", True):
             raise FleetError(
                 f"{where}: a debian guest runs a real Debian system (os: debian) whose kernel settings "
-                f"are its own files; {own or 'os or acpi_reboot'} cannot be set"
+                f"are its own files; {own or 'os or acpi_reboot'} cannot be set (kdump: true boots it armed)"
             )
-        settings = {**DEBIAN_DEFAULTS, **settings}
+        settings = {**DEBIAN_DEFAULTS, **(DEBIAN_ARMED if settings.get("kdump") else {}), **settings}
         low, high = DEBIAN_MEMORY_MIB
         if not isinstance(settings["memory_mib"], int) or not low <= settings["memory_mib"] <= high:
             raise FleetError(
@@ -266,7 +273,11 @@ def parse_fleet(data: Any) -> Fleet:
     scale = data.get("time_scale", 1.0)
     if not isinstance(scale, int | float) or scale <= 0:
         raise FleetError(f"time_scale must be a number > 0, got {scale!r}")
-    return Fleet(str(data.get("region", "us-east-1")), float(scale), guests)
+    try:
+        throttling = parse_throttling(data.get("throttling"))
+    except ThrottleError as exc:
+        raise FleetError(str(exc)) from None
+    return Fleet(str(data.get("region", "us-east-1")), float(scale), guests, throttling)
 
 
 def load_fleet(path: Path) -> Fleet:

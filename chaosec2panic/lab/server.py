@@ -50,8 +50,18 @@ from .fleet import Fleet
 from .kit import Kit, KitError, ensure_kit
 from .protocol import SERVICES, ApiError, Request, ec2_xml, error_body, json_object, list_param, protocol_of
 from .qemuguest import QemuError, QemuGuest, choose_accel
+from .queries import (
+    ENDED,
+    STATUS_FILTERS,
+    command_status,
+    every_page,
+    information_filters,
+    query_filters,
+    refuse_malformed_ids,
+)
 from .sandbox import Sandbox, SandboxError
 from .simguest import SimGuest, WindowsSimGuest
+from .throttle import THROTTLED_ANSWERS, Throttle, bucket_class
 
 __all__ = ["Guest", "Lab", "LabError", "LabServer", "lab_control"]
 
@@ -62,7 +72,6 @@ PLUGINS = {"AWS-RunShellScript": "aws:runShellScript", "AWS-RunPowerShellScript"
 # Moto's bundled AMIs by SSM platform: a Windows AMI makes DescribeInstances say Platform=windows.
 AMI_PREFERENCE = {"Windows": "Windows_Server-2016-English-Full-Base"}
 PLUGIN_OUTPUT_LIMIT = 2500
-ENDED = frozenset({"Success", "Failed", "TimedOut", "Cancelled"})
 DELIVERY_TICK = 0.1  # seconds: how soon a waiting command reaches an agent that came online
 GUEST_ACTIONS = {
     "RebootInstances": "reboot",
@@ -156,6 +165,9 @@ class Lab:
         self.operator, self.guest_keys = issue(), issue("ASIA")
         self._secrets = {k.access_key: k.secret_key for k in (self.operator, self.guest_keys)}
         self.sandbox: Sandbox | None = None
+        # AWS's request throttling, per account, region and action, on the lab's own clock: from
+        # when the fleet is up (the lab's own set-up calls are not throttled).
+        self.throttle: Throttle | None = None
 
     # set-up -----------------------------------------------------------------------------------
     def populate(self, endpoint: str) -> None:
@@ -227,6 +239,8 @@ class Lab:
                     f"{guest.spec.name} did not boot within {BOOT_TIMEOUT}s (accel {accel}); "
                     f"see {guest.console_path}"
                 )
+        if self.fleet.throttling is not None:
+            self.throttle = Throttle(self.fleet.throttling, clock=lambda: self.clock())
 
     def _guests_sandbox(self) -> Sandbox:
         if self.sandbox is None:
@@ -320,6 +334,8 @@ class Lab:
             self.calls[f"{request.service}:{request.operation}"] += 1
         handler = getattr(self, f"_{request.service}_{request.operation}", None)
         try:
+            self._throttled(request)
+            refuse_malformed_ids(request)
             self._inject_fault(request)
             if handler is not None:
                 with self._lock:  # guests and commands change together: one lab operation at a time
@@ -327,6 +343,7 @@ class Lab:
                 return self._answer(start_response, request, result)
         except ApiError as error:
             return self._error(start_response, request.protocol, error)
+        body = every_page(request, body)
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         if request.service == "elasticloadbalancing" and request.operation == "DescribeTargetHealth":
@@ -437,6 +454,17 @@ class Lab:
         )
         return [payload]
 
+    def _throttled(self, request: Request) -> None:
+        """Refuse the call as AWS does when its bucket is empty (DryRun calls take a token too)."""
+        if self.throttle is None:
+            return
+        kind = bucket_class(request.service, request.operation, request.form or request.json)
+        if kind is not None and not self.throttle.take(
+            DEFAULT_ACCOUNT_ID, request.region, request.operation, kind
+        ):
+            code, message, status = THROTTLED_ANSWERS[request.service]
+            raise ApiError(code, message, status)
+
     def _inject_fault(self, request: Request) -> None:
         with self._lock:
             for fault in self.faults:
@@ -493,6 +521,8 @@ class Lab:
                     answer = sorted(self.events, key=lambda e: e["epoch"])
             elif path == "/_lab/calls":
                 answer = dict(self.calls)
+            elif path == "/_lab/throttling":
+                answer = None if self.throttle is None else self.throttle.counts()
             elif path == "/_lab/fleet":
                 answer = [
                     {
@@ -540,6 +570,12 @@ class Lab:
 
     def _ec2_DescribeInstanceStatus(self, request: Request) -> Dict[str, Any]:
         ids = list_param(request.form, "InstanceId")
+        if ids and "MaxResults" in request.form:
+            raise ApiError(
+                "InvalidParameterCombination",
+                "The parameter instancesSet cannot be used with the parameter maxResults",
+            )
+        wanted = query_filters(request.form, STATUS_FILTERS)
         guests = [self._guest(i) for i in ids] if ids else list(self.guests.values())
         include_all = request.flag("IncludeAllInstances")
         items = []
@@ -549,6 +585,18 @@ class Lab:
                 continue
             system = "ok" if g.state == "running" else "not-applicable"
             check = {"passed": "ok", "initializing": "initializing"}
+            reachability = next((k for k, v in check.items() if v == status), "failed")
+            seen = {
+                "instance-state-name": g.state,
+                "instance-state-code": str(STATE_CODES[g.state]),
+                "availability-zone": f"{self.fleet.region}a",
+                "instance-status.status": status,
+                "instance-status.reachability": reachability,
+                "system-status.status": system,
+                "system-status.reachability": "passed" if system == "ok" else system,
+            }
+            if any(seen[name] not in values for name, values in wanted.items()):
+                continue
             items.append(
                 {
                     "instanceId": g.instance_id,
@@ -565,7 +613,7 @@ class Lab:
                         "details": [
                             {
                                 "name": "reachability",
-                                "status": next((k for k, v in check.items() if v == status), "failed"),
+                                "status": reachability,
                             }
                         ],
                     },
@@ -743,7 +791,7 @@ class Lab:
                     "DocumentName": command["document"],
                     "Comment": command["comment"],
                     "RequestedDateTime": command["requested"],
-                    "Status": "Success" if len(ended) == len(statuses) else "InProgress",
+                    "Status": command_status(statuses),
                     "TargetCount": len(statuses),
                     "CompletedCount": len(ended),
                     "ErrorCount": sum(1 for s in ended if s != "Success"),
@@ -777,22 +825,30 @@ class Lab:
         }
 
     def _ssm_DescribeInstanceInformation(self, request: Request) -> Dict[str, Any]:
-        wanted: List[str] = []
-        for f in request.json.get("Filters", []) + request.json.get("InstanceInformationFilterList", []):
-            if f.get("Key") in ("InstanceIds", "instanceIds"):
-                wanted += f.get("Values") or f.get("valueSet") or []
-        guests = (
-            [self.guests[i] for i in wanted if i in self.guests] if wanted else list(self.guests.values())
-        )
+        filters = information_filters(request.json)
         items = []
-        for g in guests:
+        for g in self.guests.values():
+            if not g.spec.agent:  # no agent ever registered it: SSM does not know the instance
+                continue
             family = g.spec.family
+            ping = "Online" if g.agent_online() else "ConnectionLost"
+            seen = {
+                "InstanceIds": [g.instance_id],
+                "PingStatus": [ping],
+                "PlatformTypes": [family.platform],
+                "ResourceType": ["EC2Instance"],
+                "AgentVersion": [AGENT_VERSION],
+                "tag-key": list(g.spec.tags),
+                **{f"tag:{k}": [v] for k, v in g.spec.tags.items()},
+            }
+            if not all(set(seen.get(key, [])) & values for key, values in filters.items()):
+                continue
             items.append(
                 {
                     "InstanceId": g.instance_id,
-                    "PingStatus": "Online" if g.agent_online() else "ConnectionLost",
+                    "PingStatus": ping,
                     "LastPingDateTime": g.last_ping(),
-                    "AgentVersion": "3.3.1142.0",
+                    "AgentVersion": AGENT_VERSION,
                     "IsLatestVersion": True,
                     "PlatformType": family.platform,
                     "PlatformName": family.pretty,
@@ -811,6 +867,7 @@ class Lab:
 
 
 FAULT_FIELDS = {"operation": str, "code": str, "message": str, "status": int, "count": int, "dry_run": bool}
+AGENT_VERSION = "3.3.1142.0"
 ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9.]{0,99}")
 
 
@@ -908,10 +965,16 @@ class QuietHandler(MotoRequestHandler):
 class LabServer:
     """The lab served over HTTP on 127.0.0.1 in a background thread."""
 
-    def __init__(self, fleet: Fleet, port: int = 0, workdir: Path | None = None):
+    def __init__(
+        self,
+        fleet: Fleet,
+        port: int = 0,
+        workdir: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="chaosec2panic-lab-")
         self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
-        self.lab = Lab(fleet, self.workdir)
+        self.lab = Lab(fleet, self.workdir, clock)
         self._server: BaseWSGIServer = make_server(
             "127.0.0.1", port, self.lab, threaded=True, request_handler=QuietHandler
         )

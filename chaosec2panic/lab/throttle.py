@@ -6,8 +6,14 @@ second; non-mutating ones (Describe*, Get*, List*, Search*) 100 and 20; Describe
 DescribeInstanceStatus called with neither a filter (Filters, InstanceIds) nor pagination
 (MaxResults, NextToken) take from a smaller bucket of 50 and 10. DryRun calls take a token too.
 SSM publishes no rates for its Run Command and fleet calls: the lab gives each SSM action a
-bucket of 40 refilled at 20 per second, a model, not AWS's word. Buckets refill in real time:
-the lab's time scale never scales them.
+bucket of 40 refilled at 20 per second, a model, not AWS's word. Buckets refill on the clock
+they are given (the lab's own clock, the one its guests and signatures use): the guests' time
+scale never scales them, since the clients the lab answers wait in real seconds.
+
+A throttled call is answered as AWS answers it (:data:`THROTTLED_ANSWERS`): EC2 ``RequestLimitExceeded``
+with HTTP 503 (botocore's legacy retry mode retries that code only with 503; its standard and
+adaptive modes retry it by code), SSM ``ThrottlingException`` with HTTP 400 (the legacy mode's
+``throttling_exception`` policy wants exactly that pair).
 """
 
 import threading
@@ -15,11 +21,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Tuple
 
-__all__ = ["DEFAULT_BUCKETS", "Bucket", "Throttle", "ThrottleError", "bucket_class", "parse_throttling"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "THROTTLED_ANSWERS",
+    "Bucket",
+    "Throttle",
+    "ThrottleError",
+    "bucket_class",
+    "parse_throttling",
+]
 
 NON_MUTATING_PREFIXES = ("Describe", "Get", "List", "Search")
 UNFILTERED_ACTIONS = frozenset({"DescribeInstances", "DescribeInstanceStatus"})
 FILTER_PARAMS = ("Filter", "InstanceId")
+# What AWS answers a throttled call, by service: error code, message, HTTP status.
+THROTTLED_ANSWERS = {
+    "ec2": ("RequestLimitExceeded", "Request limit exceeded.", 503),
+    "ssm": ("ThrottlingException", "Rate exceeded", 400),
+}
 PAGINATION_PARAMS = ("MaxResults", "NextToken")
 
 
@@ -78,6 +97,11 @@ class Throttle:
     def __post_init__(self) -> None:
         self._states: Dict[Tuple[str, str, str, str], _State] = {}
         self._lock = threading.Lock()
+
+    def counts(self) -> Dict[str, Dict[str, int]]:
+        """The calls each class let through and the ones it refused, so far."""
+        with self._lock:
+            return {"taken": dict(self.taken), "throttled": dict(self.throttled)}
 
     def take(self, account: str, region: str, operation: str, kind: str) -> bool:
         """Spend one token of ``kind``'s bucket for this action; False (nothing spent) when empty."""
