@@ -60,7 +60,13 @@ class DebianImage:
 
     @property
     def base(self) -> Path:
+        """The unarmed disk: kdump-tools installed, USE_KDUMP=0."""
         return self.path / "base.qcow2"
+
+    @property
+    def armed(self) -> Path:
+        """The same root filesystem armed: USE_KDUMP=1, kernel.unknown_nmi_panic=1 in sysctl.d."""
+        return self.path / "armed.qcow2"
 
 
 def _cache_root() -> Path:
@@ -101,7 +107,7 @@ def image_key(versions: Dict[str, str]) -> str:
 
 def _read_image(path: Path) -> DebianImage | None:
     env, listed = path / "image.env", path / "rootfs.versions"
-    if not all(p.is_file() for p in (path / "base.qcow2", env, listed)):
+    if not all(p.is_file() for p in (path / "base.qcow2", path / "armed.qcow2", env, listed)):
         return None
     values = dict(line.split("=", 1) for line in env.read_text().splitlines() if "=" in line)
     versions = dict(line.split("=", 1) for line in listed.read_text().splitlines() if "=" in line)
@@ -144,8 +150,9 @@ def ensure_image(rebuild: bool = False) -> DebianImage:
 
 
 class DebianGuest(QemuGuest):
-    """A real Debian instance: its own disk (an overlay on the image), its own GRUB, systemd,
-    kdump-tools. The busybox guests' interface and agent protocol."""
+    """A real Debian instance: its own disk (an overlay on the image's armed disk if the spec
+    says kdump, else on the unarmed one), its own GRUB, systemd, kdump-tools. The busybox
+    guests' interface and agent protocol."""
 
     def __init__(
         self,
@@ -171,7 +178,7 @@ class DebianGuest(QemuGuest):
                     "-F",
                     "qcow2",
                     "-b",
-                    str(image.base),
+                    str(image.armed if spec.kdump else image.base),
                     str(self.overlay),
                 ],
                 capture_output=True,

@@ -1,12 +1,18 @@
 """A real Debian bookworm guest: Debian's kernel, systemd, GRUB and kdump-tools, armed by the
-extension from unarmed, crashed by an NMI, its dump found where kdump-tools puts it.
+extension from unarmed (or armed by its own files from the first boot), crashed by an NMI, its
+dump found where kdump-tools puts it.
 
-One lab for the whole class, the tests in order (each step needs the one before). The image is
+One lab for each class, the tests in order (each step needs the one before). The image is
 built once (mmdebstrap, about 90 s) and cached; the guest boots through its own GRUB under TCG.
 These tests need root and the Debian packages that scripts/setup.sh installs.
 """
 
+import base64
+import gzip
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,26 +21,37 @@ from conftest import ROOT, failed_probes, opted_in, run_experiment, start_lab, v
 
 from chaosec2panic.actions import arm_kdump
 from chaosec2panic.lab.debian import DebianGuest
-from chaosec2panic.probes import crash_dump_present, kdump_armed
+from chaosec2panic.probes import crash_dump_present, crash_dumps, kdump_armed
 from chaosec2panic.rollbacks import restore_kdump_settings
 
 pytestmark = pytest.mark.skipif(shutil.which("mmdebstrap") is None, reason="mmdebstrap is not installed")
 
+CLI = str(Path(sys.executable).with_name("chaosec2panic"))
 NAME = "debian-unarmed"
+ARMED = "debian-armed"
 
 
-@pytest.fixture(scope="class")
-def lab(tmp_path_factory):
-    fleet = [opted_in(NAME, kind="debian", tags={"role": "unarmed"})]
+def debian_lab(tmp_path_factory, entry: dict):
     with pytest.MonkeyPatch.context() as monkeypatch:
-        running = start_lab(fleet, tmp_path_factory.mktemp("ledger") / "ledger.json", monkeypatch)
+        running = start_lab([entry], tmp_path_factory.mktemp("ledger") / "ledger.json", monkeypatch)
         yield running
         running.server.stop()
 
 
-def inside(lab, script: str) -> str:
-    """What ``script`` prints in the guest, run as root by its agent."""
-    answer = lab.lab.guests[lab.id(NAME)].run_command(script, timeout=60)
+@pytest.fixture(scope="class")
+def lab(tmp_path_factory):
+    yield from debian_lab(tmp_path_factory, opted_in(NAME, kind="debian", tags={"role": "unarmed"}))
+
+
+@pytest.fixture(scope="class")
+def armed_lab(tmp_path_factory):
+    entry = opted_in(ARMED, kind="debian", kdump=True, tags={"role": "crash-capture"})
+    yield from debian_lab(tmp_path_factory, entry)
+
+
+def inside(lab, script: str, name: str = NAME) -> str:
+    """What ``script`` prints in the guest ``name``, run as root by its agent."""
+    answer = lab.lab.guests[lab.id(name)].run_command(script, timeout=60)
     assert answer.status == "Success", answer.stderr
     return answer.stdout
 
@@ -84,3 +101,50 @@ class TestDebianGuest:
         assert "Not ready to kdump" in inside(lab, "kdump-config status")
         assert inside(lab, "sysctl -n kernel.unknown_nmi_panic").strip() == "0"
         assert "USE_KDUMP=0" in inside(lab, "grep ^USE_KDUMP= /etc/default/kdump-tools")
+
+
+class TestArmedDebianGuest:
+    """Armed by its own files as a Debian admin arms kdump-tools: ready from the first boot."""
+
+    CONFIG: ClassVar = {"chaosec2panic_poll_interval": 0.5}
+
+    def test_kdump_armed_says_armed_from_the_first_boot(self, armed_lab):
+        assert "current state   : ready to kdump" in inside(armed_lab, "kdump-config status", ARMED)
+        line = inside(armed_lab, "cat /proc/cmdline", ARMED)
+        assert "crashkernel=384M-:128M" in line and "BOOT_IMAGE=/boot/vmlinuz-" in line
+        asked = "sysctl -n kernel.unknown_nmi_panic kernel.panic kernel.panic_on_oops"
+        assert inside(armed_lab, asked, ARMED).split() == ["1", "0", "1"]
+        config = armed_lab.configuration(**self.CONFIG)
+        verdict = kdump_armed(instance_ids=[armed_lab.id(ARMED)], configuration=config)
+        assert verdict["armed"] is True, verdict
+        assert verdict["instances"][armed_lab.id(ARMED)]["verdict"] == "armed", verdict
+
+    def test_the_stock_crash_capture_experiment_passes_through_the_chaos_cli(self, armed_lab, tmp_path):
+        experiment = ROOT / "experiments" / "crash-capture.yaml"
+        journal = run_experiment(
+            armed_lab, experiment, tmp_path / "journal.json", CHAOSEC2PANIC_POLL_INTERVAL="1"
+        )
+        assert journal["deviated"] is False, failed_probes(journal)
+        outputs = {r["activity"]["name"]: r["output"] for r in journal["run"]}
+        dump = outputs["crash-dumps"]["instances"][armed_lab.id(ARMED)]
+        assert dump["verdict"] == "complete-dump" and dump["format"] == "flattened", dump
+        assert dump["path"].startswith("/var/crash/2") and "/dump.2" in dump["path"]
+        assert "dump-incomplete" not in inside(armed_lab, "ls /var/crash/*/", ARMED)
+
+    def test_crash_dumps_and_inspect_name_the_nmi_panic(self, armed_lab, tmp_path):
+        config = armed_lab.configuration(**self.CONFIG)
+        dump = crash_dumps(instance_ids=[armed_lab.id(ARMED)], configuration=config)["instances"]
+        found = dump[armed_lab.id(ARMED)]
+        assert found["verdict"] == "complete-dump" and found["nmi_panic"] is True, found
+        assert "NMI" in found["panic_message"], found
+        dmesg = tmp_path / "dmesg.txt"
+        # gzipped: Run Command keeps only the first 24,000 characters of its output
+        packed = inside(armed_lab, "gzip -9c /var/crash/2*/dmesg.2* | base64 -w 0", ARMED)
+        dmesg.write_bytes(gzip.decompress(base64.b64decode(packed)))
+        done = subprocess.run(
+            [CLI, "inspect", "--json", str(dmesg)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        [read] = json.loads(done.stdout)
+        assert (read["kind"], read["nmi_panic"]) == ("dmesg", True), read
+        assert read["panic_message"] == found["panic_message"], read

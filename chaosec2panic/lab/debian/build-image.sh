@@ -3,9 +3,12 @@
 #   OUTDIR/rootfs.versions  the installed packages (dpkg-query), the key's source of truth
 #   OUTDIR/base.qcow2       MBR disk: GRUB boot.img + core.img before the first partition,
 #                           one ext4 partition made with mke2fs -d (no loop device, no mount)
+#   OUTDIR/armed.qcow2      the same root filesystem armed as a Debian admin arms kdump-tools
 #   OUTDIR/image.env        kernel release and the root filesystem's UUID
-# Built with mmdebstrap --variant=minbase from Debian's packages; kdump-tools is installed but
-# not armed (USE_KDUMP=0, no crashkernel=): arming it is the extension's job.
+# Built with mmdebstrap --variant=minbase from Debian's packages; on base.qcow2 kdump-tools is
+# installed but not armed (USE_KDUMP=0): arming it is the extension's job. armed.qcow2 differs
+# by two files only: USE_KDUMP=1 and /etc/sysctl.d/90-kdump-nmi.conf (unknown_nmi_panic=1).
+# Both boot with kdump-tools' own crashkernel= (its grub.d file); kernel.panic stays Debian's 0.
 # Needs (Debian packages): mmdebstrap e2fsprogs fdisk qemu-utils.
 set -euo pipefail
 OUT=${1:?usage: build-image.sh OUTDIR AGENT UNIT}
@@ -104,15 +107,26 @@ cp "$R/tmp/core.img" "$WORK/core.img"; rm -f "$R/tmp/core.img"
 cp "$R/usr/lib/grub/i386-pc/boot.img" "$WORK/boot.img"
 rm -rf "$R/var/cache/apt/archives/"*.deb "$R/var/lib/apt/lists/"*_Packages
 
-log "disk: ${PART_MIB} MiB ext4 at 1 MiB"
-DISK="$WORK/disk.raw"
-truncate -s $(( (PART_MIB + 1) * 1024 * 1024 )) "$DISK"
-echo 'start=2048, type=83, bootable' | sfdisk -q "$DISK" >&2
-mke2fs -q -F -t ext4 -U "$UUID" -L debian-root -d "$R" -E offset=1048576 "$DISK" "${PART_MIB}M" >&2
-dd if="$WORK/boot.img" of="$DISK" bs=440 count=1 conv=notrunc status=none
-dd if="$WORK/core.img" of="$DISK" bs=512 seek=1 conv=notrunc status=none
 [ "$(stat -c %s "$WORK/core.img")" -lt $(( 2047 * 512 )) ] || { log "core.img does not fit before the partition"; exit 1; }
-qemu-img convert -O qcow2 "$DISK" "$OUT/base.qcow2.part"
+# disk NAME: the root filesystem as it is now, as OUTDIR/NAME.qcow2
+disk() {
+    log "disk $1: ${PART_MIB} MiB ext4 at 1 MiB"
+    local raw="$WORK/disk.raw"
+    rm -f "$raw"; truncate -s $(( (PART_MIB + 1) * 1024 * 1024 )) "$raw"
+    echo 'start=2048, type=83, bootable' | sfdisk -q "$raw" >&2
+    mke2fs -q -F -t ext4 -U "$UUID" -L debian-root -d "$R" -E offset=1048576 "$raw" "${PART_MIB}M" >&2
+    dd if="$WORK/boot.img" of="$raw" bs=440 count=1 conv=notrunc status=none
+    dd if="$WORK/core.img" of="$raw" bs=512 seek=1 conv=notrunc status=none
+    qemu-img convert -O qcow2 "$raw" "$OUT/$1.qcow2.part"
+    rm -f "$raw"
+}
+disk base
+# armed as a Debian admin arms kdump-tools: USE_KDUMP=1 (crashkernel= is already on the line
+# from its /etc/default/grub.d/kdump-tools.cfg); an NMI panics through a sysctl.d file
+sed -i 's/^USE_KDUMP=.*/USE_KDUMP=1/' "$R/etc/default/kdump-tools"
+echo kernel.unknown_nmi_panic = 1 > "$R/etc/sysctl.d/90-kdump-nmi.conf"
+disk armed
+mv "$OUT/armed.qcow2.part" "$OUT/armed.qcow2"
 mv "$OUT/base.qcow2.part" "$OUT/base.qcow2"
 cp "$R/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
 printf 'IMAGE_KERNEL_RELEASE=%s\nIMAGE_ROOT_UUID=%s\n' "$KVER" "$UUID" > "$OUT/image.env"
