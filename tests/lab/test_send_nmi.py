@@ -58,7 +58,15 @@ def test_measured_recovery_matches_the_lab_truth(make_lab):
     [nmi] = lab.events("nmi", "web")
     true_seconds = truth["epoch"] - nmi["epoch"]
     assert measured["recovered"] == 1 and measured["pending"] == []
-    assert abs(measured["instances"][lab.id("web")] - true_seconds) < 0.5
+    # The truth lies within the stated error bars: the NMI's (half its round trip) either side,
+    # and up to the healthy milestone's (the lag since the look before: a busy machine looks
+    # less often) after it. Never a fixed wall-clock margin.
+    line = measured["timelines"][lab.id("web")]
+    healthy = max(("kernel_back", "status_ok", "agent_online"), key=lambda m: line["milestones"][m])
+    nmi_bar = line["evidence"]["nmi_sent"]["uncertainty_s"]
+    healthy_bar = line["evidence"][healthy]["uncertainty_s"]
+    error = measured["instances"][lab.id("web")] - true_seconds
+    assert -nmi_bar - 0.005 <= error <= nmi_bar + healthy_bar + 0.005, (error, healthy, line["evidence"])
     # The NMI landed while its request was in flight (ISO times keep whole milliseconds).
     assert epoch(sent["sent_at"]) <= nmi["epoch"] <= epoch(sent["answered_at"]) + 0.001
 
