@@ -9,7 +9,6 @@ systemd service on the same virtio-serial port and protocol as the busybox guest
 """
 
 import hashlib
-import os
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 from .fleet import GuestSpec
-from .kit import Kit
+from .kit import Kit, cache_dir
 from .qemuguest import QemuError, QemuGuest, choose_accel
 
 __all__ = [
@@ -67,11 +66,6 @@ class DebianImage:
     def armed(self) -> Path:
         """The same root filesystem armed: USE_KDUMP=1, kernel.unknown_nmi_panic=1 in sysctl.d."""
         return self.path / "armed.qcow2"
-
-
-def _cache_root() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return Path(os.environ.get("CHAOSEC2PANIC_DEBIAN_CACHE") or base / "chaosec2panic" / "debian")
 
 
 def _guest_file(folder: str, name: str) -> Path:
@@ -122,7 +116,7 @@ def ensure_image(rebuild: bool = False) -> DebianImage:
             f"{', '.join(missing)} missing (as root: apt-get install {' '.join(HOST_PACKAGES)})"
         )
     wanted = candidate_versions()
-    path = _cache_root() / f"bookworm-{image_key(wanted)}"
+    path = cache_dir("debian", "CHAOSEC2PANIC_DEBIAN_CACHE") / f"bookworm-{image_key(wanted)}"
     found = None if rebuild else _read_image(path)
     if found:
         return found

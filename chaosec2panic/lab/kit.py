@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-__all__ = ["GUEST_FILES", "HOST_PACKAGES", "Kit", "KitError", "ensure_kit"]
+__all__ = ["GUEST_FILES", "HOST_PACKAGES", "Kit", "KitError", "cache_dir", "ensure_kit"]
 
 GUEST_FILES = ("build-kit.sh", "init", "agent", "lab-kdump", "kdumpctl")
 HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "kexec-tools", "makedumpfile", "cpio", "kmod")
@@ -36,9 +36,11 @@ class Kit:
         return self.path / "initrd.img"
 
 
-def _cache_root() -> Path:
+def cache_dir(name: str, variable: str) -> Path:
+    """Where the lab caches what it builds of ``name``: ``$variable`` if set, else
+    ``$XDG_CACHE_HOME/chaosec2panic/NAME`` (``~/.cache`` without it)."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return Path(os.environ.get("CHAOSEC2PANIC_KIT_CACHE") or base / "chaosec2panic" / "kit")
+    return Path(os.environ.get(variable) or base / "chaosec2panic" / name)
 
 
 def _kernel_package() -> str:
@@ -79,7 +81,7 @@ def ensure_kit(rebuild: bool = False) -> Kit:
     """The cached kit for the current kernel package and guest files, built if missing."""
     if shutil.which("qemu-system-x86_64") is None:
         raise KitError(f"qemu-system-x86_64 is missing (as root: apt-get install {' '.join(HOST_PACKAGES)})")
-    path = _cache_root() / f"{_kernel_package()}-{_guest_digest()}"
+    path = cache_dir("kit", "CHAOSEC2PANIC_KIT_CACHE") / f"{_kernel_package()}-{_guest_digest()}"
     found = None if rebuild else _read_kit(path)
     if found:
         return found
