@@ -38,9 +38,9 @@ CONSOLE_READERS = 8  # GetConsoleOutput calls in flight at once
 # A console keeps only its last 64 KiB: a distribution's capture boot, then its normal boot,
 # push the capture kernel's lines out of it within a minute or two (a real Debian guest: shown
 # from 10 s to 110 s after the NMI). So until its new boot answers or a capture kernel is seen,
-# an instance's console is read every CONSOLE_EVERY seconds, at most CONSOLE_READS_DOWN times.
+# an instance's console is read every CONSOLE_EVERY seconds, at most CONSOLE_READS times.
 CONSOLE_EVERY = 15.0
-CONSOLE_READS_DOWN = 12
+CONSOLE_READS = 12
 
 
 def instance_status(ec2: Any, instance_ids: List[str]) -> Dict[str, Dict[str, str]]:
@@ -122,7 +122,7 @@ class _Watch:
     status: str = "unknown"
     down_since: str = ""  # when it was first seen down
     console_read: int = 0  # reads before the new boot answered
-    console_next: float = 0.0  # monotonic time of the next read while down
+    console_next: float = 0.0  # monotonic time of the next read before the new boot
     console_final: bool = False  # the read when the new boot answered
     console_at: str = ""  # when the console was last read
 
@@ -132,7 +132,7 @@ class _Watch:
         return (
             self.track.boot is None
             and "capture_started" not in dict(self.track.found)
-            and self.console_read < CONSOLE_READS_DOWN
+            and self.console_read < CONSOLE_READS
             and now >= self.console_next
         )
 
@@ -167,7 +167,7 @@ def watch_recovery(
     look costs one DescribeInstanceStatus per 100 instances and one ListCommands; invocations
     are read only when ListCommands shows new answers. Consoles are read for the kernels' own
     times of the panic and the capture: at the first look, then every ``CONSOLE_EVERY``
-    seconds until the capture kernel shows (at most ``CONSOLE_READS_DOWN`` times), and once
+    seconds until the capture kernel shows (at most ``CONSOLE_READS`` times), and once
     when the new boot answers. Looks come every
     ``interval`` seconds, and every ``FAST_INTERVAL`` while an instance is expected to change
     soon (booting, or up again and not yet answering). With ``app``, an instance is back only

@@ -63,6 +63,11 @@ class DebianImage:
         return self.path / "base.qcow2"
 
     @property
+    def kit(self) -> Kit:
+        """The image as the QEMU guest's kit: its folder and kernel release."""
+        return Kit(self.path, self.kernel_release)
+
+    @property
     def armed(self) -> Path:
         """The same root filesystem armed: USE_KDUMP=1, kernel.unknown_nmi_panic=1 in sysctl.d."""
         return self.path / "armed.qcow2"
@@ -181,7 +186,7 @@ class DebianGuest(QemuGuest):
             )
             if made.returncode != 0:
                 raise QemuError(f"qemu-img create {self.overlay}: {made.stderr.strip()}")
-        super().__init__(instance_id, spec, root, Kit(image.path, image.kernel_release), accel, clock, emit)
+        super().__init__(instance_id, spec, root, image.kit, accel, clock, emit)
 
     def command_line(self) -> List[str]:
         line = super().command_line()
@@ -204,5 +209,5 @@ def debian_guest(
 ) -> DebianGuest:
     """A Debian guest on the cached image (built first if missing), on KVM when it works here."""
     image = ensure_image()
-    accel = choose_accel(Kit(image.path, image.kernel_release), workdir)
+    accel = choose_accel(image.kit, workdir)
     return DebianGuest(instance_id, spec, root, image, accel, clock, emit)
