@@ -27,9 +27,8 @@ from botocore.exceptions import ClientError
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Works on a real instance (the variable is unset there) and in a simulated guest of the lab,
-# whose files live below $CHAOSEC2PANIC_ROOT.
-IDENTITY = 'cat "${CHAOSEC2PANIC_ROOT:-}/proc/sys/kernel/random/boot_id"'
+# Works on a real instance and in a simulated guest of the lab (its commands run in its own tree).
+IDENTITY = "cat /proc/sys/kernel/random/boot_id"
 DELIVERY_TIMEOUT = 30  # seconds SSM keeps a command for an offline agent: the least SSM takes
 
 

@@ -302,7 +302,7 @@ def _files(root: Path) -> Dict[str, bytes]:
 # Each payload aimed at where the value would go: a sourced grub.d file (Debian, Ubuntu), the sed
 # program that edits /etc/default/grub (SUSE) or the sysctl file, and USE_KDUMP's sed program
 # (GNU sed's e command runs the shell).
-RUN = 'echo pwned >"${CHAOSEC2PANIC_ROOT:-}/pwned"'  # a builtin: guests have few tools
+RUN = "echo pwned >/pwned"  # a builtin: guests have few tools
 PLANTED = [
     ("ubuntu", "crashkernel", f'256M"; {RUN}; x="'),
     ("suse", "crashkernel", f"256M|;1e {RUN};#"),

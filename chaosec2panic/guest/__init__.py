@@ -1,8 +1,8 @@
 """What runs on an instance: the guest scripts (package data), chosen by platform.
 
 The scripts print ``key=value`` lines and always exit 0; :mod:`.parsers` reads them.
-Paths are read below ``$CHAOSEC2PANIC_ROOT`` (unset on a real instance), so the lab
-and the tests run the very same scripts against a prepared tree. Each is sent whole, one per
+They read the system's own paths (``/etc/os-release``, ``/proc``, ``/var/crash``): the lab runs
+the very same scripts inside each simulated guest's own tree. Each is sent whole, one per
 command: a line ``#include NAME`` is replaced by the text of the platform's file NAME, so
 scripts share code without depending on anything installed on the instance.
 

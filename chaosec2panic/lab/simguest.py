@@ -787,7 +787,7 @@ SIM_TOOL = r"""
 import json, os, re, subprocess, sys
 from pathlib import Path
 
-R = Path(os.environ.get("CHAOSEC2PANIC_ROOT") or "/")
+R = Path("/")  # the guest's own root: its commands run chrooted
 HERE = Path(__file__).resolve().parent
 CONF = json.loads((HERE / "simtool.json").read_text())
 DB = R / "var/lib/chaosec2panic-lab/packages"

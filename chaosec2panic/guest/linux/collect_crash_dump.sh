@@ -3,13 +3,12 @@
 # Prints the destination, each file with its size, and why the upload failed. Always exits 0.
 # Arguments (set before this text by the caller): DUMP_FILE (the dump, as crash_dumps lists it),
 # BUCKET, KEY (the folder the directory's files go to, ending in /).
-R="${CHAOSEC2PANIC_ROOT:-}"
-dir=$(dirname "$R$DUMP_FILE")
+dir=$(dirname "$DUMP_FILE")
 dest="s3://$BUCKET/$KEY"
 error=""
 echo "schema=collect_crash_dump/1"
 echo "dest=$dest"
-if [ ! -f "$R$DUMP_FILE" ]; then
+if [ ! -f "$DUMP_FILE" ]; then
   error="the dump $DUMP_FILE is not there any more"
 elif ! command -v aws >/dev/null 2>&1; then
   error="the AWS CLI (aws) is not installed: install it (AWS CLI v2, or the awscli package)"

@@ -1,8 +1,7 @@
 # chaosec2panic: which boot this instance is in. Always exits 0.
-R="${CHAOSEC2PANIC_ROOT:-}"
 boot_id="" uptime=""
-read -r boot_id 2>/dev/null <"$R/proc/sys/kernel/random/boot_id"
-read -r uptime _ 2>/dev/null <"$R/proc/uptime"
+read -r boot_id 2>/dev/null </proc/sys/kernel/random/boot_id
+read -r uptime _ 2>/dev/null </proc/uptime
 echo "schema=identity/1"
 echo "boot_id=$boot_id"
 echo "uptime=$uptime"

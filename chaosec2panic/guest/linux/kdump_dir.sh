@@ -3,8 +3,8 @@
 # $dump_dir. Included by the scripts that need it (see chaosec2panic.guest.script).
 dump_dir=/var/crash
 for conf in /etc/kdump.conf /etc/default/kdump-tools /etc/sysconfig/kdump; do
-  [ -r "$R$conf" ] || continue
-  line=$(grep -E '^[[:space:]]*(path[[:space:]]|KDUMP_COREDIR=|KDUMP_SAVEDIR=)' "$R$conf" | tail -n 1)
+  [ -r "$conf" ] || continue
+  line=$(grep -E '^[[:space:]]*(path[[:space:]]|KDUMP_COREDIR=|KDUMP_SAVEDIR=)' "$conf" | tail -n 1)
   case "$line" in
     *KDUMP_SAVEDIR=*) v=${line#*=}; v=$(echo "$v" | tr -d '"'); dump_dir=${v#file://} ;;
     *KDUMP_COREDIR=*) v=${line#*=}; dump_dir=$(echo "$v" | tr -d '"') ;;

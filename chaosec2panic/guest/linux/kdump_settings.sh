@@ -9,7 +9,6 @@
 # Any other ACTION only reports. A system this script does not know is refused (error=) before
 # anything is changed. Prints every setting before and after as key=value lines and always exits
 # 0: the verdict is in the output, never in the exit code (194 would ask the SSM agent to reboot).
-R="${CHAOSEC2PANIC_ROOT:-}"
 ACTION="${ACTION:-report}"
 CRASHKERNEL="${CRASHKERNEL:-1G-4G:192M,4G-64G:256M,64G-:512M}"
 CRASHKERNEL_FORCE="${CRASHKERNEL_FORCE:-0}"
@@ -23,15 +22,15 @@ SETTINGS="packages crashkernel nmi_sysctl_file unknown_nmi_panic use_kdump kdump
 ERR=""
 
 fail() { [ -n "$ERR" ] || ERR=$(printf '%s' "$*" | tr '\n' ' '); return 1; }
-val() { [ -r "$R$1" ] && head -n 1 "$R$1" 2>/dev/null; }
+val() { [ -r "$1" ] && head -n 1 "$1" 2>/dev/null; }
 has() { command -v "$1" >/dev/null 2>&1; }
 last() { echo "$1" | grep -v '^[[:space:]]*$' | tail -n 1; }
 
 os_id=""; os_like=""; os_version=""
-if [ -r "$R/etc/os-release" ]; then
-  os_id=$(. "$R/etc/os-release" && echo "$ID")
-  os_like=$(. "$R/etc/os-release" && echo "${ID_LIKE:-}")
-  os_version=$(. "$R/etc/os-release" && echo "${VERSION_ID:-}")
+if [ -r /etc/os-release ]; then
+  os_id=$(. /etc/os-release && echo "$ID")
+  os_like=$(. /etc/os-release && echo "${ID_LIKE:-}")
+  os_version=$(. /etc/os-release && echo "${VERSION_ID:-}")
 fi
 major=${os_version%%.*}
 family=""; packages=""; pm=""; service=""
@@ -76,9 +75,9 @@ grub_args() {
   (
     GRUB_CMDLINE_LINUX=""; GRUB_CMDLINE_LINUX_DEFAULT=""
     {
-      [ -r "$R/etc/default/grub" ] && . "$R/etc/default/grub"
+      [ -r /etc/default/grub ] && . /etc/default/grub
       if [ "$family" = debian ]; then
-        for x in "$R"/etc/default/grub.d/*.cfg; do [ -r "$x" ] && . "$x"; done
+        for x in /etc/default/grub.d/*.cfg; do [ -r "$x" ] && . "$x"; done
       fi
     } >/dev/null 2>&1 </dev/null
     echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT"
@@ -99,8 +98,8 @@ running_crashkernel() {
 }
 
 sysctl_file() {
-  if [ -f "$R$SYSCTL_FILE" ]; then
-    v=$(grep -E '^[[:space:]]*kernel\.unknown_nmi_panic[[:space:]]*=' "$R$SYSCTL_FILE" | tail -n 1)
+  if [ -f "$SYSCTL_FILE" ]; then
+    v=$(grep -E '^[[:space:]]*kernel\.unknown_nmi_panic[[:space:]]*=' "$SYSCTL_FILE" | tail -n 1)
     v=$(echo "${v#*=}" | tr -d ' \t')
     echo "${v:-none}"
   else
@@ -109,8 +108,8 @@ sysctl_file() {
 }
 
 use_kdump() {
-  [ "$family" = debian ] && [ -r "$R/etc/default/kdump-tools" ] || return 0
-  grep -E '^USE_KDUMP=' "$R/etc/default/kdump-tools" | tail -n 1 | cut -d = -f 2 | tr -d '"'
+  [ "$family" = debian ] && [ -r /etc/default/kdump-tools ] || return 0
+  grep -E '^USE_KDUMP=' /etc/default/kdump-tools | tail -n 1 | cut -d = -f 2 | tr -d '"'
 }
 
 service_state() {
@@ -191,23 +190,23 @@ set_crashkernel() {
     fi
     return
   fi
-  f="$R/etc/default/grub"
+  f=/etc/default/grub
   [ -w "$f" ] || { fail "no grubby and no writable /etc/default/grub: cannot set crashkernel"; return; }
-  grub_was=$(cat "$f"); dropin_was=$(cat "$R$GRUB_DROPIN" 2>/dev/null)
+  grub_was=$(cat "$f"); dropin_was=$(cat "$GRUB_DROPIN" 2>/dev/null)
   if [ "$family" = debian ] && [ -n "$1" ]; then
-    rm -f "$R$GRUB_DROPIN" || { fail "cannot remove $GRUB_DROPIN"; return; }
+    rm -f "$GRUB_DROPIN" || { fail "cannot remove $GRUB_DROPIN"; return; }
     if [ "$(configured_crashkernel)" != "$1" ]; then
       {
-        mkdir -p "$R${GRUB_DROPIN%/*}" && {
+        mkdir -p "${GRUB_DROPIN%/*}" && {
           echo "# Written by chaosec2panic arm_kdump: the crash kernel reservation it set. Read after"
           echo "# kdump-tools.cfg, so this crashkernel= is the last on the kernel's command line, the"
           echo "# one the kernel uses. restore_kdump_settings removes it (or: remove it, run update-grub)."
           echo "GRUB_CMDLINE_LINUX_DEFAULT=\"\$GRUB_CMDLINE_LINUX_DEFAULT crashkernel=$1\""
-        } >"$R$GRUB_DROPIN"
+        } >"$GRUB_DROPIN"
       } || { fail "cannot write $GRUB_DROPIN"; return; }
     fi
   else
-    [ "$family" != debian ] || rm -f "$R$GRUB_DROPIN" || { fail "cannot remove $GRUB_DROPIN"; return; }
+    [ "$family" != debian ] || rm -f "$GRUB_DROPIN" || { fail "cannot remove $GRUB_DROPIN"; return; }
     grep -q '^GRUB_CMDLINE_LINUX=' "$f" || echo 'GRUB_CMDLINE_LINUX=""' >>"$f"
     sed -i -e '/^GRUB_CMDLINE_LINUX=/ s/[[:space:]]*crashkernel=[^[:space:]"]*//g' "$f" || fail "cannot edit $f"
     if [ -n "$1" ]; then
@@ -217,12 +216,12 @@ set_crashkernel() {
   boot_menu || return
   now=$(configured_crashkernel)
   if [ -n "$1" ] && [ "$now" != "$1" ]; then
-    from=$(grep -l 'crashkernel=' "$f" "$R"/etc/default/grub.d/*.cfg 2>/dev/null | sed "s|^$R||" | tr '\n' ' ')
+    from=$(grep -l 'crashkernel=' "$f" /etc/default/grub.d/*.cfg 2>/dev/null | tr '\n' ' ')
     fail "crashkernel=$1 was written but the next boot would use crashkernel=${now:-(none)}" \
       "(crashkernel= is set in: ${from% }): the kernel takes the last one"
     # What was written is not the last: put the files back as they were.
     printf '%s\n' "$grub_was" >"$f"
-    if [ -n "$dropin_was" ]; then printf '%s\n' "$dropin_was" >"$R$GRUB_DROPIN"; else rm -f "$R$GRUB_DROPIN"; fi
+    if [ -n "$dropin_was" ]; then printf '%s\n' "$dropin_was" >"$GRUB_DROPIN"; else rm -f "$GRUB_DROPIN"; fi
     boot_menu
     return 1
   fi
@@ -242,7 +241,7 @@ boot_menu() {
 }
 
 set_sysctl_file() {
-  f="$R$SYSCTL_FILE"
+  f="$SYSCTL_FILE"
   if ! restorable nmi_sysctl_file "$1"; then
     fail "kernel.unknown_nmi_panic = $1 is not a value: not written"
     return 1
@@ -264,7 +263,7 @@ set_use_kdump() {
     fail "USE_KDUMP=$1 is not a value: not written"
     return 1
   fi
-  sed -i "s/^USE_KDUMP=.*/USE_KDUMP=$1/" "$R/etc/default/kdump-tools" || fail "cannot set USE_KDUMP=$1"
+  sed -i "s/^USE_KDUMP=.*/USE_KDUMP=$1/" /etc/default/kdump-tools || fail "cannot set USE_KDUMP=$1"
 }
 
 service_do() {

@@ -1,10 +1,8 @@
 # chaosec2panic: report whether this Linux instance will capture a crash dump on an NMI.
 # Prints key=value lines and always exits 0 (the verdict is in the output, never in
 # the exit code: 194 would ask the SSM agent to reboot the instance).
-# Paths are read below $CHAOSEC2PANIC_ROOT (empty on a real instance).
-R="${CHAOSEC2PANIC_ROOT:-}"
 
-val() { [ -r "$R$1" ] && head -n 1 "$R$1" 2>/dev/null; }
+val() { [ -r "$1" ] && head -n 1 "$1" 2>/dev/null; }
 
 echo "schema=kdump_status/1"
 echo "boot_id=$(val /proc/sys/kernel/random/boot_id)"
@@ -12,9 +10,9 @@ echo "uptime=$(val /proc/uptime | cut -d ' ' -f 1)"
 echo "now=$(date -u +%s.%N)"
 echo "kernel_release=$(val /proc/sys/kernel/osrelease)"
 echo "machine=$(uname -m 2>/dev/null)"
-if [ -r "$R/etc/os-release" ]; then
-  echo "os_id=$(. "$R/etc/os-release" && echo "$ID")"
-  echo "os_version=$(. "$R/etc/os-release" && echo "$VERSION_ID")"
+if [ -r /etc/os-release ]; then
+  echo "os_id=$(. /etc/os-release && echo "$ID")"
+  echo "os_version=$(. /etc/os-release && echo "$VERSION_ID")"
 fi
 echo "crash_loaded=$(val /sys/kernel/kexec_crash_loaded)"
 echo "crash_size=$(val /sys/kernel/kexec_crash_size)"
@@ -24,11 +22,11 @@ echo "crash_size=$(val /sys/kernel/kexec_crash_size)"
 echo "cmdline_crashkernel=$(effective_crashkernel "$(val /proc/cmdline)")"
 echo "unknown_nmi_panic=$(val /proc/sys/kernel/unknown_nmi_panic)"
 echo "panic_timeout=$(val /proc/sys/kernel/panic)"
-echo "mem_total_kb=$(grep '^MemTotal:' "$R/proc/meminfo" 2>/dev/null | tr -s ' ' | cut -d ' ' -f 2)"
+echo "mem_total_kb=$(grep '^MemTotal:' /proc/meminfo 2>/dev/null | tr -s ' ' | cut -d ' ' -f 2)"
 
 #include kdump_dir
 echo "dump_dir=$dump_dir"
-echo "dump_dir_free_kb=$(df -P -k "$R$dump_dir" 2>/dev/null | tail -n 1 | tr -s ' ' | cut -d ' ' -f 4)"
+echo "dump_dir_free_kb=$(df -P -k "$dump_dir" 2>/dev/null | tail -n 1 | tr -s ' ' | cut -d ' ' -f 4)"
 
 if command -v kdumpctl >/dev/null 2>&1; then
   echo "kdump_tool=kdumpctl"
