@@ -16,7 +16,7 @@ from mkdocs.structure.files import File, Files
 import chaosec2panic
 from chaosec2panic import settings
 from chaosec2panic.cli import parser
-from chaosec2panic.controls import alarms
+from chaosec2panic.controls import alarms, verdict
 from chaosec2panic.iam import activity_actions, policy
 
 MODULES = {
@@ -65,10 +65,13 @@ def activities_page() -> str:
 
 
 def controls_page() -> str:
-    lines = ["# Controls", "", "## `chaosec2panic.controls.alarms`", "", inspect.getdoc(alarms) or ""]
-    for name in CONTROL_HOOKS:
-        func = getattr(alarms, name)
-        lines += ["", f"### `{name}{inspect.signature(func)}`", "", inspect.getdoc(func) or ""]
+    lines = ["# Controls"]
+    for module in (alarms, verdict):
+        lines += ["", f"## `{module.__name__}`", "", inspect.getdoc(module) or ""]
+        for name in CONTROL_HOOKS:
+            func = getattr(module, name, None)
+            if func is not None:
+                lines += ["", f"### `{name}{inspect.signature(func)}`", "", inspect.getdoc(func) or ""]
     return "\n".join(lines) + "\n"
 
 

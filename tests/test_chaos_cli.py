@@ -137,6 +137,20 @@ def test_preflight_experiment_passes_on_a_ready_fleet_and_fails_on_an_unarmed_on
     assert lab.nmi_names() == []
 
 
+def test_a_hypothesis_unmet_before_the_method_fails_the_run_and_its_exit_code(make_lab, tmp_path):
+    lab = make_lab([opted_in("bare", kdump=False, tags={"role": "crash-capture"})])
+    journal = tmp_path / "journal.json"
+    environment = {**lab.server.environment(), "CHAOSEC2PANIC_LEDGER": str(lab.ledger)}
+    experiment = ROOT / "experiments" / "crash-capture.yaml"
+    done = chaos("run", "--journal-path", str(journal), str(experiment), env=environment)
+    red = json.loads(journal.read_text())
+    assert red["steady_states"]["before"]["steady_state_met"] is False and red["run"] == []
+    assert done.returncode == 1 and red["status"] == "failed", done.stderr
+    [verdict] = [e for e in red.get("extensions", []) if "verdict" in e]
+    assert "kdump-armed-on-targets" in verdict["reason"] and "nothing was tested" in verdict["reason"]
+    assert lab.nmi_names() == []
+
+
 def test_recovery_slo_waits_for_the_application_and_journals_the_timeline(make_lab, tmp_path):
     lab = make_lab([opted_in("web", tags={"role": "staging-web"}, kdump=False, panic_timeout=5)])
     app_url = lab.server.url + "/_lab/app/{instance_id}"
