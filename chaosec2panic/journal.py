@@ -23,6 +23,7 @@ __all__ = [
     "PROBES",
     "SLO_SECONDS",
     "BadJournal",
+    "CrashAccount",
     "Dump",
     "Injection",
     "Journal",
@@ -46,6 +47,8 @@ MAX_JOURNAL_BYTES = 256 * 1024 * 1024  # a journal of thousands of instances is 
 MAX_SECONDS = 1e9  # about 32 years: a duration beyond it is not a measurement
 MAX_COUNT = 2**63
 SKIPPED_SHOWN = 3  # values left out, quoted in a one-line message
+ACCOUNT_FRAMES = 12  # call-trace frames kept of a crash account: the probe sends up to 12
+ACCOUNT_CHARS = 300  # a crash account's text is cut to this: a kernel log line is shorter
 JOURNAL_HINT = "pass the journal.json `chaos run` writes"
 _ABSENT = object()
 
@@ -78,6 +81,14 @@ def _text(value: Any) -> str | None:
     except UnicodeEncodeError:
         return None
     return value
+
+
+def _line(value: Any) -> str | None:
+    """A string of the instance's log, cut to ACCOUNT_CHARS characters."""
+    text = _text(value)
+    if text is None or len(text) <= ACCOUNT_CHARS:
+        return text
+    return text[: ACCOUNT_CHARS - 1] + "…"
 
 
 def _seconds(value: Any) -> float | None:
@@ -122,6 +133,7 @@ def _evidence(value: Any) -> Evidence | None:
 OBJECT = Kind("an object", lambda v: v if isinstance(v, dict) else None)
 LIST = Kind("a list", lambda v: v if isinstance(v, list) else None)
 TEXT = Kind("a string", _text)
+LINE = Kind("a string", _line)
 FLAG = Kind("true or false", lambda v: v if isinstance(v, bool) else None)
 SECONDS = Kind(f"a number of seconds within ±{MAX_SECONDS:g}", _seconds)
 SLO_SECONDS = Kind(f"a positive number of seconds up to {MAX_SECONDS:g}", _slo_seconds)
@@ -272,9 +284,28 @@ class Injection:
 
 
 @dataclass(frozen=True)
+class CrashAccount:
+    """What the crashed kernel's own log said of the crash, as ``crash_dumps`` read it on the
+    instance (``source``: the dmesg file beside the dump, or the log read out of the dump;
+    ``file``: which): the panic, the crashing task, the RIP's function and the top of the call
+    trace (frames as printed, at most ACCOUNT_FRAMES; every text at most ACCOUNT_CHARS)."""
+
+    source: str | None
+    file: str | None
+    panic_message: str | None
+    nmi_panic: bool | None
+    cpu: int | None
+    pid: int | None
+    comm: str | None
+    rip_function: str | None
+    call_trace: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Dump:
     verdict: str
     nmi_panic: bool | None
+    panic_message: str | None  # None: none read ("" or absent in the journal)
     path: str | None
     size: int | None
     format: str | None
@@ -282,6 +313,7 @@ class Dump:
     written_at: datetime | None
     problems: Tuple[str, ...]
     evidence: Dict[str, Evidence]  # what the dump dates: the panic (its log), the dump written
+    crash_account: CrashAccount | None  # None in journals older than the account
 
 
 @dataclass(frozen=True)
@@ -388,6 +420,25 @@ def _injections(read: _Reader, result: Result) -> List[Injection]:
     return found
 
 
+def _crash_account(read: _Reader, dump: Mapping[str, Any], where: str) -> CrashAccount | None:
+    account = read.get(dump, "crash_account", where, OBJECT, null=True)
+    if account is None:
+        return None
+    at = f"{where}.crash_account"
+    frames = read.get(account, "call_trace", at, LIST, null=True) or []
+    return CrashAccount(
+        source=read.get(account, "source", at, LINE, null=True),
+        file=read.get(account, "file", at, LINE, null=True),
+        panic_message=read.get(account, "panic_message", at, LINE, null=True),
+        nmi_panic=read.get(account, "nmi_panic", at, FLAG, null=True),
+        cpu=read.get(account, "cpu", at, COUNT, null=True),
+        pid=read.get(account, "pid", at, COUNT, null=True),
+        comm=read.get(account, "comm", at, LINE, null=True),
+        rip_function=read.get(account, "rip_function", at, LINE, null=True),
+        call_trace=tuple(read.items(frames[:ACCOUNT_FRAMES], f"{at}.call_trace", LINE)),
+    )
+
+
 def _dumps(read: _Reader, result: Result) -> Dict[str, Dump]:
     where = f"{result.where}.output.instances"
     entries = read.entries(
@@ -399,6 +450,7 @@ def _dumps(read: _Reader, result: Result) -> Dict[str, Dump]:
         dumps[i] = Dump(
             verdict=read.get(d, "verdict", at, TEXT) or "unknown",
             nmi_panic=read.get(d, "nmi_panic", at, FLAG, null=True),
+            panic_message=read.get(d, "panic_message", at, LINE, null=True) or None,
             path=read.get(d, "path", at, TEXT, null=True),
             size=read.get(d, "size", at, COUNT, null=True),
             format=read.get(d, "format", at, TEXT, null=True),
@@ -406,6 +458,7 @@ def _dumps(read: _Reader, result: Result) -> Dict[str, Dump]:
             written_at=read.get(d, "written_at", at, TIME, null=True),
             problems=tuple(read.items(read.get(d, "problems", at, LIST, null=True), f"{at}.problems", TEXT)),
             evidence=read.entries(read.get(d, "evidence", at, OBJECT), f"{at}.evidence", EVIDENCE),
+            crash_account=_crash_account(read, d, at),
         )
     return dumps
 

@@ -166,6 +166,9 @@ def _row(
         else {
             **{k: v for k, v in vars(dump).items() if k != "evidence"},
             "problems": list(dump.problems),
+            "crash_account": None
+            if dump.crash_account is None
+            else {**vars(dump.crash_account), "call_trace": list(dump.crash_account.call_trace)},
             "written_at": _iso(dump.written_at),
             "written_after": _between(origin, dump.written_at) if origin and dump.written_at else None,
         },
@@ -237,8 +240,10 @@ def report_model(journal: Any, slo: float | None = None, slowest: int = SLOWEST)
     seconds, milestone offsets in seconds from the NMI (``None`` without timelines), each
     milestone's evidence (offset, source, error bar; a dump's evidence chosen in as the probes
     choose), the contradictions found, missing milestones with the reason, the crash dump's
-    verdict. Also per milestone the sources that dated it fleet-wide, the fleet aggregates, the
-    histogram, the ids drawn in the timeline, the dumps table, the SLO with where it came
+    verdict with what the instance's log said of the crash (``panic_message``, and
+    ``crash_account``: the panic, task, RIP function and call trace, or None). Also per
+    milestone the sources that dated it fleet-wide, the fleet aggregates, the histogram, the
+    ids drawn in the timeline, the dumps table, the SLO with where it came
     from (``slo`` given here, else the experiment's ``recovered_within``, else the recovery
     output's ``slo_seconds``), and ``skipped``: each value of the journal left out, as not of
     the type the report needs. Raises :class:`BadJournal` for no journal, :class:`BadOption`

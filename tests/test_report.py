@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import pytest
 from conftest import ROOT, opted_in, run_experiment
 
-from chaosec2panic.journal import BadJournal, load_journal
+from chaosec2panic.journal import BadJournal, describe, load_journal
 from chaosec2panic.recovery import MILESTONES, WHY_MISSING, Evidence, assemble, iso, seconds_between
 from chaosec2panic.report import NoRecoveryData, report_model
 from chaosec2panic.report_page import (
@@ -487,6 +487,100 @@ def test_text_from_the_journal_is_escaped():
     journal["experiment"]["title"] = "<script>alert(1)</script> & co"
     page = render_html(report_model(journal))
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
+
+
+TRACE = [  # as crash_dumps sends them: the top of the trace, stripped
+    "<NMI>",
+    "dump_stack_lvl+0x44/0x5c",
+    "panic+0x118/0x2f4",
+    "nmi_panic.cold+0xc/0xc",
+    "unknown_nmi_error.cold+0x22/0x2e",
+    "default_do_nmi+0xc6/0x110",
+    "exc_nmi+0x5a/0x110",
+    "asm_exc_nmi+0xb5/0xc0",
+    "</NMI>",
+    "<TASK>",
+]
+ACCOUNT = {
+    "source": "dmesg-file",
+    "file": "/var/crash/127.0.0.1-2026-03-01-12:00:00/dmesg.txt",
+    "panic_message": "NMI: Not continuing",
+    "nmi_panic": True,
+    "cpu": 0,
+    "pid": 0,
+    "comm": "swapper/0",
+    "rip_function": "native_safe_halt",
+    "call_trace": TRACE,
+}
+
+
+def account_page(account: Any, panic_message: str | None = None) -> Tuple[Dict[str, Any], str]:
+    """The model's dump row and the page of a one-instance journal whose dump has ``account``."""
+    journal = fleet_journal(1)
+    [dump] = journal["run"][2]["output"]["instances"].values()
+    dump["crash_account"] = account
+    if panic_message is not None:
+        dump["panic_message"] = panic_message
+    model = report_model(journal)
+    return model, render_html(model)
+
+
+def test_the_dumps_table_shows_what_the_instances_log_said_of_the_crash():
+    model, page = account_page(ACCOUNT)
+    assert model["instances"][0]["dump"]["crash_account"] == ACCOUNT and model["skipped"] == []
+    tree = parse(page)
+    [panel] = tree.find("div", **{"class": "account"})
+    assert panel["parents"][-3:] == ["tbody", "tr", "td"]  # a row of the dumps table
+    said = [e["text"].split(" · ")[0] for e in tree.find("span", **{"class": "mono"})]
+    assert {"NMI: Not continuing", "CPU 0 PID 0 swapper/0", "native_safe_halt"} <= set(said)
+    frames = tree.find("div", **{"class": "frame"})
+    assert [e["text"] for e in frames] == TRACE
+    shown = [e["text"] for e in frames if "details" not in e["parents"]]
+    assert shown == TRACE[:6]  # the top of the trace; the other 4 folded
+    assert [e["text"] for e in tree.find("summary")] == ["4 more frames"]
+
+
+def test_without_an_account_the_panic_message_alone_or_nothing_is_shown():
+    model, page = account_page(None, panic_message="NMI: Not continuing")  # older probe output
+    tree = parse(page)
+    [panel] = tree.find("div", **{"class": "account"})
+    assert (
+        panel["text"] == "panic: "
+        and tree.find("span", **{"class": "panic"})[0]["text"] == "NMI: Not continuing"
+    )
+    assert not tree.find("div", **{"class": "frame"}) and not tree.find("details")
+    for account in (None, {}):
+        model, page = account_page(account)
+        assert model["skipped"] == [] and not parse(page).find("div", **{"class": "account"})
+
+
+def test_a_hostile_crash_account_is_escaped_bounded_and_named():
+    payload = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    hostile = {
+        **{k: payload for k in ("source", "file", "panic_message", "comm", "rip_function")},
+        "cpu": "0",
+        "pid": -1,
+        "nmi_panic": "yes",
+        "call_trace": [payload * 10_000, 7, None, *([" frame+0x1/0x2"] * 100_000)],
+    }
+    model, page = account_page(hostile)
+    tree = parse(page)
+    assert not tree.find("script") and not tree.find("img") and html.escape(payload) in page
+    where = "run[2].output.instances.i-00000000000000001.crash_account"
+    assert model["skipped"] == [
+        f"{where}.nmi_panic: true or false expected, found 'yes'",
+        f"{where}.cpu: a whole number, 0 or more expected, found '0'",
+        f"{where}.pid: a whole number, 0 or more expected, found -1",
+        f"{where}.call_trace[1]: a string expected, found 7",
+        f"{where}.call_trace[2]: a string expected, found null",
+    ]
+    account = model["instances"][0]["dump"]["crash_account"]
+    assert len(account["call_trace"]) == 12 - 2 and len(account["call_trace"][0]) == 300
+    assert (account["cpu"], account["pid"]) == (None, None) and len(page) < 60_000
+    for odd in ("a list", ["not an object"], 3):
+        model, page = account_page(odd)
+        assert model["skipped"] == [f"{where}: an object expected, found {describe(odd)}"]
+        assert not parse(page).find("div", **{"class": "account"})
 
 
 # the PNG -----------------------------------------------------------------------------------------
