@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, Iterable, List
 
 import boto3
 from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models.availability_zones_and_regions import RegionsAndZonesBackend
 from moto.ec2.models.instance_types import INSTANCE_TYPES
 from moto.elbv2.models import elbv2_backends
 from moto.moto_api._internal.models import moto_api_backend
@@ -59,6 +60,7 @@ from .queries import (
     query_filters,
     refuse_malformed_ids,
 )
+from .responses import InstanceFacts, aws_ids, instance_fields, product_of
 from .sandbox import Sandbox, SandboxError
 from .simguest import SimGuest, WindowsSimGuest
 from .throttle import THROTTLED_ANSWERS, Throttle, bucket_class
@@ -351,6 +353,13 @@ class Lab:
             return self._moto(
                 environ, start_response, request, lambda payload: self._target_health(payload, arn)
             )
+        if request.service == "ec2" and request.operation == "DescribeInstances":
+            return self._moto(
+                environ,
+                start_response,
+                request,
+                lambda payload: instance_fields(payload, self._instance_facts),
+            )
         act = GUEST_ACTIONS.get(request.operation) if request.service == "ec2" else None
         if act is None:
             return self._moto(environ, start_response, request)
@@ -376,13 +385,15 @@ class Lab:
             logger.error("moto failed on %s: %s", request.operation, payload[:2000])
             error = ApiError("InternalError", f"the lab's AWS model failed on {request.operation}", 500)
             return self._error(start_response, request.protocol, error)
-        if rewrite is not None and seen["status"].startswith("200"):
-            payload = rewrite(payload)
         headers = [
             (k, v)
             for k, v in seen["headers"]
             if not k.lower().startswith(CORS_HEADERS) and k.lower() != "content-length"
         ]
+        if request.service == "ec2" and seen["status"].startswith("200"):
+            payload, headers = aws_ids(payload, headers)
+        if rewrite is not None and seen["status"].startswith("200"):
+            payload = rewrite(payload)
         start_response(seen["status"], [*headers, ("Content-Length", str(len(payload)))])
         return [payload]
 
@@ -406,6 +417,21 @@ class Lab:
                 if instance_id in self.guests:
                     getattr(self.guests[instance_id], act)()
         return [payload]
+
+    def _instance_facts(self, instance_id: str) -> InstanceFacts | None:
+        """What DescribeInstances says of a lab instance beyond moto (see :mod:`.responses`)."""
+        guest = self.guests.get(instance_id)
+        if guest is None:
+            return None
+        details, operation = product_of(guest.spec.os)
+        zone = f"{self.fleet.region}a"
+        zone_id = next(
+            (z.zone_id for z in RegionsAndZonesBackend.zones.get(self.fleet.region, []) if z.name == zone), ""
+        )
+        cpu = INSTANCE_TYPES.get(guest.spec.instance_type, {}).get("VCpuInfo", {})
+        return InstanceFacts(
+            details, operation, zone_id, cpu.get("DefaultCores", 1), cpu.get("DefaultThreadsPerCore", 1)
+        )
 
     def _target_health(self, payload: bytes, arn: str) -> bytes:
         """Moto's answer on which targets are registered, with each lab instance's health as the
@@ -448,7 +474,7 @@ class Lab:
             [
                 ("Content-Type", content_type),
                 ("Content-Length", str(len(payload))),
-                ("x-amzn-RequestId", str(uuid.uuid4())),
+                ("x-amzn-RequestId", _request_id(payload)),
                 *(extra or []),
             ],
         )
@@ -925,6 +951,16 @@ def _body(environ: Dict[str, Any], limit: int) -> bytes:
             raise ApiError("RequestEntityTooLarge", f"the body is over the lab's {limit} bytes", 413)
         return body
     return b""
+
+
+BODY_REQUEST_ID = re.compile(rb"<[Rr]equest[Ii][Dd]>([^<]+)</[Rr]equest[Ii][Dd]>")
+
+
+def _request_id(payload: bytes) -> str:
+    """The request id an answer's body names (XML answers carry one, as AWS's), so that its header
+    says the same; a new one for a body that names none (JSON)."""
+    found = BODY_REQUEST_ID.search(payload[:4096])
+    return found[1].decode() if found else str(uuid.uuid4())
 
 
 def _protocol_guess(environ: Dict[str, Any]) -> str:

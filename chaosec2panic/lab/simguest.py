@@ -88,7 +88,6 @@ TOOLS = (
     "stat",
     "tail",
     "tr",
-    "uname",
     "uniq",
     "wc",
     "basename",
@@ -103,6 +102,29 @@ TOOLS = (
     "mkdir",
     "rm",
 )
+# uname as the guest's kernel answers it (the host's uname would ask the host's kernel).
+UNAME = r"""#!/bin/sh
+r=$(cat /proc/sys/kernel/osrelease); n=$(cat /proc/sys/kernel/hostname)
+[ $# -gt 0 ] || set -- -s
+out=""
+for a in "$@"; do
+  case "$a" in
+    --all) a=-a ;; --kernel-name) a=-s ;; --nodename) a=-n ;; --kernel-release) a=-r ;;
+    --kernel-version) a=-v ;; --machine) a=-m ;; --operating-system) a=-o ;;
+    --*) echo "uname: unrecognized option '$a'" >&2; exit 1 ;;
+  esac
+  f=${a#-}
+  while [ -n "$f" ]; do
+    c=${f%"${f#?}"}; f=${f#?}
+    case "$c" in
+      a) out="$out Linux $n $r #1 SMP x86_64 GNU/Linux" ;; s) out="$out Linux" ;; n) out="$out $n" ;;
+      r) out="$out $r" ;; v) out="$out #1 SMP" ;; m|p|i) out="$out x86_64" ;; o) out="$out GNU/Linux" ;;
+      *) echo "uname: invalid option -- '$c'" >&2; exit 1 ;;
+    esac
+  done
+done
+echo "${out# }"
+"""
 # What each distribution's kdump comes in: the package, the packages it pulls, its systemd unit,
 # its tool and its configuration file (by OsFamily.kdump_tool).
 KDUMP_PACKAGES = {
@@ -666,6 +688,8 @@ class SimGuest:
             "sim-bin/date": f'#!/bin/sh\nexec {host_program("date")} -d "@$CHAOSEC2PANIC_CLOCK" "$@"\n',
             "sim-bin/df": "#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
             f"echo '/dev/nvme0n1p1 {free_kb * 2} {free_kb} {free_kb} 50% /'\n",
+            "proc/sys/kernel/hostname": spec.name,
+            "sim-bin/uname": UNAME,
         }
         if self._kdump_package()[0] not in self._installed():
             return files
