@@ -6,7 +6,9 @@ the trailing slash AWS writes; and its instances lack fields clients read (the A
 tables, chaostoolkit-aws, cost tools): ``platformDetails`` and ``usageOperation`` (the billing
 product: Linux/UNIX, Windows, RHEL, SUSE), ``placement.availabilityZoneId``, ``cpuOptions``,
 ``currentInstanceBootMode``, and the instance's ``groupSet`` (moto leaves it empty although the
-instance's network interface has the group). Pure functions on the XML bytes.
+instance's network interface has the group). The state and LaunchTime are the lab's
+(:mod:`.lifecycle`): moto skips the transient states and keeps the first launch time. Pure
+functions on the XML bytes.
 
 Still a model: ``bootMode`` (present on AWS only when the AMI names one) is left out, and the
 boot mode is legacy BIOS, which is what the lab's QEMU guests boot with.
@@ -41,6 +43,9 @@ class InstanceFacts:
     zone_id: str
     cores: int
     threads_per_core: int
+    state: str
+    state_code: int
+    launch_time: str
 
 
 def product_of(os_name: str) -> Tuple[str, str]:
@@ -91,6 +96,10 @@ def instance_fields(payload: bytes, facts: Callable[[str], InstanceFacts | None]
 
 
 def _fill(item: ET.Element, facts: InstanceFacts) -> None:
+    state = _child(item, "instanceState")
+    _child(state, "code", str(facts.state_code))
+    _child(state, "name", facts.state)
+    _child(item, "launchTime", facts.launch_time)
     _child(item, "platformDetails", facts.platform_details)
     _child(item, "usageOperation", facts.usage_operation)
     _child(item, "usageOperationUpdateTime", item.findtext(_tag("launchTime")) or "")

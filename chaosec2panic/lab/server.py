@@ -49,6 +49,7 @@ from .balancer import HealthChecker
 from .debian import DebianImageError, debian_guest
 from .fleet import Fleet
 from .kit import Kit, KitError, ensure_kit
+from .lifecycle import Lifecycle, LifecycleRefusal
 from .protocol import SERVICES, ApiError, Request, ec2_xml, error_body, json_object, list_param, protocol_of
 from .qemuguest import QemuError, QemuGuest, choose_accel
 from .queries import (
@@ -68,13 +69,13 @@ from .throttle import THROTTLED_ANSWERS, Throttle, bucket_class
 __all__ = ["Guest", "Lab", "LabError", "LabServer", "lab_control"]
 
 logger = logging.getLogger("chaosec2panic.lab")
-STATE_CODES = {"running": 16, "stopped": 80}
 DOCUMENTS = {"AWS-RunShellScript": "Linux", "AWS-RunPowerShellScript": "Windows"}
 PLUGINS = {"AWS-RunShellScript": "aws:runShellScript", "AWS-RunPowerShellScript": "aws:runPowerShellScript"}
 # Moto's bundled AMIs by SSM platform: a Windows AMI makes DescribeInstances say Platform=windows.
 AMI_PREFERENCE = {"Windows": "Windows_Server-2016-English-Full-Base"}
 PLUGIN_OUTPUT_LIMIT = 2500
 DELIVERY_TICK = 0.1  # seconds: how soon a waiting command reaches an agent that came online
+LIFECYCLE_CALLS = ("StartInstances", "StopInstances", "TerminateInstances")
 GUEST_ACTIONS = {
     "RebootInstances": "reboot",
     "StopInstances": "stop",
@@ -150,6 +151,7 @@ class Lab:
         self.clock = clock
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.guests: Dict[str, Guest] = {}
+        self.lifecycles: Dict[str, Lifecycle] = {}
         self.names: Dict[str, str] = {}
         self.events: List[Dict[str, Any]] = []
         self.calls: Counter[str] = Counter()
@@ -230,6 +232,7 @@ class Lab:
                 templates.setdefault(alike, root)
                 guest.aws_env = _aws_environment(endpoint, self.fleet.region, self.guest_keys)
             self.guests[instance_id] = guest
+            self.lifecycles[instance_id] = Lifecycle(spec.state, self.clock())
             self.names[spec.name] = instance_id
         for guest in self.guests.values():
             try:
@@ -404,7 +407,22 @@ class Lab:
         request: Request,
         act: str,
     ) -> List[bytes]:
-        """Let moto change the EC2 state, then do the same to the guests if it succeeded."""
+        """Let moto change the EC2 state, then do the same to the guests if it succeeded (a start,
+        stop or terminate AWS would refuse in the instance's state is refused first)."""
+        ids = [i for i in list_param(request.form, "InstanceId") if i in self.guests]
+        changed: Dict[str, Lifecycle] = {}
+        if request.operation in LIFECYCLE_CALLS and not request.flag("DryRun"):
+            now = self.clock()
+            try:
+                with self._lock:
+                    changed = {
+                        i: self.lifecycles[i].call(request.operation, now, self.fleet.time_scale, i)
+                        for i in ids
+                    }
+            except LifecycleRefusal as exc:
+                return self._error(
+                    start_response, request.protocol, ApiError("IncorrectInstanceState", str(exc))
+                )
         seen: Dict[str, str] = {}
 
         def capture(status: str, headers: List[Any], exc_info: Any = None) -> Any:
@@ -413,10 +431,18 @@ class Lab:
 
         payload = b"".join(self._moto(environ, capture, request))
         if seen.get("status", "").startswith("200") and not request.flag("DryRun"):
-            for instance_id in list_param(request.form, "InstanceId"):
+            with self._lock:
+                self.lifecycles.update(changed)
+            for instance_id in ids:
                 if instance_id in self.guests:
                     getattr(self.guests[instance_id], act)()
         return [payload]
+
+    def lifecycle(self, instance_id: str) -> Lifecycle:
+        """The instance's EC2 state now (see :mod:`.lifecycle`)."""
+        with self._lock:
+            self.lifecycles[instance_id] = self.lifecycles[instance_id].at(self.clock())
+            return self.lifecycles[instance_id]
 
     def _instance_facts(self, instance_id: str) -> InstanceFacts | None:
         """What DescribeInstances says of a lab instance beyond moto (see :mod:`.responses`)."""
@@ -429,8 +455,16 @@ class Lab:
             (z.zone_id for z in RegionsAndZonesBackend.zones.get(self.fleet.region, []) if z.name == zone), ""
         )
         cpu = INSTANCE_TYPES.get(guest.spec.instance_type, {}).get("VCpuInfo", {})
+        state = self.lifecycle(instance_id)
         return InstanceFacts(
-            details, operation, zone_id, cpu.get("DefaultCores", 1), cpu.get("DefaultThreadsPerCore", 1)
+            details,
+            operation,
+            zone_id,
+            cpu.get("DefaultCores", 1),
+            cpu.get("DefaultThreadsPerCore", 1),
+            state.name,
+            state.code,
+            _iso(float(int(state.launched_at))),
         )
 
     def _target_health(self, payload: bytes, arn: str) -> bytes:
@@ -587,7 +621,7 @@ class Lab:
             raise ApiError("UnsupportedOperation", f"The instance '{guest.instance_id}': {why}")
         if request.flag("DryRun"):
             raise ApiError("DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412)
-        if guest.state != "running":
+        if self.lifecycle(guest.instance_id).name != "running" or guest.state != "running":
             raise ApiError(
                 "IncorrectInstanceState", f"The instance '{guest.instance_id}' is not in the 'running' state."
             )
@@ -607,14 +641,17 @@ class Lab:
         items = []
         for g in guests:
             status = g.status()
-            if g.state != "running" and not include_all:
+            state = self.lifecycle(g.instance_id)
+            if state.name != "running" and not include_all:
                 continue
-            system = "ok" if g.state == "running" else "not-applicable"
+            if state.name != "running":
+                status = "not-applicable"
+            system = "ok" if state.name == "running" else "not-applicable"
             check = {"passed": "ok", "initializing": "initializing"}
             reachability = next((k for k, v in check.items() if v == status), "failed")
             seen = {
-                "instance-state-name": g.state,
-                "instance-state-code": str(STATE_CODES[g.state]),
+                "instance-state-name": state.name,
+                "instance-state-code": str(state.code),
                 "availability-zone": f"{self.fleet.region}a",
                 "instance-status.status": status,
                 "instance-status.reachability": reachability,
@@ -627,7 +664,7 @@ class Lab:
                 {
                     "instanceId": g.instance_id,
                     "availabilityZone": f"{self.fleet.region}a",
-                    "instanceState": {"code": STATE_CODES[g.state], "name": g.state},
+                    "instanceState": {"code": state.code, "name": state.name},
                     "systemStatus": {
                         "status": system,
                         "details": [

@@ -103,3 +103,62 @@ def test_a_malformed_instance_id_is_malformed_not_missing(make_lab):
         ec2.describe_instances(InstanceIds=["i-0123456789abcdef0"])
     assert code(caught) == "InvalidInstanceID.NotFound"
     assert ec2.describe_instances(InstanceIds=[lab.id("web")])["Reservations"]
+
+
+class SteppedClock:
+    """The lab's clock: the wall clock plus what the test adds (well within the 15 minutes a
+    signature may be off), so a transient state ends when the test says."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def test_instances_pass_through_transient_states_and_a_terminated_one_stays_gone(make_lab):
+    clock = SteppedClock()
+    lab = make_lab([opted_in("a"), opted_in("b")], time_scale=10.0, clock=clock)  # 30 s per 3 model s
+    ec2 = boto3.client("ec2")
+    a, b = lab.id("a"), lab.id("b")
+
+    def described(instance_id: str) -> dict:
+        return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+
+    def state(instance_id: str) -> str:
+        name = described(instance_id)["State"]["Name"]
+        [status] = ec2.describe_instance_status(InstanceIds=[instance_id], IncludeAllInstances=True)[
+            "InstanceStatuses"
+        ]
+        assert status["InstanceState"]["Name"] == name  # both views say the same
+        return name
+
+    first_launch = described(a)["LaunchTime"]
+    ec2.stop_instances(InstanceIds=[a])
+    assert state(a) == "stopping"
+    clock.offset += 31
+    assert state(a) == "stopped"
+    with pytest.raises(ClientError) as caught:
+        ec2.send_diagnostic_interrupt(InstanceId=a)
+    assert code(caught) == "IncorrectInstanceState"
+    clock.offset += 60
+    ec2.start_instances(InstanceIds=[a])
+    assert state(a) == "pending"
+    assert (described(a)["LaunchTime"] - first_launch).total_seconds() >= 90  # renewed at the start
+    clock.offset += 51
+    assert state(a) == "running"
+
+    ec2.terminate_instances(InstanceIds=[b])
+    assert state(b) == "shutting-down"
+    clock.offset += 31
+    assert state(b) == "terminated"
+    for call, verb in ((ec2.start_instances, "started"), (ec2.stop_instances, "stopped")):
+        with pytest.raises(ClientError) as caught:
+            call(InstanceIds=[b])
+        assert code(caught) == "IncorrectInstanceState"
+        assert caught.value.response["Error"]["Message"] == (
+            f"The instance '{b}' is not in a state from which it can be {verb}."
+        )
+    ec2.terminate_instances(InstanceIds=[b])  # asking again changes nothing
+    assert state(b) == "terminated"
+    assert lab.lab.guests[b].state == "stopped"  # the guest stays down
