@@ -2,21 +2,30 @@
 
 ``read_log`` walks the lockless printk ringbuffer (Linux 5.10 and later) through VMCOREINFO, as
 ``makedumpfile --dump-dmesg`` does (makedumpfile printk.c, ``dump_lockless_dmesg``), and
-``format_records`` prints it as makedumpfile 1.7 prints it, line for line. ``summarise`` is a
-pure function of those lines: the panic, whether the NMI caused it, the crashing task, the RIP,
-the call trace, the lines before the panic and what the log shows of the other CPUs.
+``format_records`` prints it as makedumpfile 1.7 prints it, line for line. ``summarise_log`` is
+a pure function of those lines, or of any kernel log text (a dmesg file): the panic, whether
+the NMI caused it, the crashing task, the RIP, the call trace, the lines before the panic and
+what the log shows of the other CPUs; ``summarise`` adds what VMCOREINFO says (the crash time).
 ``analyse_source`` puts both together over a dump (``chaosec2panic.memory``).
 """
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Dict, Iterable, List, Tuple
 
 from .dumps import Source
 from .memory import DumpError, KernelMemory, VmcoreInfo, open_memory
 
-__all__ = ["Analysis", "LogRecord", "analyse_source", "format_records", "read_log", "summarise"]
+__all__ = [
+    "Analysis",
+    "LogRecord",
+    "analyse_source",
+    "format_records",
+    "read_log",
+    "summarise",
+    "summarise_log",
+]
 
 # kernel/printk/printk_ringbuffer.h: a descriptor's state_var is its id and two state bits.
 DESC_SV_BITS = 64
@@ -225,15 +234,12 @@ def _other_cpus(bodies: List[str], crashing: int | None) -> Dict[str, List[str]]
     return found
 
 
-def summarise(lines: List[str], info: VmcoreInfo, fmt: str, last: int = 20) -> Analysis:
-    """The crash as the log lines tell it (the last panic in the log) and VMCOREINFO dates it."""
-    crash = info.fields.get("CRASHTIME", "")
-    crash_time = (
-        datetime.fromtimestamp(int(crash), UTC).isoformat().replace("+00:00", "Z") if crash.isdigit() else ""
-    )
+def summarise_log(lines: List[str], last: int = 20) -> Analysis:
+    """The crash as kernel log lines alone tell it (the last panic in them): a whole log, or the
+    window around its panic a guest sent; format, release and crash time are left empty."""
     bodies = [_body(line) for line in lines]
     cpus = next((int(m.group(1)) for b in bodies if (m := CPUS_UP.search(b))), None)
-    base = Analysis(fmt, info.release, crash_time, len(lines), cpus_brought_up=cpus)
+    base = Analysis("", "", "", len(lines), cpus_brought_up=cpus)
     panics = [(i, m) for i, b in enumerate(bodies) if (m := PANIC.search(b))]
     if not panics:
         return base
@@ -245,11 +251,8 @@ def summarise(lines: List[str], info: VmcoreInfo, fmt: str, last: int = 20) -> A
     rip = next((m for b in after if (m := RIP.search(b)) and m.group(1) == "0010"), None)
     trace_at = next((i for i in range(at + 1, len(bodies)) if bodies[i] == "Call Trace:"), None)
     cpu = int(task.group(1)) if task else None
-    return Analysis(
-        fmt,
-        info.release,
-        crash_time,
-        len(lines),
+    return replace(
+        base,
         panic_message=message,
         panic_line=at + 1,
         uptime_seconds=_seconds(lines[at]),
@@ -262,9 +265,17 @@ def summarise(lines: List[str], info: VmcoreInfo, fmt: str, last: int = 20) -> A
         rip_function=rip.group(2).split("+", 1)[0] if rip else None,
         call_trace=_trace(bodies, trace_at) if trace_at is not None else [],
         last_lines=lines[max(0, at - last) : at],
-        cpus_brought_up=cpus,
         other_cpus=_other_cpus(bodies, cpu),
     )
+
+
+def summarise(lines: List[str], info: VmcoreInfo, fmt: str, last: int = 20) -> Analysis:
+    """The crash as the log lines tell it (the last panic in the log) and VMCOREINFO dates it."""
+    crash = info.fields.get("CRASHTIME", "")
+    crash_time = (
+        datetime.fromtimestamp(int(crash), UTC).isoformat().replace("+00:00", "Z") if crash.isdigit() else ""
+    )
+    return replace(summarise_log(lines, last), format=fmt, kernel_release=info.release, crash_time=crash_time)
 
 
 def analyse_source(src: Source, last: int = 20) -> Tuple[Analysis, List[str]]:

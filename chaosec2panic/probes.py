@@ -7,13 +7,14 @@ from typing import Any, Dict, List
 
 from chaoslib.types import Configuration, Secrets
 
+from .analysis import summarise_log
 from .app import AppWatch, parse_app_check
 from .aws import client
-from .dumps import Inspection, console_findings, inspect_source
+from .dumps import Inspection, inspect_source
 from .errors import Ec2PanicError, InvalidRequest
 from .evidence import crashed_boot, dump_evidence, panic_uptime
 from .guest import platform_of
-from .guest.parsers import dump_files, parse_report
+from .guest.parsers import CrashLog, crash_log, dump_files, parse_report
 from .health import console_after, observe, watch_recovery
 from .iam import APP_CHECK, RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, WATCH_RECOVERY, requires
 from .ledger import RUN_ID, Injection, Ledger
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("chaostoolkit")
+ACCOUNT_FRAMES = 12  # the top of a crash account's call trace
+NO_ACCOUNT = {"crash_account": None, "crash_account_reason": "the crash_dumps output was not read"}
 
 
 def _targets(
@@ -156,7 +159,7 @@ def kdump_armed(
 def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
     report = parse_report(stdout, "crash_dumps")
     if not report.complete:
-        return {"verdict": "unknown", "problems": report.problems, "unchecked": []}
+        return {"verdict": "unknown", "problems": report.problems, "unchecked": [], **NO_ACCOUNT}
     files, problems = dump_files(report)
     searched = report.get("dump_dir")
     sent = parse_iso(injection.sent_at).timestamp()
@@ -169,13 +172,17 @@ def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
             "problems": problems,
             "unchecked": [],
             "older": [f.path for f in files],
+            "crash_account": None,
+            "crash_account_reason": "no dump written after the NMI",
         }
     # The first listed is the newest, and the only one whose first blocks were sent.
     newest = max(newer, key=lambda f: f.mtime)
     found = inspect_source(newest.source(), newest.path)
     running = report.get("kernel_release")
+    log = crash_log(report)
+    account, reason = _crash_account(log, found)
     evidence = dump_evidence(
-        panic_uptime(newest.dmesg_panic) if newest.dmesg_panic else None,
+        panic_uptime("\n".join(log.lines)) if account else None,
         found.crash_time,
         newest.mtime,
         crashed_boot(injection.boot_before),
@@ -193,7 +200,9 @@ def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
         "crash_time": found.crash_time,
         "compression": found.details.get("compression", ""),
         "bugcheck": found.details.get("bugcheck"),
-        **_cause(found, newest.dmesg_panic),
+        **_cause(found, account),
+        "crash_account": account,
+        "crash_account_reason": reason,
         "problems": problems + list(found.problems),
         "unchecked": list(found.unchecked),
         "running_kernel": running,
@@ -202,15 +211,37 @@ def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
     }
 
 
-def _cause(found: Inspection, dmesg_panic: str | None) -> Dict[str, Any]:
+def _crash_account(log: CrashLog, found: Inspection) -> tuple[Dict[str, Any] | None, str]:
+    """The dump's own account of its crash from the crash log the instance sent (the lines of
+    the crashed kernel's log around its last panic), and why there is none ("" when there is)."""
+    if found.format.startswith("windows"):
+        return None, "a Windows dump tells its crash by its bugcheck code (bugcheck)"
+    if log.error:
+        return None, log.error
+    told = summarise_log(log.lines)
+    frames = [line.strip() for line in told.call_trace if line.startswith(" ")]
+    account = {
+        "source": log.source,
+        "file": log.file,
+        "panic_message": told.panic_message,
+        "nmi_panic": told.nmi_panic,
+        "cpu": told.cpu,
+        "pid": told.pid,
+        "comm": told.comm,
+        "rip_function": told.rip_function,
+        "call_trace": frames[:ACCOUNT_FRAMES],
+    }
+    return account, ""
+
+
+def _cause(found: Inspection, account: Dict[str, Any] | None) -> Dict[str, Any]:
     """Whether the dump's crash was the NMI: what the dump itself says (a Windows bugcheck code),
-    else the panic lines of the dmesg saved beside it (None when nothing says)."""
+    else its crash account, the crashed kernel's own log (None when nothing says)."""
     if found.nmi_panic is not None:
         return {"nmi_panic": found.nmi_panic, "panic_message": found.panic_message}
-    if dmesg_panic is None:
+    if account is None:
         return {"nmi_panic": None, "panic_message": ""}
-    found = console_findings(dmesg_panic)
-    return {"nmi_panic": found.nmi_panic, "panic_message": found.panic_message}
+    return {"nmi_panic": account["nmi_panic"], "panic_message": account["panic_message"] or ""}
 
 
 @requires(*RESOLVE, *RUN_SCRIPT)
@@ -224,14 +255,19 @@ def crash_dumps(
     instances' latest in the ledger).
 
     Reads only the dump directory listing with sizes and times and, of the newest dump, its
-    first blocks (up to 64 KiB, compressed), its last 16 bytes and the panic lines of the
-    dmesg saved beside it (on Windows: MEMORY.DMP's header pages), and judges them with the
+    first blocks (up to 64 KiB, compressed), its last 16 bytes and the crashed kernel's log
+    around its last panic (on Windows: MEMORY.DMP's header pages), and judges them with the
     readers of ``chaosec2panic inspect``. What is wrong with the dump is in ``problems``; what
     they cannot check from those bytes (a kdump-compressed file's page data) is in
     ``unchecked``, and does not make a dump incomplete. Per instance: ``no-dump``,
     ``only-older-dumps``, ``incomplete-dump`` or ``complete-dump``, with the directory searched
     (``dump_dir``), path, size, format, kernel release (and whether it is the running kernel's),
-    and whether the crash was the NMI (``nmi_panic``); or ``unknown`` when it cannot be read.
+    and whether the crash was the NMI (``nmi_panic``, ``panic_message``); or ``unknown`` when it
+    cannot be read. ``crash_account`` is the dump's own account of its crash, read on the
+    instance from the dmesg kdump saved beside the dump, else out of the dump by ``makedumpfile
+    --dump-dmesg``: ``source`` (``dmesg-file`` or ``dump-dmesg``), ``file``, ``panic_message``,
+    ``nmi_panic``, the crashing ``cpu``, ``pid`` and ``comm``, ``rip_function`` and the top of the
+    ``call_trace``; null when it was not read, with ``crash_account_reason`` saying why.
     On Linux the dumps are looked for where the instance's kdump configuration writes them
     (kdump.conf ``path``, kdump-tools ``KDUMP_COREDIR``, SUSE ``KDUMP_SAVEDIR``, else
     /var/crash), unless ``dump_dir`` names the directory; Windows reads its CrashControl
@@ -251,6 +287,7 @@ def crash_dumps(
                 "verdict": "unknown",
                 "problems": [f"not read: {r.status} {r.error}".rstrip()],
                 "unchecked": [],
+                **NO_ACCOUNT,
             }
         )
         instances[i]["nmi_sent_at"] = injection.sent_at
@@ -276,9 +313,10 @@ def crash_dump_present(
     secrets: Secrets = None,
 ) -> bool:
     """True when every hit instance holds a complete crash dump written after its last NMI, of
-    a crash the NMI caused (the dmesg saved beside it shows the NMI panic; on Windows, bugcheck
-    0x80). True at once before any NMI of this run. Linux dumps are looked for as ``crash_dumps``
-    looks for them: where kdump is configured to write, unless ``dump_dir`` is given."""
+    a crash the NMI caused (its crash account, the crashed kernel's log saved beside it or read
+    out of it, shows the NMI panic; on Windows, bugcheck 0x80). True at once before any NMI of
+    this run. Linux dumps are looked for as ``crash_dumps`` looks for them: where kdump is
+    configured to write, unless ``dump_dir`` is given."""
     found = crash_dumps(instance_ids, dump_dir, configuration, secrets)["instances"]
     proven = {i: v["verdict"] == "complete-dump" and v.get("nmi_panic") is True for i, v in found.items()}
     for i, ok in proven.items():
@@ -289,7 +327,7 @@ def crash_dump_present(
                 i,
                 v["verdict"],
                 v.get("nmi_panic"),
-                "; ".join(v.get("problems", [])),
+                "; ".join([*v.get("problems", []), v.get("crash_account_reason") or ""]).strip("; "),
             )
     return all(proven.values())
 

@@ -16,18 +16,22 @@ from conftest import sim_guest
 from test_dumps import MANIFEST, UNCHECKED_KDUMP_PAGES, fixture_extents, materialise, span
 
 from chaosec2panic import guest
+from chaosec2panic.analysis import summarise_log
 from chaosec2panic.dumps import inspect_path, inspect_source
 from chaosec2panic.guest.parsers import (
     LINUX_SETTINGS,
+    crash_log,
     dump_files,
     kdump_verdict,
     parse_report,
     settings_change,
 )
 from chaosec2panic.lab.fleet import OS_FAMILIES
+from chaosec2panic.lab.sandbox import host_program
 from chaosec2panic.lab.simguest import SimGuest, crashkernel_reservation, kernel_crashkernel
 
 LINUX = guest.PLATFORMS["linux"]
+REAL_LOG = Path(__file__).parent / "fixtures" / "real" / "log"
 
 
 def make_guest(tmp_path: Path, **spec) -> SimGuest:
@@ -217,6 +221,169 @@ def test_the_output_fits_what_ssm_returns_whatever_the_dumps_hold(tmp_path):
     assert newest.dmesg_panic is not None and len(newest.dmesg_panic.splitlines()) == 4
     assert all(len(line) == 200 for line in newest.dmesg_panic.splitlines())
     assert [(f.head, f.tail, f.dmesg_panic) for f in older] == [(b"", b"", None)] * 4
+
+
+# The crash's own account: the crashed kernel's log around its last panic --------------------------
+REAL_NMI_DMESG = (REAL_LOG / "vmcore-dmesg.txt").read_text().splitlines()
+
+
+def _real_dump(g: SimGuest, directory: str, name: str, fixture: str = "kdump-compressed") -> Path:
+    """A real dump fixture at ``directory/name`` in the guest's dump directory."""
+    where = g.root / "var" / "crash" / directory
+    where.mkdir(parents=True)
+    return materialise(fixture, where).rename(where / name)
+
+
+@pytest.mark.parametrize(
+    ("directory", "dump", "dmesg"),
+    [
+        ("127.0.0.1-2026-12-02-22:02:11", "vmcore", "vmcore-dmesg.txt"),  # kdumpctl
+        ("202612022202", "dump.202612022202", "dmesg.202612022202"),  # Debian's kdump-tools
+        ("2026-12-02-22-02", "vmcore", "dmesg"),  # SUSE
+    ],
+)
+def test_the_crash_log_is_the_real_nmi_panic_of_the_dmesg_beside_the_dump(tmp_path, directory, dump, dmesg):
+    g = make_guest(tmp_path)
+    _real_dump(g, directory, dump)
+    (g.root / "var" / "crash" / directory / dmesg).write_text("\n".join(REAL_NMI_DMESG) + "\n")
+    report = run(g, "crash_dumps")
+    assert report.schema == "crash_dumps/3"
+    log = crash_log(report)
+    assert (log.source, log.file, log.error) == ("dmesg-file", f"/var/crash/{directory}/{dmesg}", "")
+    panic = REAL_NMI_DMESG.index("[    6.505469] Kernel panic - not syncing: NMI: Not continuing")
+    # From 5 lines before the last panic line to the end of the log (33 lines after it), whole.
+    assert report.get("crash_log_shape") == "60x200"
+    assert log.lines == [line[:200] for line in REAL_NMI_DMESG[panic - 5 :]]
+    told = summarise_log(log.lines)
+    assert (told.panic_message, told.nmi_panic) == ("NMI: Not continuing", True)
+    assert told.nmi_line == "Uhhuh. NMI received for unknown reason 21 on CPU 0."
+    assert (told.cpu, told.pid, told.comm, told.rip_function) == (0, 0, "swapper/0", "native_safe_halt")
+    assert told.call_trace[:7] == [
+        " <NMI>",
+        " dump_stack_lvl+0x44/0x5c",
+        " panic+0x118/0x2f4",
+        " ? _printk+0x68/0x83",
+        " nmi_panic.cold+0xc/0xc",
+        " unknown_nmi_error.cold+0x3b/0x49",
+        " exc_nmi+0x11e/0x150",
+    ]
+    # The older field keeps its meaning: the first panic lines of that dmesg.
+    [newest], _ = dump_files(report)
+    assert newest.dmesg_panic is not None and "NMI: Not continuing" in newest.dmesg_panic
+
+
+def _tools(g: SimGuest, *names: str) -> None:
+    """The host's programs ``names`` on the guest's PATH (its /bin)."""
+    for name in names:
+        found = host_program(name)
+        assert found, f"{name} is not installed on this host"
+        (g.root / "bin" / name).symlink_to(found)
+    (g.root / "tmp").mkdir(exist_ok=True)
+
+
+@pytest.mark.skipif(not host_program("makedumpfile"), reason="makedumpfile is not installed")
+@pytest.mark.parametrize("fixture", ["kdump-compressed", "flattened"])
+def test_without_a_dmesg_beside_it_makedumpfile_reads_the_dump_and_its_failure_is_said(tmp_path, fixture):
+    g = make_guest(tmp_path)
+    _real_dump(g, "127.0.0.1-2026-12-02-22:02:11", "vmcore", fixture)
+    assert crash_log(run(g, "crash_dumps")).error == (
+        "not read: no dmesg file beside the dump, and makedumpfile "
+        "(to read the log out of it) is not installed"
+    )
+    _tools(g, "makedumpfile", "mktemp")
+    report = run(g, "crash_dumps")
+    log = crash_log(report)
+    # The fixtures hold only the bytes this project's readers read: too few for makedumpfile to
+    # read the log (the flattened one is first rebuilt by the real makedumpfile -R).
+    said = "not read: makedumpfile --dump-dmesg exited 1: readpage_kdump_compressed: Uncompress failed"
+    assert (log.source, log.lines) == ("", []) and log.error.startswith(said), log.error
+    assert list((g.root / "tmp").iterdir()) == []  # its temporary directory is gone
+    assert dump_files(report)[0][0].dmesg_panic is None
+
+
+# A stand-in for makedumpfile on a dump it can read (the fixtures are too sparse for the real
+# one), taking the script's arguments as the real one does: -R rebuilds the flattened dump on its
+# stdin into a new file (here: a 16-byte header, then the kdump-compressed file), --dump-dmesg
+# writes the log into a new file; either refuses an output file that exists (it opens with O_EXCL).
+MAKEDUMPFILE = f"""#!/bin/sh
+case "$1" in
+  -R) [ ! -e "$2" ] || exit 1; tail -c +17 >"$2"; exit 0 ;;
+  --dump-dmesg)
+    [ ! -e "$3" ] || {{ echo "open_dump_file: Can't open the dump file($3). File exists"; exit 1; }} >&2
+    [ "$(head -c 5 "$2")" = KDUMP ] || {{ echo "check_elf_format: Can't get valid ehdr."; exit 1; }} >&2
+    cat <<'LOG' >"$3"
+{chr(10).join(REAL_NMI_DMESG)}
+LOG
+    exit 0 ;;
+esac
+exit 1
+"""
+
+
+@pytest.mark.parametrize("fixture", ["kdump-compressed", "flattened"])
+def test_the_log_makedumpfile_reads_out_of_the_dump_is_sent(tmp_path, fixture):
+    g = make_guest(tmp_path)
+    path = _real_dump(g, "202612022202", "dump.202612022202", fixture)
+    if fixture == "flattened":
+        path.write_bytes(b"makedumpfile" + bytes(4) + b"KDUMP   " + bytes(4096))
+    _tools(g, "mktemp")
+    (g.root / "bin" / "makedumpfile").write_text(MAKEDUMPFILE)
+    (g.root / "bin" / "makedumpfile").chmod(0o755)
+    log = crash_log(run(g, "crash_dumps"))
+    assert (log.source, log.file, log.error) == (
+        "dump-dmesg",
+        "/var/crash/202612022202/dump.202612022202",
+        "",
+    )
+    assert summarise_log(log.lines).call_trace[6] == " exc_nmi+0x11e/0x150"
+    assert list((g.root / "tmp").iterdir()) == []
+
+
+def test_a_flattened_dump_too_large_to_rebuild_is_not_rebuilt_and_that_is_said(tmp_path):
+    g = make_guest(tmp_path)
+    where = g.root / "var" / "crash" / "202612022202"
+    where.mkdir(parents=True)
+    with open(where / "dump.202612022202", "wb") as f:  # sparse: it takes no space
+        f.write(b"makedumpfile" + bytes(4) + b"KDUMP   ")
+        f.truncate((1 << 30) + 1)
+    _tools(g, "mktemp")
+    (g.root / "bin" / "makedumpfile").write_text(MAKEDUMPFILE)
+    (g.root / "bin" / "makedumpfile").chmod(0o755)
+    assert crash_log(run(g, "crash_dumps")).error == (
+        "not read: the dump is in the flattened format, and rebuilding it (makedumpfile -R) to read "
+        "its log would write 1073741825 bytes, more than the 1024 MiB allowed"
+    )
+    assert list((g.root / "tmp").iterdir()) == []
+
+
+def test_the_output_fits_what_ssm_returns_with_the_longest_crash_log(tmp_path):
+    """The worst case: nothing compresses, every path long, the old panic field full."""
+    g = make_guest(tmp_path)
+    rng = random.Random(7)
+    text = "".join(chr(c) for c in range(0x21, 0x7F))
+    dump_dir = "/var/crash/" + "d" * 120
+    for n in range(7):
+        directory = g.root / dump_dir.lstrip("/") / f"127.0.0.1-2026-01-0{n + 1}-00:00:00-{'x' * 80}"
+        directory.mkdir(parents=True)
+        dump = directory / "vmcore"
+        # 64 KiB whose blocks take just under the 16,000 characters they may
+        dump.write_bytes(b"KDUMP   " + rng.randbytes(11_700) + bytes(300_000))
+        noise = ["".join(rng.choices(text, k=300)) for _ in range(400)]
+        panics = [f"[ 6.5] Kernel panic - not syncing: {''.join(rng.choices(text, k=300))}" for _ in range(5)]
+        (directory / "vmcore-dmesg.txt").write_text("\n".join(noise[:200] + panics + noise[200:]) + "\n")
+        os.utime(dump, (1767225600 + n, 1767225600 + n))
+    outcome = g.run_command(guest.script(LINUX, "crash_dumps", {"DUMP_DIR": dump_dir}))
+    assert len(outcome.stdout) < 24000, len(outcome.stdout)
+    report = parse_report(outcome.stdout, "crash_dumps")
+    files, problems = dump_files(report)
+    assert report.complete and problems == [] and len(files) == 5
+    assert len(files[0].dmesg_panic.splitlines()) == 4 and len(files[0].head) == 65536
+    log = crash_log(report)
+    assert len(report.get("crash_log")) <= 3500 and report.get("crash_log_shape") != "60x200"
+    width = int(report.get("crash_log_shape").split("x")[1])
+    assert log.lines[5] == panics[-1][:width] and len(log.lines) == int(
+        report.get("crash_log_shape").split("x")[0]
+    )
 
 
 def test_dump_lines_cut_or_garbled_are_problems_never_errors():

@@ -16,12 +16,14 @@ __all__ = [
     "WINDOWS_DUMP_TYPES",
     "WINDOWS_SETTINGS",
     "Check",
+    "CrashLog",
     "DumpFile",
     "GuestReport",
     "KdumpVerdict",
     "SettingsChange",
     "Upload",
     "ValueFormat",
+    "crash_log",
     "dump_files",
     "kdump_verdict",
     "parse_report",
@@ -309,6 +311,35 @@ def dump_files(report: GuestReport) -> tuple[List[DumpFile], List[str]]:
         except ValueError as e:
             problems.append(f"dump: unreadable line {line[:80]!r} ({e})")
     return dumps, problems
+
+
+@dataclass(frozen=True)
+class CrashLog:
+    """What ``crash_dumps`` sent of the newest dump's own account of its crash: the lines of the
+    crashed kernel's log around its last panic, where they were read (``source``: ``dmesg-file``
+    beside the dump, or ``dump-dmesg``, makedumpfile out of the dump; ``file``), or why they
+    were not (``error``)."""
+
+    source: str
+    file: str
+    lines: List[str]
+    error: str
+
+
+def crash_log(report: GuestReport) -> CrashLog:
+    """The crash log of a ``crash_dumps`` report (its ``crash_log*`` lines)."""
+    source, file, error = report.get("crash_log_source"), report.get("crash_log_file"), ""
+    lines: List[str] = []
+    if source:
+        try:
+            lines = _inflate(report.get("crash_log")).decode(errors="replace").splitlines()
+        except ValueError as e:
+            error = f"crash_log: unreadable ({e})"
+        if not lines and not error:
+            error = f"crash_log: the log read from {file} is empty"
+    else:
+        error = report.get("crash_log_error") or "the instance sent no crash log"
+    return CrashLog(source, file, lines, error)
 
 
 @dataclass(frozen=True)

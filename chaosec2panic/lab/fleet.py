@@ -116,6 +116,10 @@ DEBIAN_DEFAULTS = {
 # files, kdump-tools' own crashkernel=384M-:128M (128 MiB at this memory) on the line.
 DEBIAN_ARMED = {"kdump": True, "crashkernel_mib": 128, "unknown_nmi_panic": 1}
 DEBIAN_MEMORY_MIB = (1024, 4096)
+# kernel.panic as a distribution ships it, where measured: the real Debian bookworm guest's
+# /proc/sys/kernel/panic is 0, so an NMI panic without kdump hangs until the instance is reset.
+# The others are not measured here; their simulated guests reboot 10 s after a panic.
+SHIPPED_PANIC_TIMEOUT = {"debian": 0}
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,9 @@ def _guest(entry: Any, where: str) -> List[GuestSpec]:
     if settings.get("os", "amazon-linux-2023") not in FAMILIES:
         raise FleetError(f"{where}: unknown os {settings['os']!r}; valid: {sorted(FAMILIES)}")
     _platform_settings(settings, where)
+    os_name = settings.get("os", "amazon-linux-2023")
+    if settings.get("kind", "simulated") == "simulated" and os_name in SHIPPED_PANIC_TIMEOUT:
+        settings.setdefault("panic_timeout", SHIPPED_PANIC_TIMEOUT[os_name])
     if settings.get("state", "running") not in ("running", "stopped"):
         raise FleetError(f"{where}: state must be running or stopped")
     if not isinstance(count, int) or count < 1:

@@ -1,5 +1,7 @@
 """Probes and the rollback against the lab: every situation a crash experiment meets."""
 
+import json
+import posixpath
 import time
 
 import pytest
@@ -94,6 +96,19 @@ def test_armed_instance_crashes_dumps_and_comes_back(make_lab, os_name, fmt, dir
     # Nothing wrong with it; what the first blocks cannot show is unchecked, not a problem.
     assert dump["problems"] == [] and dump["unchecked"]
     assert (dump["nmi_panic"], dump["panic_message"]) == (True, "NMI: Not continuing")
+    # The dump's own account, from the dmesg kdump saved beside it (as each distribution names it).
+    account = dump["crash_account"]
+    assert (account["source"], dump["crash_account_reason"]) == ("dmesg-file", "")
+    beside, name = posixpath.split(account["file"])
+    assert beside == posixpath.dirname(dump["path"]) and name.startswith(("vmcore-dmesg.txt", "dmesg"))
+    assert {k: account[k] for k in ("panic_message", "nmi_panic", "cpu", "pid", "comm")} == {
+        "panic_message": "NMI: Not continuing",
+        "nmi_panic": True,
+        "cpu": 0,
+        "pid": 0,
+        "comm": "swapper/0",
+    }
+    assert json.loads(json.dumps(dump)) == dump
     if fmt == "kdump-compressed":
         assert dump["kernel_release"] == dump["running_kernel"] and dump["same_kernel"] is True
     assert crash_dump_present(configuration=conf) is True
@@ -251,6 +266,23 @@ def test_a_dump_of_another_crash_does_not_prove_the_nmi(make_lab):
     dump = crash_dumps(configuration=lab.configuration())["instances"][lab.id("web")]
     assert dump["verdict"] == "complete-dump"
     assert (dump["nmi_panic"], dump["panic_message"]) == (False, "Fatal exception")
+    assert dump["crash_account"]["panic_message"] == "Fatal exception"
+    assert crash_dump_present(configuration=lab.configuration()) is False
+
+
+def test_a_dump_without_its_account_does_not_prove_the_nmi(make_lab):
+    lab = make_lab([opted_in("web", os="debian")])
+    hit(lab, "web")
+    assert recovered_within(30, configuration=lab.configuration()) is True
+    [dmesg] = (lab.lab.guests[lab.id("web")].root / "var" / "crash").glob("*/dmesg.*")
+    dmesg.unlink()  # and the lab's guests have no makedumpfile to read the log out of the dump
+    dump = crash_dumps(configuration=lab.configuration())["instances"][lab.id("web")]
+    assert dump["verdict"] == "complete-dump" and dump["crash_account"] is None
+    assert dump["crash_account_reason"] == (
+        "not read: no dmesg file beside the dump, and makedumpfile "
+        "(to read the log out of it) is not installed"
+    )
+    assert (dump["nmi_panic"], dump["panic_message"]) == (None, "")
     assert crash_dump_present(configuration=lab.configuration()) is False
 
 

@@ -20,6 +20,7 @@ import pytest
 from conftest import ROOT, failed_probes, opted_in, run_experiment, start_lab, vary
 
 from chaosec2panic.actions import arm_kdump
+from chaosec2panic.analysis import summarise_log
 from chaosec2panic.lab.debian import DebianGuest
 from chaosec2panic.probes import crash_dump_present, crash_dumps, kdump_armed
 from chaosec2panic.rollbacks import restore_kdump_settings
@@ -54,6 +55,19 @@ def inside(lab, script: str, name: str = NAME) -> str:
     answer = lab.lab.guests[lab.id(name)].run_command(script, timeout=60)
     assert answer.status == "Success", answer.stderr
     return answer.stdout
+
+
+def assert_nmi_account(dump: dict, dmesg: str) -> None:
+    """The dump's own account of its crash, read on the instance from the dmesg kdump-tools saved
+    beside it: the NMI panic, with the NMI handler in the top of its call trace."""
+    account = dump["crash_account"]
+    assert account is not None, dump["crash_account_reason"]
+    assert (account["source"], account["file"]) == ("dmesg-file", dmesg), account
+    assert (account["panic_message"], account["nmi_panic"]) == ("NMI: Not continuing", True), account
+    assert account["cpu"] is not None and account["comm"], account
+    functions = {frame.removeprefix("? ").split("+")[0].split(".")[0] for frame in account["call_trace"]}
+    assert functions & {"exc_nmi", "unknown_nmi_error"}, account
+    assert 0 < len(account["call_trace"]) <= 12, account
 
 
 class TestDebianGuest:
@@ -92,6 +106,7 @@ class TestDebianGuest:
         assert dump["verdict"] == "complete-dump" and dump["format"] == "flattened", dump
         assert dump["nmi_panic"] is True
         assert dump["path"].startswith("/var/crash/2") and "/dump.2" in dump["path"]
+        assert_nmi_account(dump, dump["path"].replace("/dump.", "/dmesg."))
         listing = inside(lab, "ls /var/crash/*/")
         assert "dmesg." in listing and "dump-incomplete" not in listing
         assert crash_dump_present(instance_ids=[lab.id(NAME)], configuration=lab.configuration(**self.CONFIG))
@@ -137,6 +152,7 @@ class TestArmedDebianGuest:
         found = dump[armed_lab.id(ARMED)]
         assert found["verdict"] == "complete-dump" and found["nmi_panic"] is True, found
         assert "NMI" in found["panic_message"], found
+        assert_nmi_account(found, found["path"].replace("/dump.", "/dmesg."))
         dmesg = tmp_path / "dmesg.txt"
         # gzipped: Run Command keeps only the first 24,000 characters of its output
         packed = inside(armed_lab, "gzip -9c /var/crash/2*/dmesg.2* | base64 -w 0", ARMED)
@@ -148,3 +164,7 @@ class TestArmedDebianGuest:
         [read] = json.loads(done.stdout)
         assert (read["kind"], read["nmi_panic"]) == ("dmesg", True), read
         assert read["panic_message"] == found["panic_message"], read
+        # The account the instance sent is the top of the whole log's own trace.
+        whole = summarise_log(dmesg.read_text().splitlines())
+        frames = [f.strip() for f in whole.call_trace if f.startswith(" ")]  # not the registers
+        assert found["crash_account"]["call_trace"] == frames[:12], whole
