@@ -210,7 +210,8 @@ def send_nmi(
     hit an instance since this one looked), no chosen instance may be hit and not back, and
     ``max_instances`` caps the instances down at once from every NMI in the ledger: this batch
     and each instance any run hit (this one, an earlier one, or one running at the same time
-    from this machine) that is not seen back since. Two runs at once with ``max_instances=1``
+    on this machine, or on any machine when the ledger is a DynamoDB table) that is not seen
+    back since. Two runs at once with ``max_instances=1``
     hit one instance between them; give runs meant to overlap a ledger each. Each NMI is then
     written as ``pending`` (counted as a hit) before the lock is released and the request sent,
     and settled to its outcome after: if it cannot be written, nothing is sent, and a process
@@ -343,7 +344,7 @@ def _send_nmi(
         "batches": plan,
         "halted": halted or None,
         "injections": records,
-        "ledger": str(ledger.path),
+        "ledger": ledger.where,
     }
 
 
@@ -850,7 +851,7 @@ def collect_crash_dump(
         raise InvalidRequest(f"timeout must be a number of seconds >= 1, got {timeout!r}")
     if not _hits(configuration, instance_ids):
         raise InvalidRequest(
-            f"no NMI of this run is in the ledger {Ledger.of(configuration).path}, so there is no "
+            f"no NMI of this run is in the ledger {Ledger.of(configuration).where}, so there is no "
             "dump to collect: send one first (send_nmi), or name instance_ids hit before. Nothing was sent."
         )
     s3 = client("s3", configuration, secrets)

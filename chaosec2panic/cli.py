@@ -107,6 +107,8 @@ def recover(args: argparse.Namespace) -> int:
     configuration: Dict[str, Any] = {"chaosec2panic_poll_interval": args.poll_interval}
     if args.ledger:
         configuration["chaosec2panic_ledger_path"] = args.ledger
+    if args.ledger_table:
+        configuration["chaosec2panic_ledger_table"] = args.ledger_table
     try:
         result = recover_instances(args.instance_ids or None, args.timeout, configuration, None)
     except Ec2PanicError as exc:
@@ -114,6 +116,22 @@ def recover(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(result, indent=1))
     return 0 if all(i["recovered"] for i in result["instances"].values()) else 1
+
+
+def create_ledger_table(args: argparse.Namespace) -> int:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .ledger import LedgerError
+    from .ledger.dynamodb import create_table
+
+    try:
+        dynamodb = boto3.client("dynamodb", region_name=args.region, endpoint_url=args.endpoint)
+        print(create_table(dynamodb, args.name))
+    except (BotoCoreError, ClientError, LedgerError) as exc:
+        print(f"chaosec2panic: dynamodb table {args.name}: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _pairs(values: List[str], flag: str) -> Dict[str, str]:
@@ -172,7 +190,7 @@ def print_policy(args: argparse.Namespace) -> int:
 
     key, _, value = args.opt_in_tag.partition("=")
     try:
-        document = policy(args.activity or None, (key, value), args.instance_arn)
+        document = policy(args.activity or None, (key, value), args.instance_arn, args.ledger_table)
     except ValueError as exc:
         print(f"chaosec2panic: {exc}", file=sys.stderr)
         return 2
@@ -288,6 +306,31 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_fis(args: argparse.Namespace) -> int:
+    """Write the files that run an experiment's send_nmi on SSM Automation under AWS FIS."""
+    import yaml
+
+    from .export import ExportRefused
+    from .export import export_fis as export
+
+    source = Path(args.experiment)
+    try:
+        experiment = yaml.safe_load(source.read_text(encoding="utf-8"))
+        written = export(experiment, source.stem, args.stop_alarm_arn, args.region, args.account_id)
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in written.items():
+            (out / name).write_text(text, encoding="utf-8")
+    except ExportRefused as exc:
+        print(f"chaosec2panic: {source} is not exported: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"chaosec2panic: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(str(out / name) for name in written))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="chaosec2panic", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -314,9 +357,20 @@ def parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("instance_ids", nargs="*")
     rec.add_argument("--timeout", type=float, default=300)
-    rec.add_argument("--ledger", help="ledger file (default: $CHAOSEC2PANIC_LEDGER or the state directory)")
+    where = rec.add_mutually_exclusive_group()
+    where.add_argument("--ledger", help="ledger file (default: $CHAOSEC2PANIC_LEDGER or the state directory)")
+    where.add_argument("--ledger-table", help="the DynamoDB ledger (default: $CHAOSEC2PANIC_LEDGER_TABLE)")
     rec.add_argument("--poll-interval", type=float, default=5.0)
     rec.set_defaults(run=recover)
+
+    led = commands.add_parser("ledger", help="the ledger shared across machines").add_subparsers(
+        dest="ledger_command", required=True
+    )
+    table = led.add_parser("create-table", help="make a DynamoDB table the ledger (on-demand, with TTL)")
+    table.add_argument("name", metavar="NAME")
+    table.add_argument("--region", help="its region (default: $AWS_REGION)")
+    table.add_argument("--endpoint", help="the DynamoDB endpoint (default: AWS's, or $AWS_ENDPOINT_URL)")
+    table.set_defaults(run=create_ledger_table)
 
     pre = commands.add_parser("preflight", help="is each target ready for an NMI? (sends none)")
     pre.add_argument("--instance-id", action="append", default=[])
@@ -344,6 +398,11 @@ def parser() -> argparse.ArgumentParser:
     pol.add_argument("--activity", action="append", help="an activity the experiments use (default: all)")
     pol.add_argument("--opt-in-tag", default="chaos:nmi=allowed", help="KEY=VALUE that targets carry")
     pol.add_argument("--instance-arn", action="append", default=[], help="allow only these instances")
+    pol.add_argument(
+        "--ledger-table",
+        default=os.environ.get("CHAOSEC2PANIC_LEDGER_TABLE", ""),
+        help="the shared ledger's DynamoDB table (default: $CHAOSEC2PANIC_LEDGER_TABLE)",
+    )
     pol.set_defaults(run=print_policy)
 
     run = commands.add_parser("demo", help="run an experiment against a fresh lab and say what happened")
@@ -365,6 +424,19 @@ def parser() -> argparse.ArgumentParser:
         help="how many of the slowest instances back to draw (default: %(default)s)",
     )
     rep.set_defaults(run=report)
+
+    exp = commands.add_parser("export", help="an experiment as files for AWS's own engines").add_subparsers(
+        dest="export_command", required=True
+    )
+    fis = exp.add_parser("fis", help="SSM Automation runbooks, an AWS FIS template, a schedule, a stack")
+    fis.add_argument("experiment", metavar="EXPERIMENT", help="an experiment YAML that uses send_nmi")
+    fis.add_argument("-o", "--output", required=True, metavar="DIR", help="the directory to write")
+    fis.add_argument(
+        "--stop-alarm-arn", action="append", default=[], help="a stop alarm (needed for alarms found by tags)"
+    )
+    fis.add_argument("--region", default="REGION", help="the region in the request files' ARNs")
+    fis.add_argument("--account-id", default="ACCOUNT_ID", help="the account in the request files' ARNs")
+    fis.set_defaults(run=export_fis)
     return top
 
 

@@ -58,6 +58,8 @@ INSTANCE_ACTIONS = frozenset(
 )
 ACTIVITY_MODULES = ("chaosec2panic.actions", "chaosec2panic.probes", "chaosec2panic.rollbacks")
 SSM_DOCUMENTS = ("AWS-RunShellScript", "AWS-RunPowerShellScript")
+# The shared ledger's calls (its transactions are authorized as their Put and Update items).
+LEDGER_TABLE_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem")
 
 
 def requires(*actions: str) -> Callable[[F], F]:
@@ -84,12 +86,13 @@ def policy(
     activities: Iterable[str] | None = None,
     opt_in: tuple[str, str] = ("chaos:nmi", "allowed"),
     instance_arns: Sequence[str] = (),
+    ledger_table: str = "",
 ) -> Dict[str, Any]:
     """An IAM policy with exactly the actions ``activities`` call (all when None).
 
     Actions that change an instance are allowed only on instances carrying the opt-in tag,
     or only on ``instance_arns`` when given; SSM commands only with the two documents the
-    guest scripts use.
+    guest scripts use; the shared ledger's reads and writes only on ``ledger_table``.
     """
     known = activity_actions()
     wanted = list(known) if activities is None else list(activities)
@@ -122,4 +125,7 @@ def policy(
                 ],
             }
         )
+    if ledger_table:
+        table = {"Sid": "SharedLedger", "Effect": "Allow", "Action": list(LEDGER_TABLE_ACTIONS)}
+        statements.append({**table, "Resource": f"arn:aws:dynamodb:*:*:table/{ledger_table}"})
     return {"Version": "2012-10-17", "Statement": statements}

@@ -67,7 +67,7 @@ def _hits(configuration: Configuration, instance_ids: List[str] | None) -> Dict[
             not_hit = [i for i in instance_ids if i not in hits]
             if not_hit:
                 raise InvalidRequest(
-                    f"this run sent no NMI to {not_hit} (ledger {ledger.path}): name the instances it hit"
+                    f"this run sent no NMI to {not_hit} (ledger {ledger.where}): name the instances it hit"
                 )
             return {i: hits[i] for i in instance_ids}
         latest = ledger.latest()

@@ -51,7 +51,7 @@ def recover_instances(
     if instance_ids:
         unknown = [i for i in instance_ids if i not in latest]
         if unknown:
-            raise InvalidRequest(f"no NMI recorded for {unknown} in the ledger {ledger.path}")
+            raise InvalidRequest(f"no NMI recorded for {unknown} in the ledger {ledger.where}")
         hits = {i: latest[i] for i in instance_ids}
     else:
         hits = ledger.unrecovered()

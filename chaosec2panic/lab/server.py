@@ -48,6 +48,7 @@ from .auth import AuthError, KeyPair, issue, parse_authorization, verify
 from .balancer import HealthChecker
 from .debian import DebianImageError, debian_guest
 from .fleet import Fleet
+from .iam import Keys, authorize
 from .kit import Kit, KitError, ensure_kit
 from .lifecycle import Lifecycle, LifecycleRefusal
 from .protocol import SERVICES, ApiError, Request, ec2_xml, error_body, json_object, list_param, protocol_of
@@ -167,7 +168,8 @@ class Lab:
         # The credentials the lab issues: the operator's (the extension, the CLI, the tests) and
         # the guests' own (their AWS tools). Nothing else signs a request the lab answers.
         self.operator, self.guest_keys = issue(), issue("ASIA")
-        self._secrets = {k.access_key: k.secret_key for k in (self.operator, self.guest_keys)}
+        # IAM users made through the lab's IAM API sign with their own keys (:mod:`.iam`).
+        self._secrets = Keys({k.access_key: k.secret_key for k in (self.operator, self.guest_keys)})
         self.sandbox: Sandbox | None = None
         # AWS's request throttling, per account, region and action, on the lab's own clock: from
         # when the fleet is up (the lab's own set-up calls are not throttled).
@@ -339,6 +341,7 @@ class Lab:
             self.calls[f"{request.service}:{request.operation}"] += 1
         handler = getattr(self, f"_{request.service}_{request.operation}", None)
         try:
+            authorize(request, signed.access_key, self._secrets, environ.get("PATH_INFO", ""))
             self._throttled(request)
             refuse_malformed_ids(request)
             self._inject_fault(request)
@@ -363,6 +366,9 @@ class Lab:
                 request,
                 lambda payload: instance_fields(payload, self._instance_facts),
             )
+        if request.service == "dynamodb":  # serializable, as AWS's: moto checks conditions, then writes
+            with self._lock:
+                return self._moto(environ, start_response, request)
         act = GUEST_ACTIONS.get(request.operation) if request.service == "ec2" else None
         if act is None:
             return self._moto(environ, start_response, request)
