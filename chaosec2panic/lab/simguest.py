@@ -102,6 +102,30 @@ TOOLS = (
     "mkdir",
     "rm",
 )
+# What a Linux 6.1 kernel printed after "Kernel panic" for an NMI on an idle CPU: the real Debian
+# bookworm guest's log (tests/fixtures/real/log/vmcore-dmesg.txt), registers left out.
+NMI_PANIC_TRACE = (
+    "Call Trace:",
+    " <NMI>",
+    " dump_stack_lvl+0x44/0x5c",
+    " panic+0x118/0x2f4",
+    " ? _printk+0x68/0x83",
+    " nmi_panic.cold+0xc/0xc",
+    " unknown_nmi_error.cold+0x3b/0x49",
+    " exc_nmi+0x11e/0x150",
+    " end_repeat_nmi+0x16/0x67",
+    "RIP: 0010:native_safe_halt+0xb/0x10",
+    " ? native_safe_halt+0xb/0x10",
+    " </NMI>",
+    " <TASK>",
+    " default_idle_call+0x38/0xf0",
+    " do_idle+0x206/0x2b0",
+    " cpu_startup_entry+0x26/0x30",
+    " rest_init+0xca/0xd0",
+    " start_kernel+0x6fb/0x70f",
+    " secondary_startup_64_no_verify+0xe5/0xeb",
+    " </TASK>",
+)
 # uname as the guest's kernel answers it (the host's uname would ask the host's kernel).
 UNAME = r"""#!/bin/sh
 r=$(cat /proc/sys/kernel/osrelease); n=$(cat /proc/sys/kernel/hostname)
@@ -337,19 +361,22 @@ class SimGuest:
 
     def _on_nmi(self, now: float) -> None:
         """What the running kernel does with an NMI (called with the lock held)."""
-        self._say(
-            now,
-            "Uhhuh. NMI received for unknown reason 3d on CPU 0.",
-            "Do you have a strange power saving mode enabled?",
-        )
+        self._say(now, "Uhhuh. NMI received for unknown reason 3d on CPU 0.")
         if self.unknown_nmi_panic != 1:
-            self._say(now, "Dazed and confused, but trying to continue")
+            self._say(
+                now,
+                "Do you have a strange power saving mode enabled?",
+                "Dazed and confused, but trying to continue",
+            )
             self._event(now, "dazed", "unknown_nmi_panic=0: no panic")
             return
+        loaded = "Kdump: loaded " if self.crash_loaded else ""
         self._say(
             now,
             "Kernel panic - not syncing: NMI: Not continuing",
-            f"CPU: 0 PID: 0 Comm: swapper/0 Not tainted {self.spec.family.kernel_release} #1",
+            f"CPU: 0 PID: 0 Comm: swapper/0 {loaded}Not tainted {self.spec.family.kernel_release} #1",
+            f"Hardware name: Amazon EC2 {self.spec.instance_type}/, BIOS 1.0 10/16/2017",
+            *NMI_PANIC_TRACE,
             "Kernel Offset: disabled",
         )
         self._event(now, "panic", "NMI: Not continuing")

@@ -176,8 +176,8 @@ def test_errors_of_moto_keep_their_own_shape(fleet):
     assert refused.value.response["ResponseMetadata"]["RequestId"]
 
 
-@pytest.mark.skipif(AWS_CLI is None, reason="the AWS CLI v1 (awscli, in the test extra) is not installed")
 def test_the_aws_cli_v1_drives_the_lab(fleet):
+    assert AWS_CLI, "the AWS CLI v1 is missing: it comes with the test extra (pip install -e '.[test]')"
     env = {**os.environ, **fleet.server.environment()}
     url = env["AWS_ENDPOINT_URL"]
 
