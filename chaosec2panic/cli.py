@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.error
+from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -43,7 +44,7 @@ def _start_lab(args: argparse.Namespace) -> Any:
         ) from exc
     fleet = _fleet(args.fleet)
     if args.time_scale:
-        fleet = type(fleet)(fleet.region, args.time_scale, fleet.guests)
+        fleet = replace(fleet, time_scale=args.time_scale)
     try:
         return LabServer(fleet, port=args.port).start()
     except LabError as exc:
@@ -65,6 +66,10 @@ def lab_up(args: argparse.Namespace) -> int:
     env = " ".join(f"{k}={v}" for k, v in lab.environment().items())
     print(f"chaosec2panic lab: {len(lab.lab.guests)} instances at {lab.url}")
     print("\n".join(_fleet_table(lab)))
+    print(
+        "# boto3, chaostoolkit-aws and the AWS CLI (v1 from 1.29, v2 from 2.13) read AWS_ENDPOINT_URL; "
+        f"an older AWS CLI ignores it: pass --endpoint-url {lab.url}"
+    )
     print(f"export {env}", flush=True)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
@@ -190,7 +195,8 @@ def print_policy(args: argparse.Namespace) -> int:
 
     key, _, value = args.opt_in_tag.partition("=")
     try:
-        document = policy(args.activity or None, (key, value), args.instance_arn, args.ledger_table)
+        table = args.ledger_table or os.environ.get("CHAOSEC2PANIC_LEDGER_TABLE", "")
+        document = policy(args.activity or None, (key, value), args.instance_arn, table)
     except ValueError as exc:
         print(f"chaosec2panic: {exc}", file=sys.stderr)
         return 2
@@ -400,7 +406,6 @@ def parser() -> argparse.ArgumentParser:
     pol.add_argument("--instance-arn", action="append", default=[], help="allow only these instances")
     pol.add_argument(
         "--ledger-table",
-        default=os.environ.get("CHAOSEC2PANIC_LEDGER_TABLE", ""),
         help="the shared ledger's DynamoDB table (default: $CHAOSEC2PANIC_LEDGER_TABLE)",
     )
     pol.set_defaults(run=print_policy)

@@ -140,11 +140,12 @@ def make_alarm(name: str, state: str = "OK", tags: Dict[str, str] | None = None)
     return cw.describe_alarms(AlarmNames=[name])["MetricAlarms"][0]["AlarmArn"]
 
 
-def lab_up_process(fleet: Path) -> tuple[subprocess.Popen, str]:
-    """``chaosec2panic lab up`` on ``fleet`` in the background, and what it printed up to its export line."""
+def lab_up_process(fleet: Path, *more: str) -> tuple[subprocess.Popen, str]:
+    """``chaosec2panic lab up`` on ``fleet`` (and ``more`` arguments) in the background, and what
+    it printed up to its export line."""
     cli = str(Path(sys.executable).with_name("chaosec2panic"))
     proc = subprocess.Popen(
-        [cli, "lab", "up", "--fleet", str(fleet), "--port", "0"],
+        [cli, "lab", "up", "--fleet", str(fleet), "--port", "0", *more],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

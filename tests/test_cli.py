@@ -10,6 +10,8 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
 from conftest import lab_up_process
 from test_inspect import KEYS
 
@@ -71,6 +73,39 @@ def test_lab_up_prints_the_endpoint_and_the_fleet_and_stops_on_ctrl_c(lab_up):
     assert names == ["hang", "web-1", "web-2"]
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=15) == 0
+
+
+def test_lab_up_time_scale_keeps_the_fleet_s_throttling_and_says_how_to_reach_it(tmp_path):
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(FLEET + "throttling: false\n")
+    proc, text = lab_up_process(fleet, "--time-scale", "0.05")
+    try:
+        env = dict(re.findall(r"(\w+)=(\S+)", text.splitlines()[-1]))
+        assert f"pass --endpoint-url {env['AWS_ENDPOINT_URL']}" in text  # for an AWS CLI v2 before 2.13
+        ec2 = boto3.client(
+            "ec2",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name=env["AWS_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+        [instance_id] = [
+            i["InstanceId"]
+            for r in ec2.describe_instances()["Reservations"]
+            for i in r["Instances"]
+            if {"Key": "Name", "Value": "hang"} in i["Tags"]
+        ]
+        codes = set()
+        for _ in range(60):  # more than EC2's mutating bucket holds: the fleet said no throttling
+            try:
+                ec2.send_diagnostic_interrupt(InstanceId=instance_id, DryRun=True)
+            except ClientError as exc:
+                codes.add(exc.response["Error"]["Code"])
+        assert codes == {"DryRunOperation"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
 
 
 def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
