@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Dict, Iterator, List, Mapping, TypeVar
 
@@ -39,10 +40,11 @@ from .guest.parsers import (
 from .health import observe, watch_recovery
 from .iam import OBSERVE, RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, STOP_ALARMS, WATCH_RECOVERY, requires
 from .ledger import Injection, JsonRecord, Ledger, LedgerError, unrecovered
+from .pacing import clear_sends, sends
 from .polling import Poll, poll
 from .probes import _hits, _platforms, crash_dumps
 from .readiness import kdump_verdicts, permission
-from .recovery import Observation, guest_boot, guest_seconds, is_back, is_up, now_iso, parse_iso
+from .recovery import Observation, guest_boot, guest_seconds, is_back, is_up, iso, now_iso, parse_iso
 from .settings import settings
 from .ssm import run_script
 from .stopconditions import check_stop, stop_alarms
@@ -64,8 +66,10 @@ def _console_anchor(ec2: Any, instance_id: str) -> str:
 
 
 def _send_one(ec2: Any, instance_id: str, retry: RetryPolicy) -> Dict[str, str]:
-    """Send one NMI: when it was sent and answered, its outcome and the error if any."""
-    sent_at = now_iso()
+    """Send one NMI: when its first request left (after any wait for a token) and when it was
+    answered, its outcome and the error if any."""
+    began = now_iso()
+    clear_sends()
     try:
         retry.call(ec2.send_diagnostic_interrupt, InstanceId=instance_id)
         outcome, error = "sent", ""
@@ -76,7 +80,14 @@ def _send_one(ec2: Any, instance_id: str, retry: RetryPolicy) -> Dict[str, str]:
         error = f"{error_code(exc)}: {exc.response['Error'].get('Message', '')}"
     except BotoCoreError as exc:
         outcome, error = "unknown", f"{type(exc).__name__}: {exc}"
-    return {"sent_at": sent_at, "answered_at": now_iso(), "outcome": outcome, "error": error}
+    answered, left = now_iso(), sends()
+    sent_at = iso(datetime.fromtimestamp(left[0], UTC)) if left else began
+    return {
+        "sent_at": min(max(sent_at, began), answered),
+        "answered_at": answered,
+        "outcome": outcome,
+        "error": error,
+    }
 
 
 def _each(call: Callable[[str], T], ids: List[str], workers: int) -> Dict[str, T]:

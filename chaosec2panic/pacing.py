@@ -9,15 +9,20 @@ therefore takes a token from a bucket of the same size in this process before ea
 by every client for the same endpoint, region and action), and empties it when AWS still answers
 a throttling error, so that every thread then waits for AWS's refill rate (other callers in the
 account spend the same tokens). SSM publishes no rates: its buckets are the lab's model.
+
+A paced call may wait long before its request leaves: :func:`sends` says when each request of
+this thread's calls since :func:`clear_sends` left that was not refused as throttled (AWS
+refuses those before acting), so that a call's moment (an NMI's) is told from the requests that
+could have made it, not from its waits.
 """
 
 import threading
 import time
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from .lab.throttle import DEFAULT_BUCKETS, Bucket, bucket_class
 
-__all__ = ["THROTTLING_CODES", "Pacer", "pace", "pacer_for"]
+__all__ = ["THROTTLING_CODES", "Pacer", "clear_sends", "pace", "pacer_for", "sends"]
 
 THROTTLING_CODES = frozenset(
     {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException"}
@@ -71,6 +76,25 @@ class Pacer:
             self.tokens = min(self.tokens, 0.0)
 
 
+_SENDS = threading.local()  # [epoch left, throttled] per request of this thread, since clear_sends
+
+
+def clear_sends() -> None:
+    """Forget this thread's requests sent so far."""
+    _SENDS.at = []
+
+
+def sends() -> List[float]:
+    """When each request of this thread left since :func:`clear_sends` (retries included) and was
+    not answered with a throttling error, in epoch seconds, oldest first."""
+    return [at for at, throttled in getattr(_SENDS, "at", []) if not throttled]
+
+
+def _sent(**kwargs: Any) -> None:
+    if hasattr(_SENDS, "at"):
+        _SENDS.at.append([time.time(), False])
+
+
 _PACERS: Dict[Tuple[str, str, str, str], Pacer] = {}
 _PACERS_LOCK = threading.Lock()
 
@@ -104,7 +128,10 @@ def pace(aws: Any) -> Any:
         pacer = (request_dict or {}).get("context", {}).get(CONTEXT_KEY)
         if code in THROTTLING_CODES and pacer is not None:
             pacer.drain()
+        if code in THROTTLING_CODES and getattr(_SENDS, "at", None):
+            _SENDS.at[-1][1] = True
 
     aws.meta.events.register(f"before-parameter-build.{service}", before)
+    aws.meta.events.register(f"before-send.{service}", _sent)
     aws.meta.events.register_first(f"needs-retry.{service}", after)
     return aws

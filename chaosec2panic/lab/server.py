@@ -2,14 +2,17 @@
 
 The lab answers itself what touches guests (SendDiagnosticInterrupt, DescribeInstanceStatus,
 GetConsoleOutput, SSM Run Command and agent status) and passes everything else to moto, so
-DescribeInstances, DescribeInstanceTypes, tags, filters, CloudWatch and STS behave as moto
-implements them. Reboot, stop, start and terminate go to moto and then to the guest.
+DescribeInstanceTypes, tags, filters, CloudWatch, STS, IAM and DynamoDB behave as moto implements
+them; DescribeInstances is moto's with what AWS adds (:mod:`.responses`). Reboot, stop, start and
+terminate are checked against the instance's life cycle (:mod:`.lifecycle`), go to moto and then
+to the guest.
 Under ``/_lab/`` it serves what it saw (events, calls, fleet) and takes injected faults
 (API errors on an operation, an SSM agent cut off).
 
 It trusts no request it cannot prove (:mod:`.auth`): every AWS call must be SigV4-signed with
 the credentials the lab issued when it started (the operator's, printed in its ``export``
-line, or a guest's own, which its AWS tools use); ``/_lab/`` takes the operator's secret as a
+line, or a guest's own, which its AWS tools use) or an IAM user's, made through the lab's IAM
+API, whose policies decide what it may do (:mod:`.iam`); ``/_lab/`` takes the operator's secret as a
 bearer token; a request from a web page (an ``Origin`` header) or for another host name (DNS
 rebinding) is refused, and moto's own ``/moto-api/`` is closed. Whatever is malformed gets an
 AWS error answer in its protocol's shape, from bodies of bounded size.
@@ -166,7 +169,7 @@ class Lab:
         # so a guest never waits for the lab's lock while the lab waits for the guest's.
         self._events_lock = threading.Lock()
         # The credentials the lab issues: the operator's (the extension, the CLI, the tests) and
-        # the guests' own (their AWS tools). Nothing else signs a request the lab answers.
+        # the guests' own (their AWS tools); and IAM users', below.
         self.operator, self.guest_keys = issue(), issue("ASIA")
         # IAM users made through the lab's IAM API sign with their own keys (:mod:`.iam`).
         self._secrets = Keys({k.access_key: k.secret_key for k in (self.operator, self.guest_keys)})

@@ -3,6 +3,7 @@ XML error) and SSM ThrottlingException (400, JSON) once a bucket is empty, bucke
 the lab's own clock, and a game day over a fleet larger than the bucket loses no injection."""
 
 import time
+from datetime import datetime
 from typing import Any, Dict, List
 
 import boto3
@@ -11,7 +12,13 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from chaosec2panic.actions import send_nmi
+from chaosec2panic.aws import client, without_sdk_retries
+from chaosec2panic.pacing import clear_sends, sends
 from tests.conftest import opted_in
+
+
+def epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 class SteppedClock:
@@ -123,5 +130,30 @@ def test_a_game_day_over_a_fleet_larger_than_the_bucket_loses_no_injection(make_
     outcomes = [r["outcome"] for r in result["injections"]]
     assert outcomes == ["sent"] * n
     assert len(lab.nmi_names()) == n
+    # Each NMI is dated by the requests that could have made it, after the waits for a token and
+    # the retries of throttled ones: the lab's NMI lies between the first such request leaving
+    # and its answer.
+    landed = {e["instance_id"]: e["epoch"] for e in lab.events("nmi")}
+    for r in result["injections"]:
+        assert epoch(r["sent_at"]) - 0.002 <= landed[r["instance_id"]] <= epoch(r["answered_at"]) + 0.002
     counts = lab.control("/_lab/throttling")
     assert counts["taken"]["mutating"] == 2 * n
+
+
+def test_a_call_is_dated_by_its_requests_that_were_not_throttled(make_lab):
+    """What sends() tells of a paced call: when its request left, after any wait for a token; a
+    request AWS refused as throttled (before acting) is left out."""
+    lab = make_lab([opted_in("web")], throttling={"mutating": SLOW})
+    ec2 = without_sdk_retries(client("ec2", lab.configuration(), None))  # one request per call
+    web = lab.id("web")
+    answers = []
+    for _ in range(4):  # the lab's bucket holds three tokens: the fourth call is throttled
+        clear_sends()
+        began = time.time()
+        with pytest.raises(ClientError) as caught:
+            ec2.send_diagnostic_interrupt(InstanceId=web, DryRun=True)
+        answers.append((caught.value.response["Error"]["Code"], began, sends(), time.time()))
+    assert [a[0] for a in answers] == ["DryRunOperation"] * 3 + ["RequestLimitExceeded"]
+    for _, began, left, answered in answers[:3]:
+        assert len(left) == 1 and began <= left[0] <= answered
+    assert answers[3][2] == []
