@@ -232,7 +232,7 @@ def watch_recovery(
             boot = _read_identity(w, answer, read_at)
             w.command = ""
             if boot is not None and w.track.is_new(boot):
-                w.track = w.track.with_boot(boot, w.sent_at)
+                w.track = w.track.with_boot(boot)
             else:  # the old kernel still answers, or the command failed: ask again later
                 w.resend_after = time.monotonic() + interval
         _read_consoles(

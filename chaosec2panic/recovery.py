@@ -272,7 +272,6 @@ class Track:
     statuses: Tuple[Tuple[str, bool], ...] = ()
     apps: Tuple[Tuple[str, bool], ...] = ()
     boot: Boot | None = None
-    boot_asked: str = ""  # when the identity command that the new boot answered was sent
     found: Tuple[Tuple[str, Evidence], ...] = ()
     app_checked: bool = False
     app_lags: bool = False  # the check counts only once it has failed since the NMI (a load balancer)
@@ -283,11 +282,11 @@ class Track:
     def with_app(self, at: str, ok: bool) -> "Track":
         return replace(self, apps=(*self.apps, (at, ok)), app_checked=True)
 
-    def with_boot(self, boot: Boot, asked: str = "") -> "Track":
+    def with_boot(self, boot: Boot) -> "Track":
         """Keep the first answer from a kernel booted after the NMI; others change nothing."""
         if self.boot is not None or not self.is_new(boot):
             return self
-        return replace(self, boot=boot, boot_asked=asked)
+        return replace(self, boot=boot)
 
     def with_evidence(self, found: Mapping[str, Evidence]) -> "Track":
         return replace(self, found=(*self.found, *found.items()))
@@ -401,12 +400,12 @@ def _why_no_app(track: Track) -> str:
 
 def _agent_online(track: Track) -> Evidence | None:
     """The new boot's agent answered at ``answered_at``: it came online after its kernel started
-    (and, for a command sent later, after it was sent) and at the latest then."""
+    and at the latest then. Not after the command was sent: an agent already online when it was
+    sent answers at once (an instance back before the watch began)."""
     boot = track.boot
     if boot is None:
         return None
-    since = max(boot.booted_at, track.boot_asked or boot.booted_at)
-    return first_seen(boot.answered_at, since, "agent-answer")
+    return first_seen(boot.answered_at, boot.booted_at, "agent-answer")
 
 
 def _nmi(sent: str, answered: str) -> Evidence:

@@ -95,7 +95,7 @@ def crashed_and_back() -> Track:
     track = Track("i-1", SENT, boot_id_before="old").with_evidence(printk)
     for at, ok in ((0.5, True), (2, False), (20, False), (31, True), (36, True)):
         track = track.with_status(t(at), ok)
-    return track.with_boot(Boot("new", t(25), t(35)), asked=t(1))
+    return track.with_boot(Boot("new", t(25), t(35)))
 
 
 def test_a_timeline_dates_every_milestone_with_its_evidence_and_the_durations_add_up():
@@ -194,9 +194,12 @@ def test_the_first_answer_of_the_new_boot_is_kept():
     assert timeline(track).milestones["agent_online"] == t(35)
 
 
-def test_an_agent_asked_after_the_boot_is_online_within_the_wait_for_its_answer():
-    track = Track("i-1", SENT, boot_id_before="old").with_boot(Boot("new", t(25), t(40)), asked=t(38))
-    assert timeline(track).evidence["agent_online"] == Evidence(t(40), "agent-answer", 2.0, True)
+def test_an_agent_asked_after_the_boot_may_have_been_online_since_the_boot():
+    """Asked at 38 and answered at 40, it may have come online at 26: an agent already online
+    answers at once. (The bar once began at the asking; at N=500, where the NMIs take minutes and
+    most instances are back before the watch begins, the lab's truth fell outside it 416 times.)"""
+    track = Track("i-1", SENT, boot_id_before="old").with_boot(Boot("new", t(25), t(40)))
+    assert timeline(track).evidence["agent_online"] == Evidence(t(40), "agent-answer", 15.0, True)
 
 
 def test_status_ok_is_the_start_of_the_last_good_run_in_the_new_boot():
