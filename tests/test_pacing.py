@@ -33,4 +33,3 @@ def test_a_throttled_answer_empties_the_bucket():
     t.now += 100  # refilled, never past capacity
     assert [pacer.wait() for _ in range(50)] == [0.0] * 50
     assert pacer.wait() > 0
-
