@@ -42,7 +42,7 @@ from .iam import OBSERVE, RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, STOP_ALARMS, WAT
 from .ledger import Injection, JsonRecord, Ledger, LedgerError, unrecovered
 from .pacing import clear_sends, sends
 from .polling import Poll, poll
-from .probes import _hits, _platforms, crash_dumps
+from .probes import crash_dumps, judged_hits, platforms_of
 from .readiness import kdump_verdicts, permission
 from .recovery import Observation, guest_boot, guest_seconds, is_back, is_up, iso, now_iso, parse_iso
 from .settings import settings
@@ -524,7 +524,7 @@ class ArmedSettings:
             found.pop(instance_id, None)
 
 
-def _settings_run(
+def run_kdump_settings(
     ssm: Any, platforms: Mapping[str, Platform], variables: Dict[str, str]
 ) -> Dict[str, SettingsChange]:
     """Run kdump_settings with ``variables`` on each instance; one not run says why in its error."""
@@ -681,7 +681,7 @@ def arm_kdump(
         "CRASHKERNEL_FORCE": "1" if crashkernel else "0",
         "CRASH_DUMP_ENABLED": WINDOWS_DUMP_TYPE_VALUES[windows_dump_type],
     }
-    changes = _settings_run(ssm, platforms, variables)
+    changes = run_kdump_settings(ssm, platforms, variables)
     record = ArmedSettings.of(configuration)
     for i, change in changes.items():
         record.remember(i, change)
@@ -860,7 +860,7 @@ def collect_crash_dump(
     key_prefix = _key_prefix(prefix)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 1:
         raise InvalidRequest(f"timeout must be a number of seconds >= 1, got {timeout!r}")
-    if not _hits(configuration, instance_ids):
+    if not judged_hits(configuration, instance_ids):
         raise InvalidRequest(
             f"no NMI of this run is in the ledger {Ledger.of(configuration).where}, so there is no "
             "dump to collect: send one first (send_nmi), or name instance_ids hit before. Nothing was sent."
@@ -893,7 +893,7 @@ def collect_crash_dump(
         else:
             chosen[i] = dump
     if chosen:
-        platforms = _platforms(client("ec2", configuration, secrets), sorted(chosen))
+        platforms = platforms_of(client("ec2", configuration, secrets), sorted(chosen))
         keys = {i: f"{key_prefix}{i}/{DUMP_FOLDERS[platforms[i].name](d)}/" for i, d in chosen.items()}
         files = {i: d["path"] for i, d in chosen.items()}
         ssm = client("ssm", configuration, secrets)

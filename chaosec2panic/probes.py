@@ -50,7 +50,7 @@ def _targets(
     return {i["InstanceId"]: platform_of(i) for i in resolve(ec2, request, None).chosen}
 
 
-def _hits(configuration: Configuration, instance_ids: List[str] | None) -> Dict[str, Injection]:
+def judged_hits(configuration: Configuration, instance_ids: List[str] | None) -> Dict[str, Injection]:
     """The injections a probe judges: the named instances' latest, else this run's.
 
     A named instance no NMI has hit yet has nothing to verify (a hypothesis before the method
@@ -79,7 +79,8 @@ def _hits(configuration: Configuration, instance_ids: List[str] | None) -> Dict[
     return hits
 
 
-def _platforms(ec2: Any, ids: List[str]) -> Dict[str, Any]:
+def platforms_of(ec2: Any, ids: List[str]) -> Dict[str, Any]:
+    """The platform of each of the instances ``ids`` (none asked, none described)."""
     return _targets(ec2, ids, None, None) if ids else {}
 
 
@@ -274,9 +275,9 @@ def crash_dumps(
     DumpFile.
     """
     ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
-    hits = _hits(configuration, instance_ids)
+    hits = judged_hits(configuration, instance_ids)
     variables = {"DUMP_DIR": dump_dir} if dump_dir else None
-    results = run_script(ssm, _platforms(ec2, sorted(hits)), "crash_dumps", variables, timeout=60)
+    results = run_script(ssm, platforms_of(ec2, sorted(hits)), "crash_dumps", variables, timeout=60)
     instances = {}
     for i, injection in hits.items():
         r = results[i]
@@ -346,7 +347,7 @@ def panic_on_console(
     show it. True at once before any NMI."""
     ec2 = client("ec2", configuration, secrets)
     verdicts = {}
-    for i, injection in _hits(configuration, instance_ids).items():
+    for i, injection in judged_hits(configuration, instance_ids).items():
         seen = injection.timeline.get("evidence", {}).get("capture_started")
         if seen:
             logger.info("%s capture kernel seen on the console by the recovery watch: %s", i, seen)
@@ -414,7 +415,7 @@ def recovery_seconds(
     must be registered in), back also needs the application to answer in the new boot (a
     target group: to be reported healthy again after it reported the instance unhealthy).
     Before any NMI it returns at once."""
-    hits = _hits(configuration, instance_ids)
+    hits = judged_hits(configuration, instance_ids)
     deadline = time.monotonic() + float(timeout)
     lines = _watch(configuration, secrets, hits, deadline, app_check) if hits else {}
     seconds = {i: line.recovery_seconds for i, line in lines.items()}
@@ -436,7 +437,7 @@ def recovered_within(
     """True when every hit instance was back (a new boot, status checks ok, SSM agent online,
     and the ``app_check`` passing when given, as in ``recovery_seconds``) within ``seconds`` of
     its NMI. Waits no longer than that; before any NMI it is true at once."""
-    hits = _hits(configuration, instance_ids)
+    hits = judged_hits(configuration, instance_ids)
     if not hits:
         return True
     latest_deadline = max(parse_iso(e.sent_at).timestamp() for e in hits.values()) + float(seconds)

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Mapping
 
 from chaoslib.types import Configuration, Secrets
 
-from .actions import ArmedSettings, _settings_run, reboot_and_wait
+from .actions import ArmedSettings, reboot_and_wait, run_kdump_settings
 from .aws import client, paginate
 from .errors import Ec2PanicError, InvalidRequest, Refused
 from .guest import PLATFORMS, platform_of
@@ -216,7 +216,7 @@ def restore_kdump_settings(
         groups.setdefault(tuple(sorted(variables.items())), {})[i] = platforms[i]
     changes = {}
     for key, members in groups.items():
-        changes.update(_settings_run(ssm, members, dict(key)))
+        changes.update(run_kdump_settings(ssm, members, dict(key)))
     for i, change in changes.items():
         if not change.error:
             record.forget(i)
