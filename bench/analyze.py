@@ -14,6 +14,9 @@ bytes it read; the bench also checks that its log equals makedumpfile's, byte fo
 With ``--vmlinux`` (the dumps' debug vmlinux), two rows more per dump: ``analyze --vmlinux`` (the
 symbol view, through drgn) and ``crash -s`` in batch mode with the commands that give the same
 view (``sys``, ``bt -a``, ``ps``, ``kmem -i``), when crash is installed.
+The table goes in the section ``SECTION`` of bench/RESULTS.md, in place of the one there (the
+section is added at the end of the file if it is missing); the words around it are written by
+hand from the numbers, so read them again after a run.
 """
 
 import argparse
@@ -32,6 +35,8 @@ from chaosec2panic.analysis import analyse_source
 from chaosec2panic.dumps import FileSource
 
 HERE = Path(__file__).parent
+RESULTS = HERE / "RESULTS.md"
+SECTION = "## `chaosec2panic analyze` on real dumps"
 BIN = Path(sys.executable).parent
 
 
@@ -88,6 +93,21 @@ def library(path: Path, repeats: int) -> Dict[str, float]:
     }
 
 
+def write_table(table: List[str]) -> None:
+    """Put ``table`` in RESULTS.md's SECTION, in place of its table (or at its end when it has
+    none); add the section at the end of the file when it is missing."""
+    text = RESULTS.read_text()
+    head, found, rest = text.partition(SECTION)
+    if not found:
+        head, rest = text.rstrip("\n") + "\n\n", "\n"
+    body, more, after = rest.partition("\n## ")
+    lines = body.rstrip("\n").split("\n")
+    start = next((n for n, line in enumerate(lines) if line.startswith("|")), len(lines))
+    end = next((n for n in range(start, len(lines)) if not lines[n].startswith("|")), len(lines))
+    lines[start:end] = ["", *table] if start == len(lines) else table
+    RESULTS.write_text(head + SECTION + "\n".join(lines) + "\n" + ("\n## " + after if more else ""))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("artefacts", nargs="?", default="/tmp/qemu-lab/artifacts", type=Path)
@@ -96,8 +116,16 @@ def main() -> int:
     ap.add_argument("--vmlinux", type=Path, help="the dumps' debug vmlinux: also measure the symbol views")
     args = ap.parse_args()
     crash = shutil.which("crash") if args.vmlinux else None
-    kdump = sorted(args.artefacts.glob("127.0.0.1-*__vmcore"))[0]
-    flat = sorted(args.artefacts.glob("127.0.0.1-*__vmcore.flat"))[0]
+    kdumps = sorted(args.artefacts.glob("127.0.0.1-*__vmcore"))
+    flats = sorted(args.artefacts.glob("127.0.0.1-*__vmcore.flat"))
+    if not kdumps or not flats:
+        print(
+            f"bench/analyze.py: no 127.0.0.1-*__vmcore and *__vmcore.flat in {args.artefacts}: run "
+            "tests/fixtures/real/collect.py first",
+            file=sys.stderr,
+        )
+        return 2
+    kdump, flat = kdumps[0], flats[0]
     mdf = shutil.which("makedumpfile")
     if mdf is None:
         print(
@@ -157,9 +185,8 @@ def main() -> int:
             row["same_log_as_makedumpfile"] = "\n".join(lines) + "\n" == out.read_text()
             results[name] = row
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"{results['makedumpfile']}, {args.repeats} runs each, medians\n")
-    print("| dump | tool | wall s | CPU s | peak RSS MiB | bytes read | same log |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    table = ["| dump | tool | wall s | CPU s | peak RSS MiB | bytes read | same log |"]
+    table.append("| --- | --- | --- | --- | --- | --- | --- |")
     for name in ("kdump-compressed", "flattened"):
         row = results[name]
         assert isinstance(row, dict)
@@ -167,15 +194,19 @@ def main() -> int:
         tools = ["chaosec2panic --help (start-up alone)", "chaosec2panic analyze", "makedumpfile"]
         for tool in [*tools, *(t for t in ("chaosec2panic analyze --vmlinux", "crash -s") if t in row)]:
             m = row[tool]
-            print(
+            table.append(
                 f"| {name} ({row['size']:,} B) | {tool} | {m['wall_s']:.3f} | {m['cpu_s']:.3f} | "
                 f"{m['max_rss_kib'] / 1024:.1f} | | |"
             )
-        print(
+        table.append(
             f"| {name} | analyse_source (in process) | {lib['wall_s']:.4f} | | "
             f"{lib['peak_alloc_kib'] / 1024:.2f} (traced) | {lib['bytes_read']:,} in {lib['reads']} reads | "
             f"{row['same_log_as_makedumpfile']} |"
         )
+    print(f"{results['makedumpfile']}, {args.repeats} runs each, medians\n")
+    print("\n".join(table))
+    write_table(table)
+    print(f"\nwrote the table in {RESULTS}, section {SECTION!r}: read its words again against it")
     return 0
 
 
