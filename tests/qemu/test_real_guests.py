@@ -213,6 +213,10 @@ class TestRealGuestLifecycle:
         ec2 = boto3.client("ec2")
         before = kdump_armed(instance_ids=[lab.id("life")])["instances"][lab.id("life")]["boot_id"]
         ec2.stop_instances(InstanceIds=[lab.id("life")])
+        # Through "stopping", as on AWS: a client waits for "stopped" before it may start again.
+        ec2.get_waiter("instance_stopped").wait(
+            InstanceIds=[lab.id("life")], WaiterConfig={"Delay": 1, "MaxAttempts": 300}
+        )
         status = ec2.describe_instance_status(InstanceIds=[lab.id("life")], IncludeAllInstances=True)
         [stopped] = status["InstanceStatuses"]
         assert stopped["InstanceState"]["Name"] == "stopped"
