@@ -4,8 +4,10 @@ Each class shares one lab of real guests (booting one costs seconds of TCG time)
 need root and the Debian packages that scripts/setup.sh installs.
 """
 
+import json
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -25,6 +27,7 @@ from conftest import (
 )
 
 from chaosec2panic import guest
+from chaosec2panic.analysis import summarise_log
 from chaosec2panic.guest.parsers import dump_files, kdump_verdict, parse_report
 from chaosec2panic.lab.qemuguest import QemuGuest
 from chaosec2panic.probes import instance_healthy, kdump_armed
@@ -148,6 +151,34 @@ class TestArmedRealGuests:
             assert off <= 1.0 + bar["uncertainty_s"], (milestone, bar, seen[kind])
         assert line["evidence"]["capture_started"]["source"] == "console-printk"
         assert line["evidence"]["kernel_back"]["source"] == "boot-time"
+        # The vmcore this guest's kdump wrote, read by `analyze` without symbols: copied off its
+        # crash disk (mounted at /var/crash) with debugfs, which reads the image unmounted.
+        vmcore, dmesg = tmp_path / "vmcore", tmp_path / "vmcore-dmesg.txt"
+        for name, out in (("vmcore", vmcore), ("vmcore-dmesg.txt", dmesg)):
+            inside_disk = dump["path"].removeprefix("/var/crash").rsplit("/", 1)[0] + "/" + name
+            done = subprocess.run(
+                ["debugfs", "-R", f"dump {inside_disk} {out}", str(hit.disk)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert out.exists() and out.stat().st_size > 0, done.stderr
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("chaosec2panic")), "analyze", "--json", str(vmcore)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        told = json.loads(done.stdout)
+        assert (told["format"], told["kernel_release"]) == ("kdump-compressed", hit.kit.kernel_release)
+        assert (told["panic_message"], told["nmi_panic"]) == ("NMI: Not continuing", True)
+        assert (told["cpu"], told["pid"], told["comm"]) == (0, 0, "swapper/0") and told["rip_function"]
+        assert any("exc_nmi" in f or "unknown_nmi_error" in f for f in told["call_trace"]), told
+        saved = summarise_log(dmesg.read_text().splitlines())  # what kdump saved beside it
+        assert told["uptime_seconds"] == saved.uptime_seconds and told["panic_message"] == saved.panic_message
 
     def test_the_crashed_guest_lists_its_dump_as_the_simulated_one_does(self, lab, tmp_path):
         crashed = lab.nmi_names()[0]
