@@ -25,7 +25,7 @@ from chaosec2panic.ledger.dynamodb import DynamoDbLedger, create_table
 
 TABLE = "chaos-ledger"
 ROUNDS = 20
-CHAOS_ROUNDS = 5  # two full `chaos run`s a round, about 7 s (20 would take 140 s)
+CHAOS_ROUNDS = 20  # two full `chaos run`s a round, about 7 s on an idle machine
 CLI = str(Path(sys.executable).with_name("chaosec2panic"))
 # One runner: at round n, when the test says go, one NMI to its n-th instance within the n-th cap.
 RUNNER = r"""
