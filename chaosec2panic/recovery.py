@@ -239,7 +239,8 @@ def guest_boot(boot_id: str, uptime: float, guest_now: float, sent_at: str, read
 
     The command ran after it was sent (``sent_at``) and before its answer was read
     (``read_at``): a guest clock outside that window is moved into it, and the boot time with it;
-    the boot time is then only known within the window, and the skew is said.
+    the boot time is then known only within the window widened by the skew (a clock that ran slow
+    since the boot counted its uptime slow as well), and the skew is said.
     """
     ran = datetime.fromtimestamp(guest_now, UTC)
     start, end = parse_iso(sent_at), parse_iso(read_at)
@@ -252,7 +253,7 @@ def guest_boot(boot_id: str, uptime: float, guest_now: float, sent_at: str, read
         f"the guest's clock was {abs(shift):.3f}s {'ahead of' if shift > 0 else 'behind'} the window"
         f" its answer came in ({iso(start)} to {iso(end)}): its times are moved into it"
     )
-    window = round((end - start).total_seconds() + CLOCK_RESOLUTION, 3)
+    window = round((end - start).total_seconds() + abs(shift) + CLOCK_RESOLUTION, 3)
     return Boot(boot_id, iso(booted), iso(ran_on_our_clock), window, skew)
 
 

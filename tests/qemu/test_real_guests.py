@@ -153,6 +153,16 @@ class TestArmedRealGuests:
         assert line["evidence"]["kernel_back"]["source"] == "boot-time"
         # The vmcore this guest's kdump wrote, read by `analyze` without symbols: copied off its
         # crash disk (mounted at /var/crash) with debugfs, which reads the image unmounted.
+        ssm = boto3.client("ssm")  # first flush what the guest's new boot may hold of that disk
+        synced = ssm.send_command(
+            InstanceIds=[hit.instance_id],
+            DocumentName="AWS-RunShellScript",
+            Parameters={"commands": ["sync"]},
+        )["Command"]["CommandId"]
+        deadline = time.monotonic() + 120
+        while ssm.list_commands(CommandId=synced)["Commands"][0]["Status"] in ("Pending", "InProgress"):
+            assert time.monotonic() < deadline, "sync did not end on the guest"
+            time.sleep(0.2)
         vmcore, dmesg = tmp_path / "vmcore", tmp_path / "vmcore-dmesg.txt"
         for name, out in (("vmcore", vmcore), ("vmcore-dmesg.txt", dmesg)):
             inside_disk = dump["path"].removeprefix("/var/crash").rsplit("/", 1)[0] + "/" + name
