@@ -36,6 +36,8 @@ from chaosec2panic.ssm import run_script
 
 LINUX = guest.PLATFORMS["linux"]
 
+SIGHTING_LAG = 3.0  # seconds the lab may see a real guest's console line or heartbeat after the fact
+
 
 def real(name: str, role: str, **settings) -> dict:
     return opted_in(name, kind="qemu", tags={"role": role}, **settings)
@@ -140,15 +142,21 @@ class TestArmedRealGuests:
         nmi = lab.events("nmi", hit.spec.name)[0]["epoch"]
         after = [e for e in lab.events(name=hit.spec.name) if e["epoch"] >= nmi]
         seen = {e["kind"]: e["epoch"] for e in reversed(after)}  # the first of each kind
+        bar = line["evidence"]["nmi_sent"]
+        assert abs(parse_iso(bar["at"]).timestamp() - seen["nmi"]) <= 1.0 + bar["uncertainty_s"], bar
+        # The lab's other times are when the host saw the console line or the heartbeat: never
+        # before the moment, and after it by the sighting's lag (a kernel's first lines reach the
+        # serial port only once its console driver is up, and TCG on a busy machine slows both;
+        # a clean-clone run saw the capture kernel's 1.7 s after the timeline's start).
         for milestone, kind in (
-            ("nmi_sent", "nmi"),
             ("capture_started", "capture-start"),
             ("kernel_back", "boot"),
             ("agent_online", "agent-online"),
         ):
             bar = line["evidence"][milestone]
-            off = abs(parse_iso(bar["at"]).timestamp() - seen[kind])
-            assert off <= 1.0 + bar["uncertainty_s"], (milestone, bar, seen[kind])
+            at = parse_iso(bar["at"]).timestamp()
+            assert at - bar["uncertainty_s"] - 0.005 <= seen[kind], (milestone, bar, seen[kind])
+            assert seen[kind] - at <= SIGHTING_LAG + bar["uncertainty_s"], (milestone, bar, seen[kind])
         assert line["evidence"]["capture_started"]["source"] == "console-printk"
         assert line["evidence"]["kernel_back"]["source"] == "boot-time"
         # The vmcore this guest's kdump wrote, read by `analyze` without symbols: copied off its
