@@ -7,7 +7,6 @@ never a traceback. Answers: EC2 query/XML, AWS query XML, S3 XML, JSON and rpc-v
 
 import json
 import re
-import uuid
 from functools import cache
 from typing import Any, Dict, List, Mapping
 from urllib.parse import parse_qs
@@ -358,35 +357,35 @@ def xml(value: Any, tag: str = "") -> str:
     return f"<{tag}>{inner}</{tag}>" if tag else inner
 
 
-def ec2_xml(operation: str, body: Mapping[str, Any]) -> bytes:
+def ec2_xml(operation: str, body: Mapping[str, Any], request_id: str) -> bytes:
     return (
         f'<?xml version="1.0" encoding="UTF-8"?>\n<{operation}Response xmlns="{EC2_XMLNS}">'
-        f"<requestId>{uuid.uuid4()}</requestId>{xml(body)}</{operation}Response>"
+        f"<requestId>{request_id}</requestId>{xml(body)}</{operation}Response>"
     ).encode()
 
 
-def ec2_error(error: ApiError) -> bytes:
+def ec2_error(error: ApiError, request_id: str) -> bytes:
     return (
         f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{escape(error.code)}'
         f"</Code><Message>{escape(error.message)}</Message></Error></Errors>"
-        f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
+        f"<RequestID>{request_id}</RequestID></Response>"
     ).encode()
 
 
-def query_error(error: ApiError) -> bytes:
+def query_error(error: ApiError, request_id: str) -> bytes:
     """The AWS query protocol's error document (STS, ELB, IAM, CloudWatch's query form)."""
     kind = "Receiver" if error.status >= 500 else "Sender"
     return (
         f'<?xml version="1.0" encoding="UTF-8"?>\n<ErrorResponse><Error><Type>{kind}</Type>'
         f"<Code>{escape(error.code)}</Code><Message>{escape(error.message)}</Message></Error>"
-        f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+        f"<RequestId>{request_id}</RequestId></ErrorResponse>"
     ).encode()
 
 
-def s3_error(error: ApiError) -> bytes:
+def s3_error(error: ApiError, request_id: str) -> bytes:
     return (
         f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{escape(error.code)}</Code>'
-        f"<Message>{escape(error.message)}</Message><RequestId>{uuid.uuid4()}</RequestId></Error>"
+        f"<Message>{escape(error.message)}</Message><RequestId>{request_id}</RequestId></Error>"
     ).encode()
 
 
@@ -414,14 +413,15 @@ def cbor_error(error: ApiError) -> bytes:
     )
 
 
-def error_body(protocol: str, error: ApiError) -> tuple[bytes, str]:
-    """An error answer's body and content type in ``protocol`` (ec2, query, s3, json, cbor)."""
+def error_body(protocol: str, error: ApiError, request_id: str) -> tuple[bytes, str]:
+    """An error answer's body and content type in ``protocol`` (ec2, query, s3, json, cbor); the
+    XML ones name ``request_id``, as the answer's header does."""
     if protocol == "ec2":
-        return ec2_error(error), "text/xml"
+        return ec2_error(error, request_id), "text/xml"
     if protocol == "query":
-        return query_error(error), "text/xml"
+        return query_error(error, request_id), "text/xml"
     if protocol == "s3":
-        return s3_error(error), "application/xml"
+        return s3_error(error, request_id), "application/xml"
     if protocol == "cbor":
         return cbor_error(error), "application/cbor"
     return json_error(error), "application/x-amz-json-1.1"

@@ -493,16 +493,20 @@ class Lab:
                         self.balancer.check(group, guest, self.fleet.time_scale, self.clock())
 
     def _answer(self, start_response: StartResponse, request: Request, result: Any) -> List[bytes]:
+        request_id = str(uuid.uuid4())  # one per answer: in its header, and in an XML body
         if request.service == "ec2":
-            return self._send(start_response, 200, ec2_xml(request.operation, result), "text/xml")
-        return self._send(start_response, 200, json.dumps(result).encode(), "application/x-amz-json-1.1")
+            payload = ec2_xml(request.operation, result, request_id)
+            return self._send(start_response, 200, payload, "text/xml", request_id)
+        payload = json.dumps(result).encode()
+        return self._send(start_response, 200, payload, "application/x-amz-json-1.1", request_id)
 
     def _error(self, start_response: StartResponse, protocol: str, error: ApiError) -> List[bytes]:
-        payload, content_type = error_body(protocol, error)
+        request_id = str(uuid.uuid4())
+        payload, content_type = error_body(protocol, error, request_id)
         extra = [("smithy-protocol", "rpc-v2-cbor")] if protocol == "cbor" else []
         if protocol == "json":
             extra = [("x-amzn-ErrorType", error.code)]
-        return self._send(start_response, error.status, payload, content_type, extra)
+        return self._send(start_response, error.status, payload, content_type, request_id, extra)
 
     @staticmethod
     def _send(
@@ -510,6 +514,7 @@ class Lab:
         status: int,
         payload: bytes,
         content_type: str,
+        request_id: str,
         extra: List[tuple[str, str]] | None = None,
     ) -> List[bytes]:
         start_response(
@@ -517,7 +522,7 @@ class Lab:
             [
                 ("Content-Type", content_type),
                 ("Content-Length", str(len(payload))),
-                ("x-amzn-RequestId", _request_id(payload)),
+                ("x-amzn-RequestId", request_id),
                 *(extra or []),
             ],
         )
@@ -997,16 +1002,6 @@ def _body(environ: Dict[str, Any], limit: int) -> bytes:
             raise ApiError("RequestEntityTooLarge", f"the body is over the lab's {limit} bytes", 413)
         return body
     return b""
-
-
-BODY_REQUEST_ID = re.compile(rb"<[Rr]equest[Ii][Dd]>([^<]+)</[Rr]equest[Ii][Dd]>")
-
-
-def _request_id(payload: bytes) -> str:
-    """The request id an answer's body names (XML answers carry one, as AWS's), so that its header
-    says the same; a new one for a body that names none (JSON)."""
-    found = BODY_REQUEST_ID.search(payload[:4096])
-    return found[1].decode() if found else str(uuid.uuid4())
 
 
 def _protocol_guess(environ: Dict[str, Any]) -> str:
