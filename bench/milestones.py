@@ -61,10 +61,8 @@ def errors(
             error = round(parse_iso(at).timestamp() - real, 3)
             bar = line.evidence[milestone]
             out[milestone]["errors"][instance] = error
-            # The truth within the bar: no earlier than measured - uncertainty, no later than
-            # measured + uncertainty (not at all for an upper bound); times are to the millisecond.
-            late = 0.0 if bar.upper_bound else bar.uncertainty_s
-            out[milestone]["bars"][instance] = -late - 0.001 <= error <= bar.uncertainty_s + 0.001
+            # The truth within the bar (one-sided for a bound); times are to the millisecond.
+            out[milestone]["bars"][instance] = bar.earliest - 0.001 <= real <= bar.latest + 0.001
             source = bar.source
             out[milestone]["sources"][source] = out[milestone]["sources"].get(source, 0) + 1
     return out

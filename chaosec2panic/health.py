@@ -144,7 +144,9 @@ def _read_identity(watch: _Watch, answer: CommandResult, read_at: str) -> Boot |
     uptime, guest_now = guest_seconds(report.get("uptime")), guest_seconds(report.get("now"))
     if uptime is None or guest_now is None:
         return None
-    return guest_boot(report.get("boot_id"), uptime, guest_now, watch.sent_at, read_at)
+    active_us = report.get("agent_active_us")
+    agent_active = int(active_us) / 1e6 if active_us.isdigit() else None
+    return guest_boot(report.get("boot_id"), uptime, guest_now, watch.sent_at, read_at, agent_active)
 
 
 def watch_recovery(

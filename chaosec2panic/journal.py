@@ -124,10 +124,12 @@ def _evidence(value: Any) -> Evidence | None:
     if not isinstance(value, dict):
         return None
     at, bar, bound = _time(value.get("at")), _seconds(value.get("uncertainty_s")), value.get("upper_bound")
+    after = value.get("lower_bound", False)  # journals before lower bounds have none
     source = _text(value.get("source"))
-    if at is None or bar is None or bar < 0 or source not in SOURCES or not isinstance(bound, bool):
+    bounds_ok = isinstance(bound, bool) and isinstance(after, bool) and not (bound and after)
+    if at is None or bar is None or bar < 0 or source not in SOURCES or not bounds_ok:
         return None
-    return Evidence(iso(at), source, bar, bound)
+    return Evidence(iso(at), source, bar, bound, after)
 
 
 OBJECT = Kind("an object", lambda v: v if isinstance(v, dict) else None)
@@ -141,7 +143,7 @@ COUNT = Kind("a whole number, 0 or more", _count)
 TIME = Kind("an ISO 8601 time", _time)
 EVIDENCE = Kind(
     "evidence: {at: an ISO 8601 time, source: one of " + ", ".join(SOURCES) + ", uncertainty_s: seconds "
-    "0 or more, upper_bound: true or false}",
+    "0 or more, upper_bound: true or false, lower_bound (optional): true or false, not both}",
     _evidence,
 )
 

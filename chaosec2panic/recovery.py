@@ -66,10 +66,11 @@ SOURCES = {
     "dump-dmesg": 1,
     "vmcore": 2,
     "boot-time": 3,
-    "agent-answer": 4,
-    "status-check": 5,
-    "app-check": 5,
-    "first-seen": 6,
+    "agent-start": 4,
+    "agent-answer": 5,
+    "status-check": 6,
+    "app-check": 6,
+    "first-seen": 7,
 }
 CLOCK_RESOLUTION = 0.01  # /proc/uptime has hundredths of a second
 
@@ -174,21 +175,28 @@ APP_NOT_FALLEN = (
 @dataclass(frozen=True)
 class Evidence:
     """When one milestone happened: ``at`` (UTC), the ``source`` that says so, and how far off it
-    may be: ``uncertainty_s`` either side, or, for an ``upper_bound`` (a look that found it
-    done), up to ``uncertainty_s`` before ``at`` (since the look before)."""
+    may be: ``uncertainty_s`` either side; for an ``upper_bound`` (a look that found it done), up
+    to ``uncertainty_s`` before ``at`` (since the look before); for a ``lower_bound`` (a start it
+    cannot have preceded), up to ``uncertainty_s`` after ``at`` (until it was proven done)."""
 
     at: str
     source: str
     uncertainty_s: float
     upper_bound: bool = False
+    lower_bound: bool = False
 
     @property
     def earliest(self) -> float:
-        return parse_iso(self.at).timestamp() - self.uncertainty_s
+        return parse_iso(self.at).timestamp() - (0.0 if self.lower_bound else self.uncertainty_s)
 
     @property
     def latest(self) -> float:
         return parse_iso(self.at).timestamp() + (0.0 if self.upper_bound else self.uncertainty_s)
+
+    @property
+    def proven_at(self) -> str:
+        """When it was known done: ``at``, or for a lower bound the end of its bar."""
+        return iso(datetime.fromtimestamp(self.latest, UTC)) if self.lower_bound else self.at
 
     def widened(self, seconds: float) -> "Evidence":
         return replace(self, uncertainty_s=round(self.uncertainty_s + seconds, 3))
@@ -199,11 +207,19 @@ class Evidence:
             "source": self.source,
             "uncertainty_s": self.uncertainty_s,
             "upper_bound": self.upper_bound,
+            "lower_bound": self.lower_bound,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Evidence":
-        return cls(data["at"], data["source"], float(data["uncertainty_s"]), bool(data["upper_bound"]))
+        """Evidence as :meth:`to_dict` wrote it (without ``lower_bound`` before there were any)."""
+        return cls(
+            data["at"],
+            data["source"],
+            float(data["uncertainty_s"]),
+            bool(data["upper_bound"]),
+            bool(data.get("lower_bound", False)),
+        )
 
 
 def at_epoch(seconds: float, source: str, uncertainty: float) -> Evidence:
@@ -225,36 +241,49 @@ def best(candidates: Iterable[Evidence]) -> Evidence | None:
 class Boot:
     """A guest's own answer on which boot it is in: the boot id, when that kernel started and
     when the answer was written (the agent ran the command), both in UTC on the caller's clock,
-    how far the boot time may be off, and why it was moved (the guest's clock disagreed)."""
+    how far the boot time may be off, why it was moved (the guest's clock disagreed), and when
+    the agent that answered started in this boot (its systemd unit; "" where none says)."""
 
     boot_id: str
     booted_at: str
     answered_at: str
     uncertainty_s: float = CLOCK_RESOLUTION
     skew: str = ""
+    agent_started_at: str = ""
 
 
-def guest_boot(boot_id: str, uptime: float, guest_now: float, sent_at: str, read_at: str) -> Boot:
+def guest_boot(
+    boot_id: str,
+    uptime: float,
+    guest_now: float,
+    sent_at: str,
+    read_at: str,
+    agent_active_s: float | None = None,
+) -> Boot:
     """A :class:`Boot` from an identity answer, on the caller's clock.
 
     The command ran after it was sent (``sent_at``) and before its answer was read
     (``read_at``): a guest clock outside that window is moved into it, and the boot time with it;
     the boot time is then known only within the window widened by the skew (a clock that ran slow
-    since the boot counted its uptime slow as well), and the skew is said.
+    since the boot counted its uptime slow as well), and the skew is said. ``agent_active_s``:
+    seconds from the boot to the agent's unit becoming active (systemd's monotonic clock, which
+    runs with the uptime but for time suspended), dated from the boot as the boot is.
     """
     ran = datetime.fromtimestamp(guest_now, UTC)
     start, end = parse_iso(sent_at), parse_iso(read_at)
     ran_on_our_clock = min(max(ran, start), end)
     booted = ran_on_our_clock - timedelta(seconds=uptime)
     shift = (ran - ran_on_our_clock).total_seconds()
+    active = agent_active_s is not None and 0 < agent_active_s <= uptime
+    started = iso(booted + timedelta(seconds=agent_active_s)) if active and agent_active_s else ""
     if not shift:
-        return Boot(boot_id, iso(booted), iso(ran_on_our_clock))
+        return Boot(boot_id, iso(booted), iso(ran_on_our_clock), agent_started_at=started)
     skew = (
         f"the guest's clock was {abs(shift):.3f}s {'ahead of' if shift > 0 else 'behind'} the window"
         f" its answer came in ({iso(start)} to {iso(end)}): its times are moved into it"
     )
     window = round((end - start).total_seconds() + abs(shift) + CLOCK_RESOLUTION, 3)
-    return Boot(boot_id, iso(booted), iso(ran_on_our_clock), window, skew)
+    return Boot(boot_id, iso(booted), iso(ran_on_our_clock), window, skew, started)
 
 
 @dataclass(frozen=True)
@@ -399,14 +428,22 @@ def _why_no_app(track: Track) -> str:
     return APP_NOT_FALLEN if lagging else APP_NOT_PASSED
 
 
-def _agent_online(track: Track) -> Evidence | None:
-    """The new boot's agent answered at ``answered_at``: it came online after its kernel started
-    and at the latest then. Not after the command was sent: an agent already online when it was
-    sent answers at once (an instance back before the watch began)."""
+def _agent_online(track: Track) -> List[Evidence]:
+    """The new boot's agent answered at ``answered_at``: it came online after its kernel (and
+    its own unit, where systemd says when) started and at the latest then. Not after the command
+    was sent: an agent already online when it was sent answers at once (an instance back before
+    the watch began). Its unit's start, less the boot time's error bar, is the earliest it can
+    have been online."""
     boot = track.boot
     if boot is None:
-        return None
-    return first_seen(boot.answered_at, boot.booted_at, "agent-answer")
+        return []
+    if not boot.agent_started_at:
+        return [first_seen(boot.answered_at, boot.booted_at, "agent-answer")]
+    earliest = iso(parse_iso(boot.agent_started_at) - timedelta(seconds=boot.uncertainty_s))
+    return [
+        first_seen(boot.answered_at, earliest, "agent-answer"),
+        Evidence(earliest, "agent-start", seconds_between(earliest, boot.answered_at), lower_bound=True),
+    ]
 
 
 def _nmi(sent: str, answered: str) -> Evidence:
@@ -430,16 +467,17 @@ def timeline(track: Track) -> Timeline:
         "went_down": _fell(track.statuses, track.nmi_sent, "status-check"),
         "kernel_back": kernel_back,
         "status_ok": _settled(track.statuses, kernel_back.at, "status-check") if kernel_back else None,
-        "agent_online": _agent_online(track),
         "app_healthy": _app_healthy(track, kernel_back.at if kernel_back else None),
     }
     for m, e in derived.items():
         if e is not None:
             seen[m].append(e)
+    seen["agent_online"].extend(_agent_online(track))
     chosen = {m: e for m in MILESTONES if (e := best(seen[m])) is not None}
     why = {**WHY_MISSING, "app_healthy": _why_no_app(track)} if track.app_checked else WHY_MISSING
     needed = ["kernel_back", "status_ok", "agent_online"] + (["app_healthy"] if track.app_checked else [])
-    healthy = max(chosen[m].at for m in needed) if all(m in chosen for m in needed) else None
+    # Healthy once all of it was known done: a lower bound counts only from its proof.
+    healthy = max(chosen[m].proven_at for m in needed) if all(m in chosen for m in needed) else None
     skews = tuple(b.skew for b in (track.booted_before, boot) if b is not None and b.skew)
     return assemble(track.instance_id, chosen, why, healthy, skews)
 

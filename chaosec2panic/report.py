@@ -118,6 +118,7 @@ def _evidence_row(origin: datetime | None, timeline: Timeline) -> Dict[str, Dict
             "source": e.source,
             "uncertainty_s": e.uncertainty_s,
             "upper_bound": e.upper_bound,
+            "lower_bound": e.lower_bound,
         }
         for m, e in timeline.evidence.items()
     }
@@ -180,10 +181,13 @@ def _sources(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     found: Dict[str, Dict[str, Any]] = {}
     for row in rows:
         for m, e in row["evidence"].items():
-            entry = found.setdefault(m, {"sources": Counter(), "widest_s": 0.0, "upper_bounds": 0})
+            entry = found.setdefault(
+                m, {"sources": Counter(), "widest_s": 0.0, "upper_bounds": 0, "lower_bounds": 0}
+            )
             entry["sources"][e["source"]] += 1
             entry["widest_s"] = max(entry["widest_s"], e["uncertainty_s"])
             entry["upper_bounds"] += e["upper_bound"]
+            entry["lower_bounds"] += e["lower_bound"]
     return {
         m: {**found[m], "sources": dict(found[m]["sources"].most_common())}
         for m in sorted(found, key=milestone_order)

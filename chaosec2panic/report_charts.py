@@ -309,33 +309,34 @@ def _dated(row: Mapping[str, Any], m: str, t: float) -> str:
     e = row["evidence"].get(m)
     if e is None:
         return f"{m} at +{secs(t)}"
-    bar = f"up to {secs(e['uncertainty_s'])} earlier" if e["upper_bound"] else f"± {secs(e['uncertainty_s'])}"
+    side = "earlier" if e["upper_bound"] else "later" if e["lower_bound"] else ""
+    bar = f"up to {secs(e['uncertainty_s'])} {side}" if side else f"± {secs(e['uncertainty_s'])}"
     return f"{m} at +{secs(t)}, {bar} ({e['source']})"
+
+
+def _bar_ends(e: Mapping[str, Any]) -> tuple[float, float]:
+    """Where one error bar starts and ends, in seconds after the NMI: only before the moment for
+    an upper bound, only after it for a lower bound."""
+    t, u = e["offset"], e["uncertainty_s"]
+    return (t if e["lower_bound"] else t - u), (t if e["upper_bound"] else t + u)
 
 
 def _reach(row: Mapping[str, Any]) -> List[float]:
     """Where the row's error bars end, in seconds after the NMI."""
-    ends = []
-    for e in row["evidence"].values():
-        if e["offset"] is not None:
-            ends.append(e["offset"] - e["uncertainty_s"])
-            ends.append(e["offset"] + (0.0 if e["upper_bound"] else e["uncertainty_s"]))
-    return ends
+    return [end for e in row["evidence"].values() if e["offset"] is not None for end in _bar_ends(e)]
 
 
 def _whiskers(row: Mapping[str, Any], scale: Scale, y: float) -> List[str]:
-    """Each milestone's error bar: either side of it, or before it only for an upper bound (a look
-    that found it done), capped at both ends; none for a bar under a pixel."""
+    """Each milestone's error bar: either side of it, before it only for an upper bound (a look
+    that found it done), after it only for a lower bound (a start), capped at both ends; none for
+    a bar under a pixel."""
     parts = []
     c = y + BAR / 2
     for m, e in row["evidence"].items():
         t = e["offset"]
         if t is None:
             continue
-        lo, hi = (
-            scale.x(t - e["uncertainty_s"]),
-            scale.x(t + (0.0 if e["upper_bound"] else e["uncertainty_s"])),
-        )
+        lo, hi = (scale.x(end) for end in _bar_ends(e))
         if hi - lo < 1:
             continue
         ticks = "".join(f"M{x} {c - 4}V{c + 4}" for x in (lo, hi))

@@ -368,13 +368,14 @@ def _sources_table(model: Mapping[str, Any]) -> str:
                 tag("span", escape(m), class_="mono"),
                 secs(found["widest_s"]),
                 escape(found["upper_bounds"]),
+                escape(found["lower_bounds"]),
                 escape(sources),
             ]
         )
     return _table(
-        ["milestone", "name", "widest error bar", "upper bounds", "dated by (instances)"],
+        ["milestone", "name", "widest error bar", "upper bounds", "lower bounds", "dated by (instances)"],
         lines,
-        (2, 3),
+        (2, 3, 4),
         id="sources",
     )
 
@@ -501,8 +502,8 @@ def render_html(model: Mapping[str, Any]) -> str:
                     escape(
                         "Each milestone is dated by the best evidence found: the API call, then the "
                         "kernel's own printk times (console-printk, dump-dmesg), the vmcore, the new "
-                        "boot's start, the agent's answer, and last a look that found it done "
-                        "(status-check, app-check, first-seen: an upper bound)."
+                        "boot's start, the agent's start (a lower bound) and answer, and last a look "
+                        "that found it done (status-check, app-check, first-seen: an upper bound)."
                     ),
                     class_="note",
                 ),

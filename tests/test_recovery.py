@@ -202,6 +202,34 @@ def test_an_agent_asked_after_the_boot_may_have_been_online_since_the_boot():
     assert timeline(track).evidence["agent_online"] == Evidence(t(40), "agent-answer", 15.0, True)
 
 
+def test_the_agents_unit_start_dates_it_from_below_and_its_answer_proves_it():
+    """An agent whose unit started at 27 and that answered at 60 (back before the watch began):
+    online at 27 at the earliest, and proven by 60; recovered counts from the proof, so the
+    recovery seconds never count it back before the evidence shows it."""
+    back = Boot("new", t(25), t(60), agent_started_at=t(27))
+    line = timeline(replace(crashed_and_back(), boot=back).with_status(t(60), True))
+    # Its unit's start less the boot time's bar (0.01 s): the earliest it can have been online.
+    assert line.evidence["agent_online"] == Evidence(t(26.99), "agent-start", 33.01, lower_bound=True)
+    assert line.milestones["agent_online"] == t(26.99) and line.recovery_seconds == 60.0
+    assert line.durations["time_to_healthy"] == 35.0 and line.conflicts == ()
+    assert Timeline.from_dict("i-1", line.to_dict()) == line
+    # Before lower bounds existed, evidence was written without the key: it reads as none.
+    old = {k: v for k, v in line.evidence["status_ok"].to_dict().items() if k != "lower_bound"}
+    assert Evidence.from_dict(old) == line.evidence["status_ok"]
+
+
+def test_guest_boot_keeps_the_agents_start_within_its_boot_dated_as_the_boot_is():
+    epoch = parse_iso(t(35)).timestamp()
+    assert guest_boot("b", 10.0, epoch, t(30), t(40), 2.5).agent_started_at == t(27.5)
+    assert guest_boot("b", 10.0, epoch, t(30), t(40), None).agent_started_at == ""
+    assert guest_boot("b", 10.0, epoch, t(30), t(40), 0.0).agent_started_at == ""  # never active
+    assert guest_boot("b", 10.0, epoch, t(30), t(40), 11.0).agent_started_at == ""  # after the answer
+    ahead = guest_boot("b", 10.0, epoch + 3, t(30), t(36), 2.5)  # moved with the boot, its bar widened
+    assert (ahead.agent_started_at, ahead.uncertainty_s) == (t(28.5), 8.01)
+    started = timeline(Track("i-1", SENT, boot_id_before="old").with_boot(ahead)).evidence["agent_online"]
+    assert (started.at, started.uncertainty_s, started.lower_bound) == (t(20.49), 15.51, True)
+
+
 def test_status_ok_is_the_start_of_the_last_good_run_in_the_new_boot():
     track = crashed_and_back().with_status(t(40), False).with_status(t(45), True)
     line = timeline(track)

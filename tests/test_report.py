@@ -196,18 +196,18 @@ def test_a_dump_found_by_crash_dumps_after_the_recovery_probe_fills_its_mileston
     assert "dump_written" not in row["missing"]
 
 
-Dated = Dict[str, Tuple[float, str, float, bool]]
+Dated = Dict[str, Tuple[Any, ...]]
 
 
 def evidence_journal(dated: Dated, dump_dated: Dated | None = None) -> Dict[str, Any]:
     """A one-instance journal whose timeline is assembled, as the probes assemble it, from
-    evidence: milestone -> (seconds after T0, source, error bar, upper bound); ``dump_dated``
+    evidence: milestone -> (seconds after T0, source, error bar, upper bound[, lower bound]); ``dump_dated``
     is the evidence crash_dumps wrote after the recovery probe."""
     journal = fleet_journal(1)
     [(instance, _)] = journal["run"][1]["output"]["timelines"].items()
 
     def evidence(found: Dated) -> Dict[str, Evidence]:
-        return {m: Evidence(at(t), source, bar, bound) for m, (t, source, bar, bound) in found.items()}
+        return {m: Evidence(at(t), source, bar, *bounds) for m, (t, source, bar, *bounds) in found.items()}
 
     healthy = at(max(dated[m][0] for m in ("kernel_back", "status_ok", "agent_online")))
     line = assemble(instance, evidence(dated), WHY_MISSING, healthy).to_dict()
@@ -236,12 +236,14 @@ def test_each_milestone_keeps_its_source_and_error_bar_and_the_page_draws_them()
         "source": "console-printk",
         "uncertainty_s": 0.5,
         "upper_bound": False,
+        "lower_bound": False,
     }
     assert row["evidence"]["status_ok"]["upper_bound"] is True and row["conflicts"] == []
     assert model["evidence_sources"]["status_ok"] == {
         "sources": {"status-check": 1},
         "widest_s": 10.0,
         "upper_bounds": 1,
+        "lower_bounds": 0,
     }
     assert list(model["evidence_sources"]) == [m for m in MILESTONES if m in DATED]
     tree = parse(render_html(model))
@@ -264,6 +266,20 @@ def test_each_milestone_keeps_its_source_and_error_bar_and_the_page_draws_them()
     sources = [e["text"] for e in tree.inside("sources") if e["tag"] == "td"]
     assert "status-check (1)" in sources and "console-printk (1)" in sources
     assert any("± 0.50 s (console-printk)" in e["text"] for e in tree.find("title"))
+
+
+def test_a_lower_bound_is_drawn_after_its_moment_only_and_counted():
+    started = {**DATED, "agent_online": (45.0, "agent-start", 5.0, False, True)}
+    model = report_model(evidence_journal(started))
+    [row] = model["instances"]
+    assert row["evidence"]["agent_online"]["lower_bound"] is True
+    assert model["evidence_sources"]["agent_online"]["lower_bounds"] == 1
+    tree = parse(render_html(model))
+    [whisker] = [e for e in tree.find("path", **{"class": "agent_online"}) if "whisker" in e["class"].split()]
+    lo, hi = map(float, re.match(r"M([\d.]+) [\d.]+H([\d.]+)", whisker["d"]).groups())
+    [agent_bar] = tree.find("rect", **{"class": "agent_online"})
+    assert lo == pytest.approx(float(agent_bar["x"]) + float(agent_bar["width"]), abs=0.02) and lo < hi
+    assert any("up to 5.00 s later (agent-start)" in e["text"] for e in tree.find("title"))
 
 
 def test_a_dump_that_dates_better_replaces_the_evidence_and_the_durations_follow():

@@ -75,6 +75,8 @@ BOOT_CHATTER = tuple(
 )
 MIN_CAPTURE_MIB = 128
 STDOUT_LIMIT = 24000
+AGENT_UNIT = "amazon-ssm-agent.service"  # Ubuntu's is a snap's: snap.amazon-ssm-agent.amazon-ssm-agent
+UNIT_STATE = "run/lab-sim/units"  # what the systemctl stand-in shows of a unit (its start time)
 TOOLS = (
     "cat",
     "cut",
@@ -232,7 +234,7 @@ class SimGuest:
         self.kernel_line = 0  # where its lines begin in the console
         self.crashed_log: List[str] = []  # the crashed kernel's log, as kdump saves it beside the dump
         self.boot_id = self._new_boot_id()
-        self.agent_at = self.booted_at
+        self.agent_at = self.booted_at + (MODEL_SECONDS["boot"] * 0.5 + MODEL_SECONDS["agent"]) * self.scale
         self.last_online = now
         self.after_nmi = False
         self._plan: List[tuple[float, str]] = []
@@ -573,6 +575,7 @@ class SimGuest:
                     "package": package,
                     "pulled": list(pulled),
                     "unit": unit,
+                    "unit_state": UNIT_STATE,
                     "config": KDUMP_CONFIG[family.kdump_tool].replace(
                         "{use}", "0" if spec.os == "debian" else "1"
                     ),
@@ -717,6 +720,11 @@ class SimGuest:
             f"echo '/dev/nvme0n1p1 {free_kb * 2} {free_kb} {free_kb} 50% /'\n",
             "proc/sys/kernel/hostname": spec.name,
             "sim-bin/uname": UNAME,
+            # A command runs in its agent's cgroup; systemd says when that unit started (the
+            # model's agent is online the moment it starts: a real one registers after that).
+            "proc/self/cgroup": f"0::/system.slice/{AGENT_UNIT}",
+            f"{UNIT_STATE}/{AGENT_UNIT}": "ActiveEnterTimestampMonotonic="
+            f"{max(0, round((self.agent_at - self.booted_at) * 1e6)) if self.agent_at <= now else 0}",
         }
         if self._kdump_package()[0] not in self._installed():
             return files
@@ -984,6 +992,11 @@ def mkconfig(args):
 
 
 def systemctl(args):
+    if args[:2] == ["show", "-p"] and len(args) == 4:
+        state = R / CONF["unit_state"] / args[3]
+        found = dict(l.split("=", 1) for l in state.read_text().split()) if state.is_file() else {}
+        print(f"{args[2]}={found.get(args[2], '0' if args[2].endswith('Monotonic') else '')}")
+        return
     words = [a for a in args if not a.startswith("-")]
     quiet = "--quiet" in args or "-q" in args
     if len(words) != 2:

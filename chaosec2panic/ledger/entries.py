@@ -104,12 +104,13 @@ def _number(value: Any) -> str | None:
 
 def _evidence(value: Any) -> str | None:
     """A milestone's evidence as recovery.Evidence.to_dict writes it."""
-    if not isinstance(value, dict) or set(value) != {"at", "source", "uncertainty_s", "upper_bound"}:
-        return "is not an object of at, source, uncertainty_s and upper_bound"
+    keys = {"at", "source", "uncertainty_s", "upper_bound"}
+    if not isinstance(value, dict) or set(value) - {"lower_bound"} != keys:  # entries before it lack it
+        return "is not an object of at, source, uncertainty_s, upper_bound and lower_bound"
     if value["source"] not in SOURCES:
         return f"source is {value['source']!r}, not one of {', '.join(SOURCES)}"
-    if not isinstance(value["upper_bound"], bool):
-        return "upper_bound is not true/false"
+    if not isinstance(value["upper_bound"], bool) or not isinstance(value.get("lower_bound", False), bool):
+        return "upper_bound or lower_bound is not true/false"
     return _time(value["at"], False) or _number(value["uncertainty_s"])
 
 

@@ -55,13 +55,16 @@ def check_against_the_truth(line: dict, real: dict, tolerance: float) -> None:
         truths["dump_written"] = real["dump_written"]
     for milestone, when in truths.items():
         bar = line["evidence"][milestone]
-        low = seen[milestone] - bar["uncertainty_s"] - 0.005
+        low = seen[milestone] - (0 if bar.get("lower_bound") else bar["uncertainty_s"]) - 0.005
         high = seen[milestone] + (0 if bar["upper_bound"] else bar["uncertainty_s"]) + 0.005
         assert abs(seen[milestone] - when) <= max(tolerance, bar["uncertainty_s"]), (milestone, bar)
         assert low <= when <= high, (milestone, when, bar)
     assert line["evidence"]["panic"]["source"] == "console-printk"
     assert line["evidence"]["capture_started"]["source"] == "console-printk"
     assert line["evidence"]["kernel_back"]["source"] == "boot-time"
+    # The agent's own unit dates it, from below, whenever the watch began.
+    assert line["evidence"]["agent_online"]["source"] == "agent-start"
+    assert line["evidence"]["agent_online"]["lower_bound"] is True
     # The crash in its order within the error bars: the evidence never contradicted itself.
     assert line["conflicts"] == []
     assert real["userspace"] <= seen["status_ok"] + 0.005

@@ -23,6 +23,7 @@ from chaosec2panic.actions import arm_kdump
 from chaosec2panic.analysis import summarise_log
 from chaosec2panic.lab.debian import DebianGuest
 from chaosec2panic.probes import crash_dump_present, crash_dumps, kdump_armed
+from chaosec2panic.recovery import parse_iso
 from chaosec2panic.rollbacks import restore_kdump_settings
 
 pytestmark = pytest.mark.skipif(shutil.which("mmdebstrap") is None, reason="mmdebstrap is not installed")
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.skipif(shutil.which("mmdebstrap") is None, reason="mmde
 CLI = str(Path(sys.executable).with_name("chaosec2panic"))
 NAME = "debian-unarmed"
 ARMED = "debian-armed"
+SIGHTING_LAG = 3.0  # seconds the lab may see a real guest's heartbeat after it was sent
 
 
 def debian_lab(tmp_path_factory, entry: dict):
@@ -145,6 +147,23 @@ class TestArmedDebianGuest:
         assert dump["verdict"] == "complete-dump" and dump["format"] == "flattened", dump
         assert dump["path"].startswith("/var/crash/2") and "/dump.2" in dump["path"]
         assert "dump-incomplete" not in inside(armed_lab, "ls /var/crash/*/", ARMED)
+        # The agent is dated by its own systemd unit (lab-agent.service here, amazon-ssm-agent on
+        # an instance): from below, never after the lab saw its first heartbeat of the new boot.
+        [line] = [
+            o["timelines"][armed_lab.id(ARMED)]
+            for o in outputs.values()
+            if isinstance(o, dict) and "timelines" in o
+        ]
+        agent = line["evidence"]["agent_online"]
+        assert agent["source"] == "agent-start" and agent["lower_bound"] is True, agent
+        nmi = armed_lab.events("nmi", ARMED)[0]["epoch"]
+        online = next(e["epoch"] for e in armed_lab.events("agent-online", ARMED) if e["epoch"] > nmi)
+        started = parse_iso(agent["at"]).timestamp()
+        assert started - 0.005 <= online, (agent, online)
+        assert online - started <= SIGHTING_LAG + line["evidence"]["kernel_back"]["uncertainty_s"], (
+            agent,
+            online,
+        )
 
     def test_crash_dumps_and_inspect_name_the_nmi_panic(self, armed_lab, tmp_path):
         config = armed_lab.configuration(**self.CONFIG)
