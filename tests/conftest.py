@@ -16,6 +16,7 @@ from chaosec2panic.lab.fleet import GuestSpec, parse_fleet
 from chaosec2panic.lab.sandbox import Sandbox
 from chaosec2panic.lab.server import LabServer, lab_control
 from chaosec2panic.lab.simguest import SimGuest
+from chaosec2panic.polling import Poll, poll
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAOS = str(Path(sys.executable).with_name("chaos"))
@@ -56,11 +57,7 @@ class RunningLab:
     def wait_for_event(self, kind: str, name: str, timeout: float = 300.0) -> Dict[str, Any]:
         """The first ``kind`` event of guest ``name``, once the lab has recorded it (a generous
         ``timeout`` only ends a wait for what will never come: a busy machine just waits longer)."""
-        deadline = time.monotonic() + timeout
-        while not (found := self.events(kind, name)):
-            assert time.monotonic() < deadline, f"no {kind} event of {name} within {timeout}s"
-            time.sleep(0.05)
-        return found[0]
+        return wait_for(lambda: self.events(kind, name), bool, f"a {kind} event of {name}", timeout, 0.05)[0]
 
     def nmi_names(self) -> List[str]:
         return sorted(e["name"] for e in self.events("nmi"))
@@ -156,6 +153,20 @@ def lab_up_process(fleet: Path, *more: str) -> tuple[subprocess.Popen, str]:
         if line.startswith("export ") or len(lines) > 50:
             break
     return proc, "".join(lines)
+
+
+def wait_for(
+    call: Callable[[], Any],
+    done: Callable[[Any], bool],
+    what: str,
+    timeout: float = 120,
+    interval: float = 0.1,
+) -> Any:
+    """``call()`` again until ``done`` of its answer, which it returns (a generous bound ends only a
+    wait for what never comes: the test then fails, saying what was last seen)."""
+    found = poll(Poll(call, done, timeout, interval=interval, max_interval=interval))
+    assert found.done, f"{what}: not within {timeout} s (last: {found.last!r})"
+    return found.last
 
 
 def opted_in(name: str, **settings: Any) -> Dict[str, Any]:

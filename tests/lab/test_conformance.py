@@ -7,9 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, List
 
 import boto3
 import pytest
@@ -17,7 +16,7 @@ from botocore import xform_name
 from botocore.exceptions import ClientError
 from botocore.model import Shape
 from chaosaws.ec2 import probes as stock_ec2
-from conftest import opted_in
+from conftest import opted_in, wait_for
 
 AWS_CLI = shutil.which("aws", path=str(Path(sys.executable).parent))
 
@@ -88,18 +87,6 @@ def fleet(make_lab):
         ]
     )
     return lab
-
-
-def wait_for(call: Callable[[], Any], done: Callable[[Any], bool], what: str, timeout: float = 120) -> Any:
-    """``call()`` again until ``done`` of its answer (a generous bound ends only a wait for what never
-    comes)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = call()
-        if done(answer):
-            return answer
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.1)
 
 
 def test_every_answer_matches_botocore_output_shapes(fleet):

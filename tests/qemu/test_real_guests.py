@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,6 +23,7 @@ from conftest import (
     start_lab,
     variant,
     vary,
+    wait_for,
 )
 
 from chaosec2panic import guest
@@ -167,10 +167,12 @@ class TestArmedRealGuests:
             DocumentName="AWS-RunShellScript",
             Parameters={"commands": ["sync"]},
         )["Command"]["CommandId"]
-        deadline = time.monotonic() + 120
-        while ssm.list_commands(CommandId=synced)["Commands"][0]["Status"] in ("Pending", "InProgress"):
-            assert time.monotonic() < deadline, "sync did not end on the guest"
-            time.sleep(0.2)
+        wait_for(
+            lambda: ssm.list_commands(CommandId=synced)["Commands"][0]["Status"],
+            lambda status: status not in ("Pending", "InProgress"),
+            "sync on the guest",
+            interval=0.2,
+        )
         vmcore, dmesg = tmp_path / "vmcore", tmp_path / "vmcore-dmesg.txt"
         for name, out in (("vmcore", vmcore), ("vmcore-dmesg.txt", dmesg)):
             inside_disk = dump["path"].removeprefix("/var/crash").rsplit("/", 1)[0] + "/" + name
@@ -207,8 +209,7 @@ class TestArmedRealGuests:
         assert problems == [] and len(real_files) == 1 and real_files[0].head.startswith(b"KDUMP   ")
         twin = sim_guest(tmp_path / "twin", os="amazon-linux-2023")
         twin.nmi()
-        while twin.status() != "ok":
-            time.sleep(0.05)
+        wait_for(twin.status, lambda status: status == "ok", "the simulated twin back", interval=0.05)
         sim_files, _ = dump_files(
             parse_report(
                 twin.run_command(guest.script(LINUX, "crash_dumps", {"DUMP_DIR": "/var/crash"})).stdout,
@@ -271,9 +272,7 @@ class TestRealGuestLifecycle:
         assert stopped["InstanceState"]["Name"] == "stopped"
         assert stopped["InstanceStatus"]["Status"] == "not-applicable"
         ec2.start_instances(InstanceIds=[lab.id("life")])
-        deadline = time.monotonic() + 120
-        while not instance_healthy(instance_ids=[lab.id("life")]) and time.monotonic() < deadline:
-            time.sleep(1)
+        wait_for(lambda: instance_healthy(instance_ids=[lab.id("life")]), bool, "healthy again", interval=1)
         after = kdump_armed(instance_ids=[lab.id("life")])["instances"][lab.id("life")]
         assert after["verdict"] == "armed" and after["boot_id"] != before
         kinds = [e["kind"] for e in lab.events(name="life") if e["kind"] in ("stop", "start", "boot")]
@@ -288,10 +287,7 @@ def test_a_killed_lab_leaves_no_qemu_behind(tmp_path):
     assert qemu_of(instance_id), text
     proc.kill()
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 10
-    while qemu_of(instance_id) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert qemu_of(instance_id) == []
+    wait_for(lambda: qemu_of(instance_id), lambda left: left == [], "QEMU gone", timeout=10, interval=0.2)
 
 
 def qemu_of(instance_id: str) -> list:
