@@ -115,7 +115,7 @@ def recover(args: argparse.Namespace) -> int:
     if args.ledger_table:
         configuration["chaosec2panic_ledger_table"] = args.ledger_table
     try:
-        result = recover_instances(args.instance_ids or None, args.timeout, configuration, None)
+        result = recover_instances(args.instance_ids or None, args.timeout, args.others_after, configuration)
     except Ec2PanicError as exc:
         print(f"chaosec2panic: {exc}", file=sys.stderr)
         return 2
@@ -363,6 +363,15 @@ def parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("instance_ids", nargs="*")
     rec.add_argument("--timeout", type=float, default=300)
+    rec.add_argument(
+        "--others-after",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="leave another run's hit alone until sent this long ago (default 0: act on every run's,"
+        " as you ask; a rollback inside a chaos run waits 3600 s, so as not to reboot a live run's"
+        " capture)",
+    )
     where = rec.add_mutually_exclusive_group()
     where.add_argument("--ledger", help="ledger file (default: $CHAOSEC2PANIC_LEDGER or the state directory)")
     where.add_argument("--ledger-table", help="the DynamoDB ledger (default: $CHAOSEC2PANIC_LEDGER_TABLE)")

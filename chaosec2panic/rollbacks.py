@@ -12,9 +12,9 @@ from .guest import PLATFORMS, platform_of
 from .guest.parsers import LINUX_SETTINGS, RESTORABLE_VALUES, WINDOWS_SETTINGS
 from .health import observe
 from .iam import OBSERVE, RESOLVE, RUN_SCRIPT, requires
-from .ledger import Injection, Ledger
+from .ledger import RUN_ID, Injection, Ledger
 from .polling import Poll, poll
-from .recovery import is_back, is_up
+from .recovery import is_back, is_up, now_iso, seconds_between
 from .settings import settings
 from .targets import INSTANCE_ID
 
@@ -35,6 +35,7 @@ def _describe(ec2: Any, ids: List[str]) -> Dict[str, Dict[str, Any]]:
 def recover_instances(
     instance_ids: List[str] = None,
     timeout: float = 300,
+    others_after: float = 3600,
     configuration: Configuration = None,
     secrets: Secrets = None,
 ) -> Dict[str, Any]:
@@ -42,21 +43,27 @@ def recover_instances(
     a kernel that answers): reboot it, and if it still does not serve within ``timeout``
     seconds, stop and start it. An instance that survived its NMI without a panic is left
     alone. Acts on the named instances' latest NMI, or on every NMI in the ledger not followed
-    by a recovery (from this run or an earlier one). Safe to run twice. Returns what was done
-    to each instance and whether it serves now.
+    by a recovery: this run's, and another run's once sent ``others_after`` seconds ago or more
+    (until then its own runner may be watching its capture kernel write the dump, which a reboot
+    would destroy; those are listed under ``left_to_their_runs``). Safe to run twice. Returns
+    what was done to each instance and whether it serves now.
     """
     ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
     ledger = Ledger.of(configuration)
     latest = ledger.latest()
+    young: Dict[str, Injection] = {}
     if instance_ids:
         unknown = [i for i in instance_ids if i not in latest]
         if unknown:
             raise InvalidRequest(f"no NMI recorded for {unknown} in the ledger {ledger.where}")
         hits = {i: latest[i] for i in instance_ids}
     else:
-        hits = ledger.unrecovered()
+        hits, young = _ours_or_old(ledger.unrecovered(), float(others_after))
+    left = {i: {"run_id": e.run_id, "sent_at": e.sent_at} for i, e in sorted(young.items())}
+    if left:
+        logger.warning("left to the runs that hit them, sent under %ss ago: %s", others_after, sorted(left))
     if not hits:
-        return {"instances": {}}
+        return {"instances": {}, **({"left_to_their_runs": left} if left else {})}
     platforms = {i: platform_of(inst) for i, inst in _describe(ec2, sorted(hits)).items()}
     done: Dict[str, List[str]] = {i: [] for i in hits}
     found = settings(configuration)
@@ -114,7 +121,24 @@ def recover_instances(
         pending = wait_back(pending)
     for i in pending:
         logger.warning("%s is still not back after %s", i, ", ".join(done[i]))
-    return {"instances": {i: {"actions": done[i], "recovered": i not in pending} for i in hits}}
+    result: Dict[str, Any] = {
+        "instances": {i: {"actions": done[i], "recovered": i not in pending} for i in hits}
+    }
+    return {**result, "left_to_their_runs": left} if left else result
+
+
+def _ours_or_old(
+    unrecovered: Dict[str, Injection], others_after: float
+) -> tuple[Dict[str, Injection], Dict[str, Injection]]:
+    """``unrecovered`` split into what this run may act on (its own hits, and other runs' sent
+    ``others_after`` seconds ago or more) and other runs' younger hits."""
+    now = now_iso()
+    young = {
+        i: e
+        for i, e in unrecovered.items()
+        if e.run_id != RUN_ID and seconds_between(e.sent_at, now) < others_after
+    }
+    return {i: e for i, e in unrecovered.items() if i not in young}, young
 
 
 def _record_problems(instance_id: Any, entry: Any) -> List[str]:

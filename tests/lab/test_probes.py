@@ -3,6 +3,7 @@
 import json
 import posixpath
 import time
+from datetime import timedelta
 
 import pytest
 from conftest import opted_in
@@ -19,7 +20,7 @@ from chaosec2panic.probes import (
     recovered_within,
     recovery_seconds,
 )
-from chaosec2panic.recovery import now_iso
+from chaosec2panic.recovery import iso, now_iso, parse_iso
 from chaosec2panic.rollbacks import recover_instances
 
 
@@ -213,6 +214,25 @@ def test_hang_fails_recovery_and_the_rollback_reboots_it(make_lab):
     assert instance_healthy(instance_ids=[lab.id("hang")], configuration=conf) is True
     assert recover_instances(timeout=30, configuration=conf) == {"instances": {}}
     assert len(lab.events("reboot", "hang")) == 1
+
+
+def test_a_rollback_leaves_another_runs_fresh_hit_to_that_run(make_lab):
+    """Another run's instance, down since its NMI, may be writing its dump: a reboot now would
+    destroy it. Its own runner rolls it back; one hit an hour ago or more is taken for gone."""
+    lab = make_lab([opted_in(n, kdump=False, panic_timeout=0) for n in ("fresh", "stale")])
+    long_ago = iso(parse_iso(now_iso()) - timedelta(hours=2))
+    for name, sent in (("fresh", now_iso()), ("stale", long_ago)):
+        lab.lab.guests[lab.id(name)].nmi()  # hangs: down until reset
+        Ledger(lab.ledger).record([Injection(lab.id(name), sent, "sent", run_id="another-run")])
+    conf = lab.configuration()
+    result = recover_instances(timeout=30, configuration=conf)
+    assert result["instances"] == {lab.id("stale"): {"actions": ["reboot"], "recovered": True}}
+    [(left, by)] = result["left_to_their_runs"].items()
+    assert left == lab.id("fresh") and by["run_id"] == "another-run" and by["sent_at"] > long_ago
+    assert lab.events("reboot", "fresh") == [] and len(lab.events("reboot", "stale")) == 1
+    # Asked by name, or told not to wait, it acts whichever run hit it.
+    result = recover_instances(timeout=30, others_after=0, configuration=conf)
+    assert result == {"instances": {lab.id("fresh"): {"actions": ["reboot"], "recovered": True}}}
 
 
 def test_a_hang_that_ignores_reboot_is_stopped_and_started(make_lab):
