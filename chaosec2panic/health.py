@@ -215,8 +215,10 @@ def watch_recovery(
         resend = {i: platforms[i] for i, w in pending.items() if not w.command and now >= w.resend_after}
         if resend:
             remaining = max(MIN_DELIVERY, int(deadline - now) + 1)
-            sent, _ = send_script(ssm, resend, "identity", timeout=30, delivery_timeout=remaining)
+            # Before the first request leaves: an agent online takes its command at once, while
+            # the requests for the other instances are still being sent (500 take seconds).
             at = now_iso()
+            sent, _ = send_script(ssm, resend, "identity", timeout=30, delivery_timeout=remaining)
             for i, command in sent.items():
                 watches[i].command, watches[i].sent_at = command, at
         now = time.monotonic()
