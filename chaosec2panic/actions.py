@@ -405,7 +405,8 @@ def _boot_before(verdict: KdumpVerdict, asked: str, answered: str) -> Dict[str, 
     )
     if uptime is None or guest_now is None:
         return {}
-    boot = guest_boot("", uptime, guest_now, asked, answered)
+    synced = verdict.facts.get("clock_synced") == "yes"
+    boot = guest_boot("", uptime, guest_now, asked, answered, clock_synced=synced)
     return {"booted_at": boot.booted_at, "uncertainty_s": boot.uncertainty_s, "skew": boot.skew}
 
 

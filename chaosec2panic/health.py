@@ -41,6 +41,12 @@ CONSOLE_READERS = 8  # GetConsoleOutput calls in flight at once
 # an instance's console is read every CONSOLE_EVERY seconds, at most CONSOLE_READS times.
 CONSOLE_EVERY = 15.0
 CONSOLE_READS = 12
+# A boot time known only within more than REASK_ABOVE seconds (an answer held while the
+# instance was down, from a clock not synchronised or found outside its window) is asked again
+# while its agent is online, where a window is one round trip, up to REASKS times before the
+# instance is judged back.
+REASK_ABOVE = 1.0
+REASKS = 3
 
 
 def instance_status(ec2: Any, instance_ids: List[str]) -> Dict[str, Dict[str, str]]:
@@ -125,6 +131,13 @@ class _Watch:
     console_next: float = 0.0  # monotonic time of the next read before the new boot
     console_final: bool = False  # the read when the new boot answered
     console_at: str = ""  # when the console was last read
+    answers: int = 0  # identity answers read from the new boot
+
+    @property
+    def reasking(self) -> bool:
+        """The new boot's time is known too loosely, and may still be asked again."""
+        boot = self.track.boot
+        return boot is not None and boot.uncertainty_s > REASK_ABOVE and self.answers <= REASKS
 
     def console_due(self, now: float) -> bool:
         """No new boot yet, no capture kernel seen, and its next read is due (status checks may
@@ -146,7 +159,8 @@ def _read_identity(watch: _Watch, answer: CommandResult, read_at: str) -> Boot |
         return None
     active_us = report.get("agent_active_us")
     agent_active = int(active_us) / 1e6 if active_us.isdigit() else None
-    return guest_boot(report.get("boot_id"), uptime, guest_now, watch.sent_at, read_at, agent_active)
+    synced = report.get("clock_synced") == "yes"
+    return guest_boot(report.get("boot_id"), uptime, guest_now, watch.sent_at, read_at, agent_active, synced)
 
 
 def watch_recovery(
@@ -162,19 +176,20 @@ def watch_recovery(
     """Follow each hit instance until it is back or ``deadline`` (a ``time.monotonic()``
     value) passes, and return its timeline; each recovery is written to the ledger.
 
-    Each instance gets one identity command, sent at once and read later: SSM holds it while
-    the instance is down and the new boot's agent runs it, so the answer dates the new kernel
-    and the agent by the guest's own clock. (A command sent before the instance was seen down
-    may have reached the dying kernel: it is sent again once the instance is seen up.) Each
-    look costs one DescribeInstanceStatus per 100 instances and one ListCommands; invocations
+    Each instance gets one identity command, sent at once and read later: SSM holds it while the
+    instance is down and the new boot's agent runs it, so the answer dates the new kernel and the
+    agent by the guest's own clock. (A command sent before the instance was seen down may have
+    reached the dying kernel: it is sent again once the instance is seen up. One whose answer
+    dates the boot only loosely, a clock not synchronised, is asked again: see ``REASK_ABOVE``.)
+    Each look costs one DescribeInstanceStatus per 100 instances and one ListCommands; invocations
     are read only when ListCommands shows new answers. Consoles are read for the kernels' own
-    times of the panic and the capture: at the first look, then every ``CONSOLE_EVERY``
-    seconds until the capture kernel shows (at most ``CONSOLE_READS`` times), and once
-    when the new boot answers. Looks come every
-    ``interval`` seconds, and every ``FAST_INTERVAL`` while an instance is expected to change
-    soon (booting, or up again and not yet answering). With ``app``, an instance is back only
-    once its application check passes in the new boot (a target group is read at every look,
-    one call for all, and counts only once it has reported the instance unhealthy).
+    times of the panic and the capture: at the first look, then every ``CONSOLE_EVERY`` seconds
+    until the capture kernel shows (at most ``CONSOLE_READS`` times), and once when the new boot
+    answers. Looks come every ``interval`` seconds, and every ``FAST_INTERVAL`` while an instance
+    is expected to change soon (booting, or up again and not yet answering). With ``app``, an
+    instance is back only once its application check passes in the new boot (a target group is
+    read at every look, one call for all, and counts only once it has reported the instance
+    unhealthy).
     """
     since = min(e.sent_at for e in hits.values()) if hits else now_iso()
     known = {i: line for i, e in hits.items() if (line := _known(e, bool(app))) is not None}
@@ -237,6 +252,7 @@ def watch_recovery(
             w.command = ""
             if boot is not None and w.track.is_new(boot):
                 w.track = w.track.with_boot(boot)
+                w.answers += 1
             else:  # the old kernel still answers, or the command failed: ask again later
                 w.resend_after = time.monotonic() + interval
         _read_consoles(
@@ -248,7 +264,7 @@ def watch_recovery(
             for i, ok in app.run(checked).items():
                 watches[i].track = watches[i].track.with_app(at, ok)
         lines = {i: timeline(w.track) for i, w in watches.items()}
-        back = {i: lines[i] for i in pending if lines[i].back}
+        back = {i: lines[i] for i in pending if lines[i].back and not watches[i].reasking}
         back_ids.update(back)
         for i, line in back.items():
             logger.info("%s back %.1fs after its NMI", i, line.recovery_seconds)

@@ -259,13 +259,16 @@ def guest_boot(
     sent_at: str,
     read_at: str,
     agent_active_s: float | None = None,
+    clock_synced: bool = False,
 ) -> Boot:
     """A :class:`Boot` from an identity answer, on the caller's clock.
 
     The command ran after it was sent (``sent_at``) and before its answer was read
     (``read_at``): a guest clock outside that window is moved into it, and the boot time with it;
     the boot time is then known only within the window widened by the skew (a clock that ran slow
-    since the boot counted its uptime slow as well), and the skew is said. ``agent_active_s``:
+    since the boot counted its uptime slow as well), and the skew is said. A clock the guest does
+    not say is synchronised is no evidence within the window either: the boot was ``uptime``
+    before some moment of it, and its answer was written by ``read_at``. ``agent_active_s``:
     seconds from the boot to the agent's unit becoming active (systemd's monotonic clock, which
     runs with the uptime but for time suspended), dated from the boot as the boot is.
     """
@@ -276,14 +279,20 @@ def guest_boot(
     shift = (ran - ran_on_our_clock).total_seconds()
     active = agent_active_s is not None and 0 < agent_active_s <= uptime
     started = iso(booted + timedelta(seconds=agent_active_s)) if active and agent_active_s else ""
-    if not shift:
-        return Boot(boot_id, iso(booted), iso(ran_on_our_clock), agent_started_at=started)
+    answered = iso(ran_on_our_clock if clock_synced else end)
     skew = (
         f"the guest's clock was {abs(shift):.3f}s {'ahead of' if shift > 0 else 'behind'} the window"
         f" its answer came in ({iso(start)} to {iso(end)}): its times are moved into it"
+        if shift
+        else ""
     )
-    window = round((end - start).total_seconds() + abs(shift) + CLOCK_RESOLUTION, 3)
-    return Boot(boot_id, iso(booted), iso(ran_on_our_clock), window, skew, started)
+    if shift:
+        window = (end - start).total_seconds() + abs(shift)
+    elif not clock_synced:
+        window = max(ran_on_our_clock - start, end - ran_on_our_clock).total_seconds()
+    else:
+        return Boot(boot_id, iso(booted), answered, agent_started_at=started)
+    return Boot(boot_id, iso(booted), answered, round(window + CLOCK_RESOLUTION, 3), skew, started)
 
 
 @dataclass(frozen=True)
@@ -313,10 +322,15 @@ class Track:
         return replace(self, apps=(*self.apps, (at, ok)), app_checked=True)
 
     def with_boot(self, boot: Boot) -> "Track":
-        """Keep the first answer from a kernel booted after the NMI; others change nothing."""
-        if self.boot is not None or not self.is_new(boot):
+        """Keep the first answer from a kernel booted after the NMI, and date that boot by the
+        answer of it with the narrowest error bar (its agent was online by the first)."""
+        if not self.is_new(boot):
             return self
-        return replace(self, boot=boot)
+        if self.boot is None:
+            return replace(self, boot=boot)
+        if boot.boot_id != self.boot.boot_id or boot.uncertainty_s >= self.boot.uncertainty_s:
+            return self
+        return replace(self, boot=replace(boot, answered_at=min(boot.answered_at, self.boot.answered_at)))
 
     def with_evidence(self, found: Mapping[str, Evidence]) -> "Track":
         return replace(self, found=(*self.found, *found.items()))

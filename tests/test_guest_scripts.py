@@ -101,6 +101,30 @@ def test_identity_reports_the_boot(tmp_path):
     assert float(report.get("uptime")) >= 3600
 
 
+@pytest.mark.parametrize(
+    "timedatectl, synced",
+    [
+        (None, "yes"),  # the lab's stand-in: AWS's images keep the clock on Amazon Time Sync
+        ('[ "$1" = show ] && echo NTPSynchronized=no', "no"),
+        # systemd 219 (Amazon Linux 2) has no "show": its status says it
+        ('[ "$1" = status ] && printf "      NTP enabled: yes\\nNTP synchronized: yes\\n"', "yes"),
+        ('[ "$1" = status ] && echo "System clock synchronized: no"', "no"),
+        ("echo 'Failed to connect to bus: No such file or directory' >&2; exit 1", ""),
+        ("", ""),  # no timedatectl at all (busybox)
+    ],
+)
+def test_identity_and_kdump_status_say_whether_the_clock_is_synchronised(tmp_path, timedatectl, synced):
+    g = make_guest(tmp_path)
+    tool = g.root / "sim-bin" / "timedatectl"
+    if timedatectl is not None:
+        tool.unlink()
+        if timedatectl:
+            tool.write_text(f"#!/bin/sh\n{timedatectl}\n")
+            tool.chmod(0o755)
+    assert run(g, "identity").get("clock_synced") == synced
+    assert run(g, "kdump_status").get("clock_synced") == synced
+
+
 def test_crash_dumps_lists_nothing_on_a_fresh_guest(tmp_path):
     report = run(make_guest(tmp_path), "crash_dumps", DUMP_DIR="/var/crash")
     assert report.complete and dump_files(report) == ([], [])

@@ -220,11 +220,17 @@ def test_the_agents_unit_start_dates_it_from_below_and_its_answer_proves_it():
 
 def test_guest_boot_keeps_the_agents_start_within_its_boot_dated_as_the_boot_is():
     epoch = parse_iso(t(35)).timestamp()
-    assert guest_boot("b", 10.0, epoch, t(30), t(40), 2.5).agent_started_at == t(27.5)
-    assert guest_boot("b", 10.0, epoch, t(30), t(40), None).agent_started_at == ""
-    assert guest_boot("b", 10.0, epoch, t(30), t(40), 0.0).agent_started_at == ""  # never active
-    assert guest_boot("b", 10.0, epoch, t(30), t(40), 11.0).agent_started_at == ""  # after the answer
-    ahead = guest_boot("b", 10.0, epoch + 3, t(30), t(36), 2.5)  # moved with the boot, its bar widened
+    assert guest_boot("b", 10.0, epoch, t(30), t(40), 2.5, clock_synced=True).agent_started_at == t(27.5)
+    assert guest_boot("b", 10.0, epoch, t(30), t(40), None, clock_synced=True).agent_started_at == ""
+    assert (
+        guest_boot("b", 10.0, epoch, t(30), t(40), 0.0, clock_synced=True).agent_started_at == ""
+    )  # never active
+    assert (
+        guest_boot("b", 10.0, epoch, t(30), t(40), 11.0, clock_synced=True).agent_started_at == ""
+    )  # after the answer
+    ahead = guest_boot(
+        "b", 10.0, epoch + 3, t(30), t(36), 2.5, clock_synced=True
+    )  # moved with the boot, its bar widened
     assert (ahead.agent_started_at, ahead.uncertainty_s) == (t(28.5), 8.01)
     started = timeline(Track("i-1", SENT, boot_id_before="old").with_boot(ahead)).evidence["agent_online"]
     assert (started.at, started.uncertainty_s, started.lower_bound) == (t(20.49), 15.51, True)
@@ -262,22 +268,51 @@ def test_a_load_balancer_counts_only_once_it_has_seen_the_instance_fail():
     assert timeline(replace(stale, app_lags=False)).milestones["app_healthy"] == t(30)
 
 
-def test_guest_boot_takes_the_guest_clock_within_what_the_caller_saw():
+def test_guest_boot_takes_a_synchronised_guest_clock_within_what_the_caller_saw():
     epoch = parse_iso(t(35)).timestamp()
-    assert guest_boot("b", 10.0, epoch, t(30), t(40)) == Boot("b", t(25), t(35))
+    assert guest_boot("b", 10.0, epoch, t(30), t(40), clock_synced=True) == Boot("b", t(25), t(35))
     # A guest clock 3 s ahead of ours: the answer cannot be later than when it was read; the
     # boot time is then known only within the window widened by the 2 s the clocks disagree by
     # (its uptime may be as far off: the real busybox guest's clock, set from the hardware
     # clock's whole seconds and slowed by TCG, was found 2.07 s behind), and the skew is said.
-    ahead = guest_boot("b", 10.0, epoch + 3, t(30), t(36))
+    ahead = guest_boot("b", 10.0, epoch + 3, t(30), t(36), clock_synced=True)
     assert (ahead.booted_at, ahead.answered_at, ahead.uncertainty_s) == (t(26), t(36), 8.01)
     assert ahead.skew.startswith("the guest's clock was 2.000s ahead of the window")
-    behind = guest_boot("b", 10.0, epoch - 9, t(30), t(40))
+    behind = guest_boot("b", 10.0, epoch - 9, t(30), t(40), clock_synced=True)
     assert (behind.booted_at, behind.answered_at) == (t(20), t(30)) and "behind" in behind.skew
     line = timeline(Track("i-1", SENT, boot_id_before="old").with_boot(ahead))
     assert line.conflicts == (ahead.skew,) and line.evidence["kernel_back"].uncertainty_s == 8.01
 
 
+def test_a_guest_clock_not_said_synchronised_is_no_evidence_within_its_window():
+    # Read 3 s after the command was sent and 7 s before its answer was: the boot was 10 s before
+    # some moment of the window, and the answer was written by its end (a clock set from the
+    # hardware clock's whole seconds is off by a fraction of a second that nothing shows).
+    epoch = parse_iso(t(33)).timestamp()
+    boot = guest_boot("b", 10.0, epoch, t(30), t(40), 2.5)
+    assert (boot.booted_at, boot.answered_at, boot.uncertainty_s, boot.skew) == (t(23), t(40), 7.01, "")
+    assert boot.agent_started_at == t(25.5)
+    line = timeline(Track("i-1", SENT, boot_id_before="old").with_boot(boot))
+    assert line.evidence["kernel_back"] == Evidence(t(23), "boot-time", 7.01) and line.conflicts == ()
+    assert line.evidence["agent_online"].proven_at == t(40)
+    # Outside the window, it is moved into it and the skew is said, as a synchronised one's.
+    ahead = guest_boot("b", 10.0, epoch + 10, t(30), t(40))
+    assert (ahead.booted_at, ahead.answered_at, ahead.uncertainty_s) == (t(30), t(40), 13.01)
+    assert ahead.skew.startswith("the guest's clock was 3.000s ahead of the window")
+
+
 def test_guest_seconds_read_whole_strings_only():
     assert guest_seconds("12.34") == 12.34 and guest_seconds("1700000000.%N") == 1700000000.0
     assert guest_seconds("12abc") is None and guest_seconds("") is None and guest_seconds("-1") is None
+
+
+def test_a_boot_is_dated_by_its_narrowest_answer_and_its_agent_proven_by_its_first():
+    held = guest_boot("new", 10.0, parse_iso(t(28)).timestamp(), t(5), t(30), 2.5)  # held while down
+    track = Track("i-1", SENT, boot_id_before="old").with_boot(held)
+    asked = guest_boot("new", 13.1, parse_iso(t(31.2)).timestamp(), t(31), t(31.4), 4.5)  # a round trip
+    refined = track.with_boot(asked).boot
+    assert (refined.booted_at, refined.uncertainty_s, refined.answered_at) == (t(18.1), 0.21, t(30))
+    assert refined.agent_started_at == t(22.6) and held.uncertainty_s == 23.01
+    assert track.with_boot(asked).with_boot(held).boot == refined  # a looser answer changes nothing
+    other = guest_boot("newer", 1.0, parse_iso(t(50)).timestamp(), t(49.9), t(50.1))
+    assert track.with_boot(asked).with_boot(other).boot == refined  # nor does another boot's

@@ -255,7 +255,8 @@ def kdump_verdict(report: GuestReport, min_dump_space_ratio: float) -> KdumpVerd
     ]
     unknown = [f"{name}: could not be read" for name, c in checks.items() if c.status == "unknown"]
     verdict = "not-armed" if failed else ("unknown" if unknown else "armed")
-    facts = {k: report.get(k) for k in ("boot_id", "uptime", "now", "kernel_release", "os_id", "dump_dir")}
+    known = ("boot_id", "uptime", "now", "clock_synced", "kernel_release", "os_id", "dump_dir")
+    facts = {k: report.get(k) for k in known}
     return KdumpVerdict(verdict, checks, failed + unknown, facts)
 
 

@@ -587,7 +587,7 @@ class SimGuest:
                 }
             )
         )
-        for tool in ("systemctl", "sysctl", *OS_TOOLS.get(spec.os, ())):
+        for tool in ("systemctl", "sysctl", "timedatectl", *OS_TOOLS.get(spec.os, ())):
             if not (sim / tool).exists():
                 (sim / tool).symlink_to("simtool")
         if (self.root / PACKAGE_DB).exists():
@@ -1042,6 +1042,14 @@ def systemctl(args):
     err(f"systemctl: unsupported verb {verb}")
 
 
+def timedatectl(args):
+    # AWS's images keep the clock synchronised (chrony or timesyncd on Amazon Time Sync): a model.
+    if args == ["show", "-p", "NTPSynchronized"]:
+        print("NTPSynchronized=yes")
+        return
+    err("timedatectl: unsupported")
+
+
 def sysctl(args):
     if args[:1] == ["-n"] and len(args) == 2:
         print((R / "proc/sys" / args[1].replace(".", "/")).read_text().strip())
@@ -1074,6 +1082,8 @@ elif name == "systemctl":
     systemctl(args)
 elif name == "sysctl":
     sysctl(args)
+elif name == "timedatectl":
+    timedatectl(args)
 else:
     err(f"{name}: not simulated")
 """
@@ -1299,6 +1309,7 @@ def interpret_windows_script(
             f"boot_id={boot_id}",
             f"uptime={facts.now - facts.last_boot:.3f}",
             f"now={facts.now:.3f}",
+            "clock_synced=yes",  # w32time on Amazon Time Sync, as AWS's images have it (a model)
         ]
     elif name == "crash_dumps":
         lines = [

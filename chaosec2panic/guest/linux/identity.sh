@@ -11,6 +11,7 @@ if [ -n "$agent_unit" ] && command -v systemctl >/dev/null 2>&1; then
     agent_active_us=$(systemctl show -p ActiveEnterTimestampMonotonic "$agent_unit" 2>/dev/null |
         sed -n 's/^ActiveEnterTimestampMonotonic=\([0-9]*\)$/\1/p')
 fi
+#include clock_synced
 echo "schema=identity/1"
 echo "boot_id=$boot_id"
 echo "uptime=$uptime"
@@ -18,5 +19,6 @@ echo "agent_unit=$agent_unit"
 echo "agent_active_us=$agent_active_us"
 # Nanoseconds where date has %N; a date without it (busybox) leaves "%N": whole seconds.
 echo "now=$(date -u +%s.%N)"
+echo "clock_synced=$clock_synced"
 echo "end=ok"
 exit 0

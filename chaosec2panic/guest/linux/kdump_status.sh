@@ -8,6 +8,8 @@ echo "schema=kdump_status/1"
 echo "boot_id=$(val /proc/sys/kernel/random/boot_id)"
 echo "uptime=$(val /proc/uptime | cut -d ' ' -f 1)"
 echo "now=$(date -u +%s.%N)"
+#include clock_synced
+echo "clock_synced=$clock_synced"
 echo "kernel_release=$(val /proc/sys/kernel/osrelease)"
 echo "machine=$(uname -m 2>/dev/null)"
 if [ -r /etc/os-release ]; then
