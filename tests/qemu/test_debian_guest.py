@@ -10,19 +10,25 @@ These tests need root and the Debian packages that scripts/setup.sh installs.
 import base64
 import gzip
 import json
+import re
 import shutil
+import signal
 import subprocess
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Dict, Iterator
 
+import boto3
 import pytest
-from conftest import ROOT, failed_probes, opted_in, run_experiment, start_lab, vary
+import yaml
+from conftest import ROOT, failed_probes, lab_up_process, opted_in, run_experiment, start_lab, vary
 
-from chaosec2panic.actions import arm_kdump
+from chaosec2panic.actions import arm_kdump, send_nmi
 from chaosec2panic.analysis import summarise_log
 from chaosec2panic.lab.debian import DebianGuest
-from chaosec2panic.probes import crash_dump_present, crash_dumps, kdump_armed
+from chaosec2panic.probes import crash_dump_present, crash_dumps, kdump_armed, recovered_within
 from chaosec2panic.recovery import parse_iso
 from chaosec2panic.rollbacks import restore_kdump_settings
 
@@ -59,6 +65,57 @@ def inside(lab, script: str, name: str = NAME) -> str:
     return answer.stdout
 
 
+@dataclass
+class Twin:
+    """A simulated guest's lab, served by its own process: its instance id and the activities'
+    configuration for it."""
+
+    id: str
+    config: Dict[str, Any]
+
+
+@contextmanager
+def simulated_twin(tmp_path: Path, **spec: Any) -> Iterator[Twin]:
+    """One simulated Debian guest (``spec``: its fleet settings) in a lab of its own process
+    (a lab resets moto's process-wide state), for the same activities to run on it and on the
+    real one; this process's environment points at it meanwhile."""
+    fleet = tmp_path / "twin.yaml"
+    fleet.write_text(yaml.safe_dump({"instances": [opted_in("twin", os="debian", memory_mib=1536, **spec)]}))
+    proc, text = lab_up_process(fleet, "--time-scale", "0.05")
+    try:
+        found = re.search(r"twin\s+(i-\w+)", text)
+        assert found and text.splitlines()[-1].startswith("export "), text
+        ledger = str(tmp_path / "twin-ledger.json")
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            for key, value in re.findall(r"(\w+)=(\S+)", text.splitlines()[-1]):
+                monkeypatch.setenv(key, value)
+            boto3.DEFAULT_SESSION = None
+            config = {"chaosec2panic_ledger_path": ledger, "chaosec2panic_poll_interval": 0.1}
+            yield Twin(found.group(1), config)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        boto3.DEFAULT_SESSION = None  # its session held the twin's credentials
+
+
+def checks_seen(verdict: Dict[str, Any], instance_id: str) -> Dict[str, Any]:
+    """What ``kdump_armed`` concluded of one instance, check by check."""
+    found = verdict["instances"][instance_id]
+    return {"verdict": found["verdict"], **{k: c["status"] for k, c in found["checks"].items()}}
+
+
+def dump_seen(dump: Dict[str, Any]) -> Dict[str, Any]:
+    """What ``crash_dumps`` found of one dump, its file names as patterns (the minute differs)."""
+    account = dump["crash_account"] or {}
+    return {
+        **{k: dump[k] for k in ("verdict", "format", "complete", "nmi_panic", "panic_message", "problems")},
+        "path": re.sub(r"\d{12}", "YYYYMMDDHHMM", dump["path"]),
+        "account": {k: account.get(k) for k in ("source", "panic_message", "nmi_panic")},
+        "account_file": re.sub(r"\d{12}", "YYYYMMDDHHMM", account.get("file", "")),
+        "evidence": sorted((m, e["source"]) for m, e in dump["evidence"].items()),
+    }
+
+
 def assert_nmi_account(dump: dict, dmesg: str) -> None:
     """The dump's own account of its crash, read on the instance from the dmesg kdump-tools saved
     beside it: the NMI panic, with the NMI handler in the top of its call trace."""
@@ -89,6 +146,14 @@ class TestDebianGuest:
         assert found["checks"]["unknown_nmi_panic"]["found"] == "0"
         assert "not-operational" in found["checks"]["kdump_service"]["found"]
         assert "Not ready to kdump" in inside(lab, "kdump-config status")
+
+    def test_the_simulated_debian_guest_judges_the_same_unarmed_settings_alike(self, lab, tmp_path):
+        # The stand-in without kdump: true has no kdump-tools (as Debian's own cloud images);
+        # given the real guest's reservation (kdump-tools' 128M) and sysctl, it fails alike.
+        real = kdump_armed(instance_ids=[lab.id(NAME)], configuration=lab.configuration(**self.CONFIG))
+        with simulated_twin(tmp_path, kdump=False, crashkernel_mib=128, unknown_nmi_panic=0) as twin:
+            simulated = kdump_armed(instance_ids=[twin.id], configuration=twin.config)
+        assert checks_seen(simulated, twin.id) == checks_seen(real, lab.id(NAME))
 
     def test_arm_kdump_arms_it_as_kdump_config_sees_it(self, lab):
         done = arm_kdump(instance_ids=[lab.id(NAME)], configuration=lab.configuration(**self.CONFIG))
@@ -125,7 +190,7 @@ class TestArmedDebianGuest:
 
     CONFIG: ClassVar = {"chaosec2panic_poll_interval": 0.5}
 
-    def test_kdump_armed_says_armed_from_the_first_boot(self, armed_lab):
+    def test_kdump_armed_says_armed_from_the_first_boot(self, armed_lab, tmp_path):
         assert "current state   : ready to kdump" in inside(armed_lab, "kdump-config status", ARMED)
         line = inside(armed_lab, "cat /proc/cmdline", ARMED)
         assert "crashkernel=384M-:128M" in line and "BOOT_IMAGE=/boot/vmlinuz-" in line
@@ -135,6 +200,9 @@ class TestArmedDebianGuest:
         verdict = kdump_armed(instance_ids=[armed_lab.id(ARMED)], configuration=config)
         assert verdict["armed"] is True, verdict
         assert verdict["instances"][armed_lab.id(ARMED)]["verdict"] == "armed", verdict
+        with simulated_twin(tmp_path, kdump=True, crashkernel_mib=128) as twin:
+            simulated = kdump_armed(instance_ids=[twin.id], configuration=twin.config)
+        assert checks_seen(simulated, twin.id) == checks_seen(verdict, armed_lab.id(ARMED))
 
     def test_the_stock_crash_capture_experiment_passes_through_the_chaos_cli(self, armed_lab, tmp_path):
         experiment = ROOT / "experiments" / "crash-capture.yaml"
@@ -172,6 +240,12 @@ class TestArmedDebianGuest:
         assert found["verdict"] == "complete-dump" and found["nmi_panic"] is True, found
         assert "NMI" in found["panic_message"], found
         assert_nmi_account(found, found["path"].replace("/dump.", "/dmesg."))
+        # The simulated Debian guest, crashed alike, leaves a dump that reads as the real one.
+        with simulated_twin(tmp_path, kdump=True, crashkernel_mib=128) as twin:
+            send_nmi(instance_ids=[twin.id], configuration=twin.config)
+            assert recovered_within(seconds=600, instance_ids=[twin.id], configuration=twin.config)
+            simulated = crash_dumps(instance_ids=[twin.id], configuration=twin.config)["instances"]
+        assert dump_seen(simulated[twin.id]) == dump_seen(found)
         dmesg = tmp_path / "dmesg.txt"
         # gzipped: Run Command keeps only the first 24,000 characters of its output
         packed = inside(armed_lab, "gzip -9c /var/crash/2*/dmesg.2* | base64 -w 0", ARMED)
