@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from .analysis import Analysis, analyse_source
-from .dumps import OPEN_FLAGS, FileSource, NotRegularFile
+from .dumps.source import OPEN_FLAGS, FileSource, NotRegularFile
 from .memory import DumpError, open_memory
 from .symbols import SymbolView, VmlinuxError, check_vmlinux, find_vmlinux, symbol_view
 

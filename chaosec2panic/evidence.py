@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Tuple
 
-from .dumps import CAPTURE_KERNEL
+from .dumps.text import CAPTURE_KERNEL
 from .recovery import Boot, Evidence, at_epoch, first_seen, parse_iso
 
 __all__ = [

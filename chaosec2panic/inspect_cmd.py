@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import List, Tuple
 
 from .analysis import analyse_source
-from .dumps import OPEN_FLAGS, FileSource, Inspection, NotRegularFile, Source, inspect_path
+from .dumps import FileSource, Inspection, NotRegularFile, Source, inspect_path
+from .dumps.source import OPEN_FLAGS
 from .memory import DumpError
 
 __all__ = ["inspect_file", "render_text", "run", "with_kernel_log"]

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Protocol, Tuple
 
 from . import lzo
-from .dumps import (
-    ELF_MAGIC,
-    EM_NAMES,
+from .dumps.elf import ELF_MAGIC, EM_NAMES
+from .dumps.kdump import (
     FLAT_BYTES_PER_RECORD,
     FLAT_END_RECORD,
     FLAT_RECORDS_AT,
@@ -28,10 +27,8 @@ from .dumps import (
     PAGE_DESC,
     FlatRecords,
     FlattenedSource,
-    NotHeld,
-    Source,
-    parse_vmcoreinfo,
 )
+from .dumps.source import NotHeld, Source, parse_vmcoreinfo
 
 __all__ = [
     "DumpError",

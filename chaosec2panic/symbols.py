@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from .dumps import OPEN_FLAGS
+from .dumps.source import OPEN_FLAGS
 from .memory import DumpError, VmcoreInfo
 
 __all__ = ["SymbolView", "VmlinuxError", "check_vmlinux", "find_vmlinux", "symbol_view", "vmlinux_identity"]

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from chaosec2panic.dumps import (
-    TEXT_LIMIT,
     BytesSource,
     FileSource,
     NotHeld,
@@ -23,6 +22,7 @@ from chaosec2panic.dumps import (
     read_text,
     read_windows,
 )
+from chaosec2panic.dumps.text import TEXT_LIMIT
 from chaosec2panic.lab.dumpwriter import kdump_header
 
 PANIC_CONSOLE = """[ 3600.216325] Uhhuh. NMI received for unknown reason 3d on CPU 0.

@@ -26,7 +26,7 @@ from chaosec2panic.guest.parsers import (
     parse_report,
     settings_change,
 )
-from chaosec2panic.lab.simguest import script_variables
+from chaosec2panic.lab.simwindows import script_variables
 from chaosec2panic.targets import INSTANCE_ID
 
 LINUX, WINDOWS = guest.PLATFORMS["linux"], guest.PLATFORMS["windows"]

@@ -73,7 +73,7 @@ OS_FAMILIES["crashlab"] = OsFamily(
     "crashlab", "1", "chaosec2panic crash lab", "kdumpctl", "rhel", "(the kit's)"
 )
 # The Windows Server families: the simulated guest answers their PowerShell guest scripts with
-# an interpretation (simguest.interpret_windows_script), since PowerShell does not run here.
+# an interpretation (simwindows.interpret_windows_script), since PowerShell does not run here.
 WINDOWS_FAMILIES: Dict[str, OsFamily] = {
     "windows-2019": OsFamily(
         "windows",

@@ -67,7 +67,8 @@ from .queries import (
 )
 from .responses import InstanceFacts, aws_ids, instance_fields, product_of
 from .sandbox import Sandbox, SandboxError
-from .simguest import SimGuest, WindowsSimGuest
+from .simguest import SimGuest
+from .simwindows import WindowsSimGuest
 from .throttle import THROTTLED_ANSWERS, Throttle, bucket_class
 
 __all__ = ["Guest", "Lab", "LabError", "LabServer", "lab_control"]

@@ -20,7 +20,7 @@ from chaosec2panic.errors import Refused
 from chaosec2panic.guest.parsers import dump_files, parse_report
 from chaosec2panic.lab.dumpwriter import windows_dump_header, write_windows_dump
 from chaosec2panic.lab.fleet import FleetError, parse_fleet
-from chaosec2panic.lab.simguest import (
+from chaosec2panic.lab.simwindows import (
     WindowsFacts,
     WindowsFile,
     crash_control_after,
