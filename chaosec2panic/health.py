@@ -264,7 +264,10 @@ def watch_recovery(
             for i, ok in app.run(checked).items():
                 watches[i].track = watches[i].track.with_app(at, ok)
         lines = {i: timeline(w.track) for i, w in watches.items()}
-        back = {i: lines[i] for i in pending if lines[i].back and not watches[i].reasking}
+        record({i: lines[i] for i in pending if lines[i].back and not watches[i].reasking})
+        return {**known, **lines}
+
+    def record(back: Dict[str, Timeline]) -> None:
         back_ids.update(back)
         for i, line in back.items():
             logger.info("%s back %.1fs after its NMI", i, line.recovery_seconds)
@@ -274,25 +277,26 @@ def watch_recovery(
                 for i, line in back.items()
             }
         )
-        return {**known, **lines}
 
     def pace(lines: Dict[str, Timeline]) -> float:
         due = any(
             w.status == "initializing" or (w.status == "ok" and w.down_since) or w.track.boot is not None
             for i, w in watches.items()
-            if not lines[i].back
+            if i not in back_ids
         )
         return min(interval, FAST_INTERVAL) if due else interval
 
     outcome = poll(
         Poll(
             look,
-            lambda lines: all(line.back for line in lines.values()),
+            lambda lines: back_ids >= watches.keys(),
             timeout=max(0.0, deadline - time.monotonic()),
             interval=interval,
             pace=pace,
         )
     )
+    # Back, but the deadline came while its boot was still being asked again: as dated so far.
+    record({i: line for i, line in outcome.last.items() if i in watches and i not in back_ids and line.back})
     return outcome.last
 
 

@@ -97,7 +97,7 @@ WINDOWS_FAMILIES: Dict[str, OsFamily] = {
 FAMILIES: Dict[str, OsFamily] = {**OS_FAMILIES, **WINDOWS_FAMILIES}
 # HKLM\SYSTEM\CurrentControlSet\Control\CrashControl\CrashDumpEnabled, by fleet name.
 CRASH_DUMP_TYPES = {"none": 0, "complete": 1, "kernel": 2, "automatic": 7}
-LINUX_SETTINGS = ("kdump", "crashkernel_mib", "unknown_nmi_panic", "panic_timeout")
+LINUX_SETTINGS = ("kdump", "crashkernel_mib", "unknown_nmi_panic", "panic_timeout", "clock_synced")
 WINDOWS_SETTINGS = ("crash_dump_enabled", "nmi_crash_dump", "auto_reboot")
 KINDS = ("simulated", "qemu", "debian")
 QEMU_DEFAULTS = {"os": "crashlab", "memory_mib": 384, "crashkernel_mib": 128}
@@ -140,6 +140,7 @@ class GuestSpec:
     crashkernel_mib: int = 256
     unknown_nmi_panic: int = 1
     panic_timeout: int = 10
+    clock_synced: bool = True
     crash_dump_enabled: str = "automatic"
     nmi_crash_dump: bool = True
     auto_reboot: bool = True
@@ -202,9 +203,11 @@ def _guest(entry: Any, where: str) -> List[GuestSpec]:
     if settings.get("kind") == "qemu":
         settings = {**QEMU_DEFAULTS, **settings}
         low, high = QEMU_MEMORY_MIB
-        if settings["os"] != "crashlab" or not settings.get("acpi_reboot", True):
+        fixed = settings["os"] != "crashlab" or not settings.get("acpi_reboot", True)
+        if fixed or "clock_synced" in settings:
             raise FleetError(
-                f"{where}: a qemu guest runs the lab's own system (os: crashlab) and always reboots"
+                f"{where}: a qemu guest runs the lab's own system (os: crashlab) with its own clock,"
+                " and always reboots"
             )
         if not isinstance(settings["memory_mib"], int) or not low <= settings["memory_mib"] <= high:
             raise FleetError(

@@ -573,6 +573,7 @@ class SimGuest:
                     # lays down one of them.
                     "grub_d": spec.os in KDUMP_TOOLS_CRASHKERNEL,
                     "kdump_grub": KDUMP_TOOLS_CRASHKERNEL.get(spec.os, ""),
+                    "clock_synced": spec.clock_synced,
                 }
             )
         )

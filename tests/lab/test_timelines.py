@@ -6,9 +6,16 @@ from conftest import opted_in
 from chaosec2panic.actions import send_nmi
 from chaosec2panic.aws import client
 from chaosec2panic.errors import InvalidRequest
+from chaosec2panic.health import REASK_ABOVE
 from chaosec2panic.lab.simguest import MODEL_SECONDS
 from chaosec2panic.ledger import Ledger
-from chaosec2panic.probes import crash_dumps, instance_healthy, recovered_within, recovery_seconds
+from chaosec2panic.probes import (
+    crash_dumps,
+    instance_healthy,
+    panic_on_console,
+    recovered_within,
+    recovery_seconds,
+)
 from chaosec2panic.recovery import APP_NOT_FALLEN, parse_iso
 
 SCALE = 0.2  # a 40-second model cycle in about 8 wall seconds
@@ -94,6 +101,22 @@ def test_each_measured_milestone_is_within_a_second_of_the_truth(make_lab):
     assert result["over_slo"] == sum(1 for s in seconds if s > 15)
     recovered_at = {e.instance_id: e.recovered_at for e in Ledger.of(conf).entries()}
     assert all(recovered_at[lab.id(n)] for n in names)
+
+
+def test_a_clock_not_synchronised_is_asked_again_before_the_instance_counts_as_back(make_lab):
+    # Its answer held while the instance was down dates the boot only by the command's window
+    # (here the whole outage); the watch asks again once the agent is online, and only then
+    # writes the recovery, with its timeline, to the ledger (panic_on_console reads it there).
+    lab = make_lab([opted_in("drifting", clock_synced=False)], time_scale=SCALE)
+    conf = lab.configuration(**DEFAULT_SETTINGS)
+    send_nmi(instance_ids=[lab.id("drifting")], configuration=conf)
+    result = recovery_seconds(timeout=120, configuration=conf)
+    line = result["timelines"][lab.id("drifting")]
+    check_against_the_truth(line, truth(lab, "drifting"), 1.0)
+    assert line["evidence"]["kernel_back"]["uncertainty_s"] <= REASK_ABOVE
+    (entry,) = Ledger.of(conf).entries()
+    assert (entry.recovered_at, entry.timeline) == (line["recovered_at"], line)
+    assert panic_on_console(configuration=conf) is True
 
 
 def test_one_identity_command_per_instance_and_no_agent_listing_while_waiting(make_lab):

@@ -117,6 +117,9 @@ def test_values_are_formatted_as_the_ps1_format_them():
         ({"os": "windows-2022", "crash_dump_enabled": "small"}, "crash_dump_enabled must be one of"),
         ({"os": "windows-2022", "nmi_crash_dump": 1}, "nmi_crash_dump must be bool"),
         ({"os": "windows-2012"}, "unknown os 'windows-2012'; valid: .*'windows-2022'"),
+        ({"os": "windows-2022", "clock_synced": False}, r"\['clock_synced'\] do not apply to os windows"),
+        ({"kind": "qemu", "clock_synced": False}, "a qemu guest runs the lab's own system .* its own clock"),
+        ({"kind": "debian", "clock_synced": False}, r"real Debian system .*\['clock_synced'\] cannot be set"),
     ],
 )
 def test_fleet_windows_settings_are_checked(entry, message):

@@ -225,9 +225,10 @@ def systemctl(args):
 
 
 def timedatectl(args):
-    # AWS's images keep the clock synchronised (chrony or timesyncd on Amazon Time Sync): a model.
+    # AWS's images keep the clock synchronised (chrony or timesyncd on Amazon Time Sync): a model,
+    # unless the fleet says clock_synced: false.
     if args == ["show", "-p", "NTPSynchronized"]:
-        print("NTPSynchronized=yes")
+        print(f"NTPSynchronized={'yes' if CONF['clock_synced'] else 'no'}")
         return
     err("timedatectl: unsupported")
 
