@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Tuple
 
 from .dumps.text import CAPTURE_KERNEL
-from .recovery import Boot, Evidence, at_epoch, first_seen, parse_iso
+from .recovery import Boot, Evidence, at_epoch, epoch_iso, first_seen, parse_iso
 
 __all__ = [
     "ClockAnchor",
@@ -144,16 +144,19 @@ def console_evidence(
     """What a console read at ``read_at`` (the read before it, or the NMI, at ``since``) proves:
     the panic at its printk time (with the crashed kernel's start), the capture kernel's start
     and the dump written by the capture kernel's clock anchor; else, when the read shows the
-    panic or a capture kernel, that they happened by then (first seen)."""
+    panic or a capture kernel, that they happened by then (first seen): a panic the console
+    does not date happened by the capture kernel's start, where that is dated."""
     found: Dict[str, Evidence] = {}
+    capture = None
+    if times.capture_started is not None:
+        capture = at_epoch(times.capture_started, "console-printk", times.UNCERTAINTY)
+        found["capture_started"] = capture
+    elif times.capture_seen:
+        found["capture_started"] = first_seen(read_at, since)
     if times.panic_uptime is not None and booted_before is not None:
         found["panic"] = _since_boot(booted_before, times.panic_uptime, "console-printk")
     elif times.panic_uptime is not None or times.capture_seen:
-        found["panic"] = first_seen(read_at, since)
-    if times.capture_started is not None:
-        found["capture_started"] = at_epoch(times.capture_started, "console-printk", times.UNCERTAINTY)
-    elif times.capture_seen:
-        found["capture_started"] = first_seen(read_at, since)
+        found["panic"] = first_seen(min(read_at, epoch_iso(capture.latest)) if capture else read_at, since)
     if times.dump_written is not None:
         found["dump_written"] = at_epoch(times.dump_written, "console-printk", times.UNCERTAINTY)
     return found

@@ -84,6 +84,11 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def epoch_iso(seconds: float) -> str:
+    """An epoch time in seconds as :func:`iso` writes it."""
+    return iso(datetime.fromtimestamp(seconds, UTC))
+
+
 def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -196,7 +201,7 @@ class Evidence:
     @property
     def proven_at(self) -> str:
         """When it was known done: ``at``, or for a lower bound the end of its bar."""
-        return iso(datetime.fromtimestamp(self.latest, UTC)) if self.lower_bound else self.at
+        return epoch_iso(self.latest) if self.lower_bound else self.at
 
     def widened(self, seconds: float) -> "Evidence":
         return replace(self, uncertainty_s=round(self.uncertainty_s + seconds, 3))
@@ -224,7 +229,7 @@ class Evidence:
 
 def at_epoch(seconds: float, source: str, uncertainty: float) -> Evidence:
     """Evidence of a moment given in epoch seconds."""
-    return Evidence(iso(datetime.fromtimestamp(seconds, UTC)), source, round(uncertainty, 3))
+    return Evidence(epoch_iso(seconds), source, round(uncertainty, 3))
 
 
 def first_seen(at: str, since: str, source: str = "first-seen") -> Evidence:

@@ -11,7 +11,7 @@ from chaosec2panic.evidence import (
     kernels,
     panic_uptime,
 )
-from chaosec2panic.recovery import Boot, Evidence, Track, at_epoch, timeline
+from chaosec2panic.recovery import Boot, Evidence, Track, at_epoch, parse_iso, timeline
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 KDUMP_CONSOLE = (REAL / "console-kdump.log").read_text()
@@ -50,12 +50,20 @@ def test_the_panic_of_a_real_dmesg_and_of_a_console_without_kdump():
     assert panic_uptime("[ 9.000000] ---[ end Kernel panic - not syncing: NMI ]---") is None
 
 
-def test_a_console_read_dates_the_panic_by_printk_and_else_bounds_it_by_the_read():
+def test_a_console_read_dates_the_panic_by_printk_and_else_bounds_it_by_the_capture_or_the_read():
     read, since = "2026-11-29T12:09:30.000Z", "2026-11-29T12:09:10.000Z"
     found = console_evidence(console_times(AFTER_FIRST_NMI), read, since, crashed_boot())
-    assert found["panic"] == Evidence(read, "first-seen", 20.0, upper_bound=True)
-    assert found["capture_started"] == at_epoch(1795954155 + 0.5 - 1.388758, "console-printk", 0.5)
+    capture = at_epoch(1795954155 + 0.5 - 1.388758, "console-printk", 0.5)
+    assert found["capture_started"] == capture
+    # Not printed before the capture kernel: it happened by that kernel's start (its bar's end).
+    assert found["panic"] == Evidence("2026-11-29T12:09:14.611Z", "first-seen", 4.611, upper_bound=True)
+    assert capture.latest == parse_iso(found["panic"].at).timestamp()
     assert "dump_written" not in found
+    # A capture kernel seen without its clock line bounds nothing before the read.
+    undated = AFTER_FIRST_NMI.replace("setting system clock to", "clock set to")
+    found = console_evidence(console_times(undated), read, since, crashed_boot())
+    assert found["panic"] == Evidence(read, "first-seen", 20.0, upper_bound=True)
+    assert found["capture_started"] == Evidence(read, "first-seen", 20.0, upper_bound=True)
     printed = (
         "[ 3600.250000] Kernel panic - not syncing: NMI: Not continuing\n"
         "[    0.000000] Linux version 6.1.0 (capture)\n"
