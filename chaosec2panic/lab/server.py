@@ -664,6 +664,8 @@ class Lab:
             system = "ok" if state.name == "running" else "not-applicable"
             check = {"passed": "ok", "initializing": "initializing"}
             reachability = next((k for k, v in check.items() if v == status), "failed")
+            impaired = g.impaired_since() if status == "impaired" else None
+            since = {"impairedSince": _iso(impaired)} if impaired is not None else {}
             seen = {
                 "instance-state-name": state.name,
                 "instance-state-code": str(state.code),
@@ -688,12 +690,7 @@ class Lab:
                     },
                     "instanceStatus": {
                         "status": status,
-                        "details": [
-                            {
-                                "name": "reachability",
-                                "status": reachability,
-                            }
-                        ],
+                        "details": [{"name": "reachability", "status": reachability, **since}],
                     },
                 }
             )

@@ -228,6 +228,7 @@ class SimGuest:
         self._plan: List[tuple[float, str]] = []
         self.console: List[str] = []
         self.capture_started = 0.0
+        self.impaired_at = 0.0  # when the NMI's panic (or bug check) made the status check fail
         self.agent_outage = False  # set by the lab to cut the agent off on demand
         # What the instance's role and metadata give AWS tools; the lab points them at itself.
         self.aws_env: Dict[str, str] = {}
@@ -311,6 +312,10 @@ class SimGuest:
             self.phase, "impaired"
         )
 
+    def impaired_since(self) -> float | None:
+        """While the status check fails, when it began to: the NMI that panicked the kernel."""
+        return self.impaired_at if self.status() == "impaired" else None
+
     def agent_online(self) -> bool:
         self.advance()
         up = self.spec.agent and self.phase == "up" and self.clock() >= self.agent_at
@@ -348,6 +353,7 @@ class SimGuest:
                 return
             self.after_nmi = True
             self._on_nmi(now)
+            self.impaired_at = now
 
     def _on_nmi(self, now: float) -> None:
         """What the running kernel does with an NMI (called with the lock held)."""

@@ -162,3 +162,27 @@ def test_instances_pass_through_transient_states_and_a_terminated_one_stays_gone
     ec2.terminate_instances(InstanceIds=[b])  # asking again changes nothing
     assert state(b) == "terminated"
     assert lab.lab.guests[b].state == "stopped"  # the guest stays down
+
+
+def test_a_failing_status_check_says_since_when_it_failed(make_lab):
+    # InstanceStatusDetails.ImpairedSince, as AWS documents it: when the check failed, only
+    # while it fails. The lab's check fails at once (AWS's runs each minute: still a model).
+    clock = SteppedClock()
+    lab = make_lab([opted_in("a")], time_scale=10.0, clock=clock)  # a crash cycle of minutes
+    ec2 = boto3.client("ec2")
+    a = lab.id("a")
+
+    def reachability() -> tuple[str, dict]:
+        [status] = ec2.describe_instance_status(InstanceIds=[a])["InstanceStatuses"]
+        return status["InstanceStatus"]["Status"], status["InstanceStatus"]["Details"][0]
+
+    status, detail = reachability()
+    assert (status, detail["Status"]) == ("ok", "passed") and "ImpairedSince" not in detail
+    ec2.send_diagnostic_interrupt(InstanceId=a)
+    status, detail = reachability()
+    nmi = next(e["epoch"] for e in lab.events(name="a") if e["kind"] == "nmi")
+    assert (status, detail["Status"]) == ("impaired", "failed")
+    assert abs(detail["ImpairedSince"].timestamp() - nmi) < 0.001
+    clock.offset += 600  # past the capture, the reboot and the agent
+    status, detail = reachability()
+    assert (status, detail["Status"]) == ("ok", "passed") and "ImpairedSince" not in detail
