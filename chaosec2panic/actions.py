@@ -7,7 +7,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Dict, Iterator, List, Mapping, TypeVar
 
@@ -44,7 +43,7 @@ from .pacing import clear_sends, sends
 from .polling import Poll, poll
 from .probes import crash_dumps, judged_hits, platforms_of
 from .readiness import kdump_verdicts, permission
-from .recovery import Observation, guest_boot, guest_seconds, is_back, is_up, iso, now_iso, parse_iso
+from .recovery import Observation, epoch_iso, guest_boot, guest_seconds, is_back, is_up, now_iso, parse_iso
 from .settings import settings
 from .ssm import run_script
 from .stopconditions import check_stop, stop_alarms
@@ -81,7 +80,7 @@ def _send_one(ec2: Any, instance_id: str, retry: RetryPolicy) -> Dict[str, str]:
     except BotoCoreError as exc:
         outcome, error = "unknown", f"{type(exc).__name__}: {exc}"
     answered, left = now_iso(), sends()
-    sent_at = iso(datetime.fromtimestamp(left[0], UTC)) if left else began
+    sent_at = epoch_iso(left[0]) if left else began
     return {
         "sent_at": min(max(sent_at, began), answered),
         "answered_at": answered,

@@ -2,7 +2,6 @@
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any, Dict, List
 
 from chaoslib.types import Configuration, Secrets
@@ -19,7 +18,7 @@ from .health import console_after, observe, watch_recovery
 from .iam import APP_CHECK, RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, WATCH_RECOVERY, requires
 from .ledger import RUN_ID, Injection, Ledger
 from .readiness import kdump_verdicts, readiness
-from .recovery import Timeline, fleet_summary, iso, parse_iso
+from .recovery import Timeline, epoch_iso, fleet_summary, parse_iso
 from .settings import settings
 from .ssm import run_script
 from .targets import Request, guardrails, resolve
@@ -193,7 +192,7 @@ def _dump_verdict(injection: Injection, stdout: str) -> Dict[str, Any]:
         "dump_dir": searched,
         "path": newest.path,
         "size": newest.size,
-        "written_at": iso(datetime.fromtimestamp(newest.mtime, UTC)),
+        "written_at": epoch_iso(newest.mtime),
         "format": found.format,
         "complete": found.complete,
         "kernel_release": found.kernel_release,
