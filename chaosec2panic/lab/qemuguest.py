@@ -370,9 +370,9 @@ class QemuGuest:
             return "ok"
         return "initializing" if self.last_heartbeat < self.launched_at else "impaired"
 
-    def impaired_since(self) -> float | None:
-        """While the status check fails, when it began to: the last heartbeat went stale."""
-        return self.last_heartbeat + HEARTBEAT_FRESH if self.status() == "impaired" else None
+    def impaired_since(self) -> float:
+        """When the status check that fails now began to: the last heartbeat went stale."""
+        return self.last_heartbeat + HEARTBEAT_FRESH
 
     def agent_online(self) -> bool:
         return self.spec.agent and self.phase != "stopped" and self._fresh() and not self.agent_outage

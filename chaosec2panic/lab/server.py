@@ -664,8 +664,7 @@ class Lab:
             system = "ok" if state.name == "running" else "not-applicable"
             check = {"passed": "ok", "initializing": "initializing"}
             reachability = next((k for k, v in check.items() if v == status), "failed")
-            impaired = g.impaired_since() if status == "impaired" else None
-            since = {"impairedSince": _iso(impaired)} if impaired is not None else {}
+            since = {"impairedSince": _iso(g.impaired_since())} if status == "impaired" else {}
             seen = {
                 "instance-state-name": state.name,
                 "instance-state-code": str(state.code),

@@ -312,9 +312,9 @@ class SimGuest:
             self.phase, "impaired"
         )
 
-    def impaired_since(self) -> float | None:
-        """While the status check fails, when it began to: the NMI that panicked the kernel."""
-        return self.impaired_at if self.status() == "impaired" else None
+    def impaired_since(self) -> float:
+        """When the status check that fails now began to: the NMI that panicked the kernel."""
+        return self.impaired_at
 
     def agent_online(self) -> bool:
         self.advance()
