@@ -3,6 +3,7 @@ collect the dump to S3."""
 
 import logging
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from .guest.parsers import (
     settings_change,
     upload_report,
 )
-from .health import observe, watch_recovery
+from .health import Arrivals, observe, watch_recovery
 from .iam import OBSERVE, RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, STOP_ALARMS, WATCH_RECOVERY, requires
 from .ledger import Injection, JsonRecord, Ledger, LedgerError, unrecovered
 from .pacing import clear_sends, sends
@@ -54,6 +55,10 @@ __all__ = ["arm_kdump", "collect_crash_dump", "send_nmi"]
 logger = logging.getLogger("chaostoolkit")
 T = TypeVar("T")
 CONSOLE_ANCHOR_CHARS = 512
+# NMIs sent between two writes of their answers to the ledger (two seconds of EC2's refill of
+# mutating calls): the watch that runs while a batch is sent follows them from then on.
+SETTLE_EVERY = 10
+WATCH_WHILE_SENDING = 3600.0  # seconds at most; a batch still being sent then is left to the probes
 
 
 def _console_anchor(ec2: Any, instance_id: str) -> str:
@@ -316,8 +321,10 @@ def _send_nmi(
                 raise
             halted = f"before batch {number}: {exc}"
             break
-        answers = _each(lambda i: _send_one(nmi_ec2, i, retry), batch, max_concurrency)
-        sent = _settle(ledger, pending, answers, number)
+        with _watching(ec2, ssm, ledger, platforms, configuration, len(pending) > SETTLE_EVERY) as sending:
+            sent = _send_batch(
+                ledger, pending, lambda i: _send_one(nmi_ec2, i, retry), number, max_concurrency, sending
+            )
         injections += sent
         if number < len(plan):
             halted = _between_batches(rollout, sent, ec2, ssm, ledger, platforms, configuration)
@@ -409,10 +416,36 @@ def _boot_before(verdict: KdumpVerdict, asked: str, answered: str) -> Dict[str, 
     return {"booted_at": boot.booted_at, "uncertainty_s": boot.uncertainty_s, "skew": boot.skew}
 
 
-def _settle(
-    ledger: Ledger, pending: List[Injection], answers: Mapping[str, Dict[str, str]], number: int
+def _send_batch(
+    ledger: Ledger,
+    pending: List[Injection],
+    send: Callable[[str], Dict[str, str]],
+    number: int,
+    max_concurrency: int,
+    sending: Arrivals,
 ) -> List[Injection]:
-    """Write what each request of a batch answered over its ``pending`` entry."""
+    """Send the NMIs of one batch, ``SETTLE_EVERY`` at a time, writing what each group's
+    requests answered over their ``pending`` entries and handing them to the watch."""
+    by_id = {p.instance_id: p for p in pending}
+    sent: List[Injection] = []
+    groups = list(chunks(list(by_id), SETTLE_EVERY))
+    for n, group in enumerate(groups):
+        answers = _each(send, group, max_concurrency)
+        unsent = [i for later in groups[n + 1 :] for i in later]
+        settled = _settle(ledger, [by_id[i] for i in group], answers, number, unsent)
+        sending.add(settled)
+        sent += settled
+    return sent
+
+
+def _settle(
+    ledger: Ledger,
+    pending: List[Injection],
+    answers: Mapping[str, Dict[str, str]],
+    number: int,
+    unsent: List[str],
+) -> List[Injection]:
+    """Write what each request answered over its ``pending`` entry."""
     changes = {(p.instance_id, p.sent_at): answers[p.instance_id] for p in pending}
     sent = [replace(p, **changes[(p.instance_id, p.sent_at)]) for p in pending]
     for e in sent:
@@ -421,11 +454,47 @@ def _settle(
         ledger.update(changes)
     except LedgerError as exc:
         outcomes = ", ".join(f"{e.instance_id} {e.outcome}" for e in sent)
+        rest = f" The rest of batch {number} was not sent: {', '.join(unsent)}." if unsent else ""
         raise LedgerError(
             f"{exc}\nThe NMIs of batch {number} were sent ({outcomes}); the ledger keeps them as "
-            "pending, counted as hits, and no further batch is sent."
+            f"pending, counted as hits, and no further NMI is sent.{rest}"
         ) from exc
     return sent
+
+
+@contextmanager
+def _watching(
+    ec2: Any,
+    ssm: Any,
+    ledger: Ledger,
+    platforms: Mapping[str, Platform],
+    configuration: Configuration,
+    needed: bool,
+) -> Iterator[Arrivals]:
+    """A watch of the instances of a batch while it is being sent (see ``watch_recovery``), in a
+    thread of its own, for at most ``WATCH_WHILE_SENDING`` seconds: those back by the end are
+    recorded with their timelines, and the probes take over the rest. Not ``needed`` (a batch
+    sent in one go), nothing watches."""
+    sending = Arrivals()
+    if not needed:
+        yield sending
+        return
+
+    def watch() -> None:
+        try:
+            interval, deadline = settings(configuration).poll_interval, time.monotonic() + WATCH_WHILE_SENDING
+            watch_recovery(ec2, ssm, ledger, {}, platforms, deadline, interval, sending=sending)
+        except (ClientError, BotoCoreError, Ec2PanicError) as exc:
+            # Looking early is a refinement: the probes watch every instance not recorded back.
+            logger.warning("the watch while the NMIs were sent stopped: %s", exc)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield sending
+    finally:
+        sending.close()
+        watcher.join()
 
 
 @dataclass(frozen=True)
@@ -459,7 +528,9 @@ def _between_batches(
     if rollout.pause is not None:
         time.sleep(rollout.pause)
         return ""
-    hits = {e.instance_id: e for e in sent if e.hit}
+    # As the ledger has them now: with the recoveries the watch while sending recorded.
+    now = {(e.instance_id, e.sent_at): e for e in ledger.entries()}
+    hits = {e.instance_id: now.get((e.instance_id, e.sent_at), e) for e in sent if e.hit}
     lines = watch_recovery(
         ec2,
         ssm,

@@ -2,16 +2,17 @@
 hit instance comes back."""
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping
 
 from botocore.exceptions import ClientError
 
 from . import guest
 from .app import AppWatch
-from .aws import DESCRIBE_STATUS_CHUNK, chunks, paginate
+from .aws import DESCRIBE_STATUS_CHUNK, SSM_CHUNK, chunks, paginate
 from .dumps import ConsoleFindings, console_findings
 from .evidence import console_evidence, console_times, crashed_boot, recorded_evidence
 from .guest.parsers import parse_report
@@ -28,7 +29,7 @@ from .ssm import (
     send_script,
 )
 
-__all__ = ["console_after", "instance_status", "observe", "watch_recovery"]
+__all__ = ["Arrivals", "console_after", "instance_status", "observe", "watch_recovery"]
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -163,6 +164,38 @@ def _read_identity(watch: _Watch, answer: CommandResult, read_at: str) -> Boot |
     return guest_boot(report.get("boot_id"), uptime, guest_now, watch.sent_at, read_at, agent_active, synced)
 
 
+class Arrivals:
+    """NMIs handed to a watch while they are still being sent: ``add`` each once its answer is
+    in the ledger, ``close`` when no more will come (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.opened_at = now_iso()
+        self.closed = threading.Event()
+        self._changed = threading.Event()
+        self._lock = threading.Lock()
+        self._new: Dict[str, Injection] = {}
+
+    def add(self, injections: Iterable[Injection]) -> None:
+        with self._lock:
+            self._new.update({e.instance_id: e for e in injections if e.hit})
+        self._changed.set()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if NMIs are added or the sending ends meanwhile."""
+        self._changed.wait(seconds)
+        self._changed.clear()
+
+    def take(self) -> Dict[str, Injection]:
+        """The NMIs added since the last take."""
+        with self._lock:
+            new, self._new = self._new, {}
+        return new
+
+    def close(self) -> None:
+        self.closed.set()
+        self._changed.set()
+
+
 def watch_recovery(
     ec2: Any,
     ssm: Any,
@@ -172,6 +205,7 @@ def watch_recovery(
     deadline: float,
     interval: float,
     app: AppWatch | None = None,
+    sending: Arrivals | None = None,
 ) -> Dict[str, Timeline]:
     """Follow each hit instance until it is back or ``deadline`` (a ``time.monotonic()``
     value) passes, and return its timeline; each recovery is written to the ledger.
@@ -190,12 +224,22 @@ def watch_recovery(
     instance is back only once its application check passes in the new boot (a target group is
     read at every look, one call for all, and counts only once it has reported the instance
     unhealthy).
+
+    With ``sending``, the watch also follows each NMI handed to it as it is sent, and ends when
+    the sending ends (``sending`` closed), back or not: the instances hit first of a large fleet
+    may be back long before the last NMI leaves, and only a look then dates their status checks.
     """
-    since = min(e.sent_at for e in hits.values()) if hits else now_iso()
-    known = {i: line for i, e in hits.items() if (line := _known(e, bool(app))) is not None}
-    watches = {
-        i: _Watch(
-            Track(
+    since = min((e.sent_at for e in hits.values()), default=sending.opened_at if sending else now_iso())
+    known: Dict[str, Timeline] = {}
+    watches: Dict[str, _Watch] = {}
+
+    def follow(new: Mapping[str, Injection]) -> None:
+        for i, e in new.items():
+            line = _known(e, bool(app))
+            if line is not None:
+                known[i] = line
+                continue
+            track = Track(
                 i,
                 e.sent_at,
                 e.boot_id_before,
@@ -204,19 +248,23 @@ def watch_recovery(
                 found=tuple(recorded_evidence(e.evidence).items()),
                 app_checked=bool(app),
                 app_lags=bool(app and app.lags),
-            ),
-            e,
-        )
-        for i, e in hits.items()
-        if i not in known
-    }
-    if not watches:
+            )
+            # While NMIs are still being sent, each one's command waits up to a look's
+            # interval, so that those sent meanwhile share it (one SendCommand, one read).
+            watches[i] = _Watch(track, e, resend_after=time.monotonic() + interval if sending else 0.0)
+
+    follow(hits)
+    if not watches and sending is None:
         return known
     completed: Dict[str, int] = {}
     back_ids: set[str] = set()
 
     def look() -> Dict[str, Timeline]:
+        if sending is not None:
+            follow(sending.take())
         pending = {i: w for i, w in watches.items() if i not in back_ids}
+        if not pending or (sending is not None and sending.closed.is_set()):
+            return {**known, **{i: timeline(w.track) for i, w in watches.items()}}
         at = now_iso()
         for i, status in instance_status(ec2, list(pending)).items():
             w = watches[i]
@@ -227,7 +275,12 @@ def watch_recovery(
             if ok and w.command and w.sent_at < w.down_since:
                 w.command = ""  # it may have reached the kernel that died: ask the new one
         now = time.monotonic()
-        resend = {i: platforms[i] for i, w in pending.items() if not w.command and now >= w.resend_after}
+        waiting = {i: w for i, w in pending.items() if not w.command}
+        due = len(waiting) >= SSM_CHUNK or any(now >= w.resend_after for w in waiting.values())
+        # When one is due, those due within the next interval go with it.
+        resend = (
+            {i: platforms[i] for i, w in waiting.items() if w.resend_after <= now + interval} if due else {}
+        )
         if resend:
             remaining = max(MIN_DELIVERY, int(deadline - now) + 1)
             # Before the first request leaves: an agent online takes its command at once, while
@@ -273,7 +326,10 @@ def watch_recovery(
             logger.info("%s back %.1fs after its NMI", i, line.recovery_seconds)
         ledger.update(
             {
-                (i, hits[i].sent_at): {"recovered_at": line.recovered_at, "timeline": line.to_dict()}
+                (i, watches[i].injection.sent_at): {
+                    "recovered_at": line.recovered_at,
+                    "timeline": line.to_dict(),
+                }
                 for i, line in back.items()
             }
         )
@@ -286,17 +342,18 @@ def watch_recovery(
         )
         return min(interval, FAST_INTERVAL) if due else interval
 
+    def done(lines: Dict[str, Timeline]) -> bool:
+        return sending.closed.is_set() if sending else back_ids >= watches.keys()
+
     outcome = poll(
-        Poll(
-            look,
-            lambda lines: back_ids >= watches.keys(),
-            timeout=max(0.0, deadline - time.monotonic()),
-            interval=interval,
-            pace=pace,
-        )
+        Poll(look, done, timeout=max(0.0, deadline - time.monotonic()), interval=interval, pace=pace),
+        sleep=sending.wait if sending else time.sleep,
     )
-    # Back, but the deadline came while its boot was still being asked again: as dated so far.
-    record({i: line for i, line in outcome.last.items() if i in watches and i not in back_ids and line.back})
+    if sending is None:
+        # Back, but the deadline came while its boot was still being asked again: as dated so far.
+        record(
+            {i: line for i, line in outcome.last.items() if i in watches and i not in back_ids and line.back}
+        )
     return outcome.last
 
 

@@ -282,7 +282,8 @@ def guest_boot(
     ran_on_our_clock = min(max(ran, start), end)
     booted = ran_on_our_clock - timedelta(seconds=uptime)
     shift = (ran - ran_on_our_clock).total_seconds()
-    active = agent_active_s is not None and 0 < agent_active_s <= uptime
+    # /proc/uptime is cut to hundredths: a command taken as its agent starts may read less.
+    active = agent_active_s is not None and 0 < agent_active_s <= uptime + CLOCK_RESOLUTION
     started = iso(booted + timedelta(seconds=agent_active_s)) if active and agent_active_s else ""
     answered = iso(ran_on_our_clock if clock_synced else end)
     skew = (

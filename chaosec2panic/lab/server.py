@@ -739,8 +739,9 @@ class Lab:
                     )
                     continue
                 inv.update(Status="InProgress", StatusDetails="InProgress")
-                # A real agent takes a waiting command the moment it comes online.
-                taken = min(now, max(command["requested"], guest.agent_since()))
+                # A real agent takes a waiting command the moment it comes online (read after
+                # asking whether it is: it may have come online since ``now``).
+                taken = min(self.clock(), max(command["requested"], guest.agent_since()))
                 thread = threading.Thread(
                     target=self._execute, args=(guest, command, inv, taken), daemon=True
                 )

@@ -9,6 +9,7 @@ a Windows Server guest is :mod:`chaosec2panic.lab.simwindows`.
 """
 
 import json
+import math
 import os
 import re
 import shlex
@@ -701,7 +702,7 @@ class SimGuest:
         free_kb = int(spec.disk_free_gib * 1024 * 1024)
         files = {
             "proc/sys/kernel/random/boot_id": self.boot_id,
-            "proc/uptime": f"{uptime:.2f} {uptime * 0.9:.2f}",
+            "proc/uptime": f"{math.floor(uptime * 100) / 100:.2f} {uptime * 0.9:.2f}",  # cut, as Linux does
             "proc/sys/kernel/osrelease": family.kernel_release,
             "proc/cmdline": f"BOOT_IMAGE=/boot/vmlinuz-{family.kernel_release} {self.kernel_args}",
             "proc/meminfo": f"MemTotal:       {spec.memory_mib * 1024 - 180000} kB\n",

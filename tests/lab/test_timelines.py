@@ -119,6 +119,28 @@ def test_a_clock_not_synchronised_is_asked_again_before_the_instance_counts_as_b
     assert panic_on_console(configuration=conf) is True
 
 
+def test_instances_back_while_the_nmis_are_still_being_sent_are_dated_then(make_lab):
+    # EC2 lets mutating calls through at 5 a second once its 50 tokens are spent, DryRun and NMI
+    # alike: the NMIs to 80 instances take some 16 s to send, and each is back in about 8 s. The
+    # watch that runs while they are sent records the first ones back then, as the lab did it.
+    lab = make_lab([{**opted_in("web"), "count": 80}], time_scale=SCALE)
+    conf = lab.configuration(**DEFAULT_SETTINGS)
+    sent = send_nmi(tags={"role": "web"}, max_instances=80, configuration=conf)["injections"]
+    last_sent = max(e["sent_at"] for e in sent)
+    names = {lab.id(f"web-{n}"): f"web-{n}" for n in range(1, 81)}
+    first = sorted(sent, key=lambda e: e["sent_at"])[:10]
+    ledger = {e.instance_id: e for e in Ledger.of(conf).entries()}
+    for e in first:
+        entry = ledger[e["instance_id"]]
+        assert entry.recovered_at and entry.recovered_at < last_sent, (entry.recovered_at, last_sent)
+        check_against_the_truth(entry.timeline, truth(lab, names[e["instance_id"]]), 1.0)
+    # The probe takes the recorded ones as they are and watches the rest.
+    result = recovery_seconds(timeout=120, configuration=conf)
+    assert result["recovered"] == 80
+    for e in first:
+        assert result["timelines"][e["instance_id"]] == ledger[e["instance_id"]].timeline
+
+
 def test_one_identity_command_per_instance_and_no_agent_listing_while_waiting(make_lab):
     lab = make_lab([opted_in(f"web-{n}", tags={"role": "web"}) for n in range(6)], time_scale=SCALE)
     conf = lab.configuration(**DEFAULT_SETTINGS)
