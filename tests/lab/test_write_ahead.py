@@ -169,3 +169,36 @@ def test_a_ledger_that_fails_after_the_request_keeps_the_nmi_as_a_pending_hit(ma
     [entry] = Ledger(lab.ledger).entries()
     assert (entry.outcome, entry.hit) == ("pending", True)
     assert lab.nmi_names() == ["web"]
+
+
+def test_a_ledger_that_fails_mid_batch_stops_the_nmis_not_yet_sent(make_lab, monkeypatch):
+    # A batch is settled ten NMIs at a time; when a settle cannot be written, the rest of the
+    # batch is never sent, and its entries stay pending (counted as hits), named in the error.
+    lab = make_lab([{**opted_in("web"), "count": 12}])
+    proxy = HoldingProxy(lab.server.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    outcome: Dict[str, Any] = {}
+
+    def send() -> None:
+        try:
+            send_nmi(tags={"role": "web"}, max_instances=12, configuration=lab.configuration())
+        except Exception as exc:  # what the activity raised, judged below
+            outcome["error"] = exc
+
+    sending = threading.Thread(target=send)
+    sending.start()
+    try:
+        assert proxy.held.wait(60), "no NMI request came"
+        lab.ledger.with_suffix(".tmp").mkdir()  # the disk fails while the first ten are out
+        proxy.release.set()
+        sending.join(120)
+    finally:
+        proxy.close()
+    error = outcome.get("error")
+    assert isinstance(error, Ec2PanicError), outcome
+    entries = Ledger(lab.ledger).entries()
+    assert len(entries) == 12 and {e.outcome for e in entries} == {"pending"}
+    reached = {lab.id(name) for name in lab.nmi_names()}
+    assert len(reached) == 10
+    never = sorted(e.instance_id for e in entries if e.instance_id not in reached)
+    assert f"The rest of batch 1 was not sent: {', '.join(never)}." in str(error)
