@@ -863,11 +863,9 @@ def _analysis(results: Dict[str, Any], n: int) -> List[str]:
         cycle = round(results["crash_cycle_model_s"] * results["time_scale"], 1)
         before = (
             f" {early} of the {n} instances were back before `recovery_seconds` began to watch (the NMI "
-            f"phase took {o['nmi_phase_s']} s, the crash cycle {cycle} s); send_nmi's own watch, while "
-            f"it sent the NMIs, dated those. {o['over_target']} are over the target, all back within "
-            f"{o['over_target_from_handover_s']} s of the NMI phase's end: the handover, where send_nmi's "
-            "watch has stopped and `recovery_seconds` has not looked yet, so the first look after it "
-            "(an upper bound) dates their status checks."
+            f"phase took {o['nmi_phase_s']} s, the crash cycle {cycle} s); send_nmi's own watch dated "
+            f"those, as it does every instance until the probe takes over. {o['over_target']} are over "
+            f"the target, all back within {o['over_target_from_handover_s']} s of the NMI phase's end."
             if early
             else ""
         )

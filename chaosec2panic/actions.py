@@ -37,7 +37,7 @@ from .guest.parsers import (
     settings_change,
     upload_report,
 )
-from .health import Arrivals, observe, watch_recovery
+from .health import Arrivals, leave_running, observe, watch_recovery
 from .iam import OBSERVE, RESOLVE, RESOLVE_GUARDED, RUN_SCRIPT, STOP_ALARMS, WATCH_RECOVERY, requires
 from .ledger import Injection, JsonRecord, Ledger, LedgerError, unrecovered
 from .pacing import clear_sends, sends
@@ -58,7 +58,7 @@ CONSOLE_ANCHOR_CHARS = 512
 # NMIs sent between two writes of their answers to the ledger (two seconds of EC2's refill of
 # mutating calls): the watch that runs while a batch is sent follows them from then on.
 SETTLE_EVERY = 10
-WATCH_WHILE_SENDING = 3600.0  # seconds at most; a batch still being sent then is left to the probes
+WATCH_LIMIT = 3600.0  # seconds a batch is watched at most by send_nmi's own watch
 
 
 def _console_anchor(ec2: Any, instance_id: str) -> str:
@@ -472,9 +472,10 @@ def _watching(
     needed: bool,
 ) -> Iterator[Arrivals]:
     """A watch of the instances of a batch while it is being sent (see ``watch_recovery``), in a
-    thread of its own, for at most ``WATCH_WHILE_SENDING`` seconds: those back by the end are
-    recorded with their timelines, and the probes take over the rest. Not ``needed`` (a batch
-    sent in one go), nothing watches."""
+    thread of its own, for at most ``WATCH_LIMIT`` seconds. Once the batch is sent it goes on
+    until every instance is back or the next watch (a probe's, the rollout's) takes over, so that
+    none back meanwhile waits for that watch's first look: each is recorded back, with its
+    timeline, as it comes. Not ``needed`` (a batch sent in one go), nothing watches."""
     sending = Arrivals()
     if not needed:
         yield sending
@@ -482,19 +483,22 @@ def _watching(
 
     def watch() -> None:
         try:
-            interval, deadline = settings(configuration).poll_interval, time.monotonic() + WATCH_WHILE_SENDING
+            interval, deadline = settings(configuration).poll_interval, time.monotonic() + WATCH_LIMIT
             watch_recovery(ec2, ssm, ledger, {}, platforms, deadline, interval, sending=sending)
         except (ClientError, BotoCoreError, Ec2PanicError) as exc:
             # Looking early is a refinement: the probes watch every instance not recorded back.
-            logger.warning("the watch while the NMIs were sent stopped: %s", exc)
+            logger.warning("the watch of the NMIs just sent stopped: %s", exc)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
         yield sending
-    finally:
-        sending.close()
+    except BaseException:
+        sending.stop()
         watcher.join()
+        raise
+    sending.close()
+    leave_running(sending, watcher)
 
 
 @dataclass(frozen=True)
@@ -528,9 +532,7 @@ def _between_batches(
     if rollout.pause is not None:
         time.sleep(rollout.pause)
         return ""
-    # As the ledger has them now: with the recoveries the watch while sending recorded.
-    now = {(e.instance_id, e.sent_at): e for e in ledger.entries()}
-    hits = {e.instance_id: now.get((e.instance_id, e.sent_at), e) for e in sent if e.hit}
+    hits = {e.instance_id: e for e in sent if e.hit}
     lines = watch_recovery(
         ec2,
         ssm,

@@ -6,7 +6,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 from botocore.exceptions import ClientError
 
@@ -29,7 +29,15 @@ from .ssm import (
     send_script,
 )
 
-__all__ = ["Arrivals", "console_after", "instance_status", "observe", "watch_recovery"]
+__all__ = [
+    "Arrivals",
+    "console_after",
+    "instance_status",
+    "leave_running",
+    "observe",
+    "take_over",
+    "watch_recovery",
+]
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -165,12 +173,13 @@ def _read_identity(watch: _Watch, answer: CommandResult, read_at: str) -> Boot |
 
 
 class Arrivals:
-    """NMIs handed to a watch while they are still being sent: ``add`` each once its answer is
-    in the ledger, ``close`` when no more will come (thread-safe)."""
+    """NMIs handed to a watch while they are still being sent (thread-safe): ``add`` each once
+    its answer is in the ledger, ``close`` when no more will come; ``stop`` ends the watch."""
 
     def __init__(self) -> None:
         self.opened_at = now_iso()
         self.closed = threading.Event()
+        self.stopped = threading.Event()
         self._changed = threading.Event()
         self._lock = threading.Lock()
         self._new: Dict[str, Injection] = {}
@@ -181,7 +190,7 @@ class Arrivals:
         self._changed.set()
 
     def wait(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less if NMIs are added or the sending ends meanwhile."""
+        """Sleep ``seconds``, or less if NMIs are added, the sending ends or the watch is stopped."""
         self._changed.wait(seconds)
         self._changed.clear()
 
@@ -194,6 +203,32 @@ class Arrivals:
     def close(self) -> None:
         self.closed.set()
         self._changed.set()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self._changed.set()
+
+
+_LEFT_RUNNING: List[Tuple[Arrivals, threading.Thread]] = []
+_LEFT_LOCK = threading.Lock()
+
+
+def leave_running(sending: Arrivals, watcher: threading.Thread) -> None:
+    """Let the watch of ``sending`` (in ``watcher``) go on after its NMIs are sent, until they are
+    all back or another watch takes over (:func:`take_over`)."""
+    with _LEFT_LOCK:
+        _LEFT_RUNNING.append((sending, watcher))
+
+
+def take_over() -> bool:
+    """Stop the watches left running and wait until each has written what it saw to the ledger;
+    whether there were any."""
+    with _LEFT_LOCK:
+        running, _LEFT_RUNNING[:] = list(_LEFT_RUNNING), []
+    for sending, watcher in running:
+        sending.stop()
+        watcher.join()
+    return bool(running)
 
 
 def watch_recovery(
@@ -225,10 +260,15 @@ def watch_recovery(
     read at every look, one call for all, and counts only once it has reported the instance
     unhealthy).
 
-    With ``sending``, the watch also follows each NMI handed to it as it is sent, and ends when
-    the sending ends (``sending`` closed), back or not: the instances hit first of a large fleet
-    may be back long before the last NMI leaves, and only a look then dates their status checks.
+    With ``sending``, the watch also follows each NMI handed to it as it is sent, and ends once
+    the sending has ended (``sending`` closed) and every instance is back, or when it is stopped:
+    the instances hit first of a large fleet may be back long before the last NMI leaves, and
+    only a look then dates their status checks. Without, it first takes over any watch left
+    running (:func:`take_over`), and judges ``hits`` as the ledger has them then.
     """
+    if sending is None and take_over():
+        now = {(e.instance_id, e.sent_at): e for e in ledger.entries()}
+        hits = {i: now.get((i, e.sent_at), e) for i, e in hits.items()}
     since = min((e.sent_at for e in hits.values()), default=sending.opened_at if sending else now_iso())
     known: Dict[str, Timeline] = {}
     watches: Dict[str, _Watch] = {}
@@ -263,10 +303,11 @@ def watch_recovery(
         if sending is not None:
             follow(sending.take())
         pending = {i: w for i, w in watches.items() if i not in back_ids}
-        if not pending or (sending is not None and sending.closed.is_set()):
+        if not pending or (sending is not None and sending.stopped.is_set()):
             return {**known, **{i: timeline(w.track) for i, w in watches.items()}}
-        at = now_iso()
-        for i, status in instance_status(ec2, list(pending)).items():
+        statuses = instance_status(ec2, list(pending))
+        at = now_iso()  # once answered: a status seen ok was ok by then at the latest
+        for i, status in statuses.items():
             w = watches[i]
             ok = _status_ok(status)
             w.status = "ok" if ok else status["instance_status"]
@@ -343,7 +384,8 @@ def watch_recovery(
         return min(interval, FAST_INTERVAL) if due else interval
 
     def done(lines: Dict[str, Timeline]) -> bool:
-        return sending.closed.is_set() if sending else back_ids >= watches.keys()
+        all_back = back_ids >= watches.keys()
+        return sending.stopped.is_set() or (sending.closed.is_set() and all_back) if sending else all_back
 
     outcome = poll(
         Poll(look, done, timeout=max(0.0, deadline - time.monotonic()), interval=interval, pace=pace),

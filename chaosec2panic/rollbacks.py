@@ -10,7 +10,7 @@ from .aws import client, paginate
 from .errors import Ec2PanicError, InvalidRequest, Refused
 from .guest import PLATFORMS, platform_of
 from .guest.parsers import LINUX_SETTINGS, RESTORABLE_VALUES, WINDOWS_SETTINGS
-from .health import observe
+from .health import observe, take_over
 from .iam import OBSERVE, RESOLVE, RUN_SCRIPT, requires
 from .ledger import RUN_ID, Injection, Ledger
 from .polling import Poll, poll
@@ -49,6 +49,7 @@ def recover_instances(
     what was done to each instance and whether it serves now.
     """
     ec2, ssm = client("ec2", configuration, secrets), client("ssm", configuration, secrets)
+    take_over()  # a watch send_nmi left running: what it saw is in the ledger, and it looks no more
     ledger = Ledger.of(configuration)
     latest = ledger.latest()
     young: Dict[str, Injection] = {}

@@ -1,7 +1,7 @@
 """Recovery timelines against the lab's own record of what each guest did, and what they cost."""
 
 import pytest
-from conftest import opted_in
+from conftest import opted_in, wait_for
 
 from chaosec2panic.actions import send_nmi
 from chaosec2panic.aws import client
@@ -122,7 +122,8 @@ def test_a_clock_not_synchronised_is_asked_again_before_the_instance_counts_as_b
 def test_instances_back_while_the_nmis_are_still_being_sent_are_dated_then(make_lab):
     # EC2 lets mutating calls through at 5 a second once its 50 tokens are spent, DryRun and NMI
     # alike: the NMIs to 80 instances take some 16 s to send, and each is back in about 8 s. The
-    # watch that runs while they are sent records the first ones back then, as the lab did it.
+    # watch send_nmi runs while it sends them records the first ones back then, as the lab did
+    # it, and goes on after the last NMI until every instance is back: none waits for a probe.
     lab = make_lab([{**opted_in("web"), "count": 80}], time_scale=SCALE)
     conf = lab.configuration(**DEFAULT_SETTINGS)
     sent = send_nmi(tags={"role": "web"}, max_instances=80, configuration=conf)["injections"]
@@ -133,12 +134,21 @@ def test_instances_back_while_the_nmis_are_still_being_sent_are_dated_then(make_
     for e in first:
         entry = ledger[e["instance_id"]]
         assert entry.recovered_at and entry.recovered_at < last_sent, (entry.recovered_at, last_sent)
-        check_against_the_truth(entry.timeline, truth(lab, names[e["instance_id"]]), 1.0)
-    # The probe takes the recorded ones as they are and watches the rest.
+    recorded = wait_for(
+        lambda: {e.instance_id: e for e in Ledger.of(conf).entries() if e.recovered_at},
+        lambda found: len(found) == 80,
+        "every instance recorded back by send_nmi's watch",
+    )
+    for i, entry in recorded.items():
+        check_against_the_truth(entry.timeline, truth(lab, names[i]), 1.0)
+    # The probe takes them as they are, and has nothing left to look at.
+    before = dict(lab.lab.calls)
     result = recovery_seconds(timeout=120, configuration=conf)
     assert result["recovered"] == 80
-    for e in first:
-        assert result["timelines"][e["instance_id"]] == ledger[e["instance_id"]].timeline
+    assert {i: line for i, line in result["timelines"].items()} == {
+        i: e.timeline for i, e in recorded.items()
+    }
+    assert lab.lab.calls.get("ec2:DescribeInstanceStatus", 0) == before.get("ec2:DescribeInstanceStatus", 0)
 
 
 def test_one_identity_command_per_instance_and_no_agent_listing_while_waiting(make_lab):
