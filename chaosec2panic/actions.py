@@ -231,7 +231,10 @@ def send_nmi(
     written as ``pending`` (counted as a hit) before the lock is released and the request sent,
     and settled to its outcome after: if it cannot be written, nothing is sent, and a process
     killed in between leaves an entry that ``chaosec2panic recover`` and the guards act on.
-    Refusals go to the ledger too.
+    Refusals go to the ledger too. A batch of more than ten is settled ten at a time and watched
+    while it is sent, and after, until each instance is back or the next watch (a recovery probe,
+    ``recover_instances``) takes over: each recovery is written to the ledger, with its timeline,
+    as it comes, and no further NMI is sent once a settle cannot be written.
 
     A rolling rollout hits ``batch_size`` (or ``batch_percent``) instances at a time and
     waits for each batch to be back before the next (or ``batch_pause`` seconds instead);
