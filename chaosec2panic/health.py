@@ -204,6 +204,12 @@ class Arrivals:
         self.closed.set()
         self._changed.set()
 
+    @property
+    def drained(self) -> bool:
+        """Closed, and every NMI added has been taken."""
+        with self._lock:
+            return self.closed.is_set() and not self._new
+
     def stop(self) -> None:
         self.stopped.set()
         self._changed.set()
@@ -385,7 +391,7 @@ def watch_recovery(
 
     def done(lines: Dict[str, Timeline]) -> bool:
         all_back = back_ids >= watches.keys()
-        return sending.stopped.is_set() or (sending.closed.is_set() and all_back) if sending else all_back
+        return sending.stopped.is_set() or (sending.drained and all_back) if sending else all_back
 
     outcome = poll(
         Poll(look, done, timeout=max(0.0, deadline - time.monotonic()), interval=interval, pace=pace),
