@@ -12,6 +12,7 @@ import boto3
 import pytest
 import yaml
 
+from chaosec2panic.health import take_over
 from chaosec2panic.lab.fleet import GuestSpec, parse_fleet
 from chaosec2panic.lab.sandbox import Sandbox
 from chaosec2panic.lab.server import LabServer, lab_control
@@ -96,6 +97,7 @@ def make_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callab
         return started[-1]
 
     yield start
+    take_over()  # a watch send_nmi left running ends with its test, before its lab
     for lab in started:
         lab.server.stop()
 
