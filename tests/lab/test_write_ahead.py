@@ -85,6 +85,22 @@ class HoldingProxy:
         self.server.server_close()
 
 
+def send_in_background(**arguments: Any) -> tuple[threading.Thread, Dict[str, Any]]:
+    """``send_nmi(**arguments)`` in a thread, started; what it returned ("result") or raised
+    ("error") lands in the dict once the thread ends."""
+    outcome: Dict[str, Any] = {}
+
+    def send() -> None:
+        try:
+            outcome["result"] = send_nmi(**arguments)
+        except Exception as exc:  # what the activity raised, judged by the test
+            outcome["error"] = exc
+
+    sending = threading.Thread(target=send)
+    sending.start()
+    return sending, outcome
+
+
 def test_a_ledger_that_cannot_be_written_lets_no_nmi_out(make_lab):
     lab = make_lab([opted_in("web")])
     tmp = lab.ledger.with_suffix(".tmp")
@@ -147,16 +163,7 @@ def test_a_ledger_that_fails_after_the_request_keeps_the_nmi_as_a_pending_hit(ma
     web = lab.id("web")
     proxy = HoldingProxy(lab.server.url)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    outcome: Dict[str, Any] = {}
-
-    def send() -> None:
-        try:
-            outcome["result"] = send_nmi(instance_ids=[web], configuration=lab.configuration())
-        except Exception as exc:  # what the activity raised, judged below
-            outcome["error"] = exc
-
-    sending = threading.Thread(target=send)
-    sending.start()
+    sending, outcome = send_in_background(instance_ids=[web], configuration=lab.configuration())
     try:
         assert proxy.held.wait(60), "the NMI request never came"
         lab.ledger.with_suffix(".tmp").mkdir()  # the disk fails while the request is out
@@ -177,16 +184,9 @@ def test_a_ledger_that_fails_mid_batch_stops_the_nmis_not_yet_sent(make_lab, mon
     lab = make_lab([{**opted_in("web"), "count": 12}])
     proxy = HoldingProxy(lab.server.url)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    outcome: Dict[str, Any] = {}
-
-    def send() -> None:
-        try:
-            send_nmi(tags={"role": "web"}, max_instances=12, configuration=lab.configuration())
-        except Exception as exc:  # what the activity raised, judged below
-            outcome["error"] = exc
-
-    sending = threading.Thread(target=send)
-    sending.start()
+    sending, outcome = send_in_background(
+        tags={"role": "web"}, max_instances=12, configuration=lab.configuration()
+    )
     try:
         assert proxy.held.wait(60), "no NMI request came"
         lab.ledger.with_suffix(".tmp").mkdir()  # the disk fails while the first ten are out
